@@ -1,0 +1,84 @@
+//! Flags every tool shares (flatten into each tool's clap parser).
+
+use std::path::PathBuf;
+
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct Common {
+    /// Only warnings and errors on stderr.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub quiet: u8,
+    /// Debug output on stderr.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Write this run's figures here (Prometheus text format, atomically).
+    #[arg(long, global = true, env = "METRICS_FILE", value_name = "PATH")]
+    pub metrics_file: Option<PathBuf>,
+}
+
+impl Common {
+    /// Apply `-q`/`-v` to the logger.
+    pub fn init_logging(&self) {
+        crate::log::init(self.quiet, self.verbose);
+    }
+
+    /// Write the metrics file if one was asked for. A failure here is
+    /// logged, not fatal: the run's own result must still be reported.
+    pub fn write_metrics(&self, m: &crate::metrics::Metrics) -> bool {
+        let Some(path) = &self.metrics_file else {
+            return true;
+        };
+        match m.write_to(path) {
+            Ok(()) => true,
+            Err(e) => {
+                crate::log::emit(
+                    crate::log::Level::Error,
+                    &format!("cannot write metrics file: {e}"),
+                );
+                false
+            }
+        }
+    }
+}
+
+/// Parse a duration such as `90s`, `30m`, `26h`, `7d`, `2w` or plain seconds.
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("invalid duration {s:?}: expected e.g. 90s, 30m, 26h, 7d"))?;
+    let mult = match unit {
+        "" | "s" => 1,
+        "m" | "min" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        "w" => 604_800,
+        _ => {
+            return Err(format!(
+                "invalid duration {s:?}: unit must be s, m, h, d or w"
+            ));
+        }
+    };
+    Ok(std::time::Duration::from_secs(n * mult))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(
+            parse_duration("26h"),
+            Ok(std::time::Duration::from_secs(93_600))
+        );
+        assert_eq!(
+            parse_duration("300"),
+            Ok(std::time::Duration::from_secs(300))
+        );
+        assert_eq!(parse_duration("30d").map(|d| d.as_secs()), Ok(2_592_000));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("5y").is_err());
+    }
+}

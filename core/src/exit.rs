@@ -1,0 +1,170 @@
+//! Contract 4: exit codes shared by every tool, and the `main` wrapper.
+
+use std::fmt;
+
+/// The exit codes of every tool (the table in each `--help`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ExitCode {
+    /// 0: done.
+    Ok = 0,
+    /// 1: failed.
+    Failed = 1,
+    /// 2: bad usage or configuration.
+    Usage = 2,
+    /// 3: ran to the end, some items failed.
+    Partial = 3,
+    /// 4: another run holds the lock.
+    Busy = 4,
+    /// 5: a guard tripped (disk not mounted, source empty, command missing...).
+    Refused = 5,
+}
+
+/// The table printed in every `--help` (`after_help`).
+pub const EXIT_CODE_HELP: &str = "Exit codes:
+  0  done
+  1  failed
+  2  bad usage or configuration
+  3  partial: ran to the end, some items failed (listed)
+  4  busy: another run holds the lock
+  5  refused: a guard tripped (disk not mounted, source missing or empty, command absent)";
+
+impl ExitCode {
+    pub fn code(self) -> i32 {
+        self as i32
+    }
+
+    /// Severity used by [`ExitCode::merge`]: a more severe code wins.
+    fn severity(self) -> u8 {
+        match self {
+            ExitCode::Ok => 0,
+            ExitCode::Partial => 1,
+            ExitCode::Failed => 2,
+            ExitCode::Refused => 3,
+            ExitCode::Busy => 4,
+            ExitCode::Usage => 5,
+        }
+    }
+
+    /// Combine two results; the more severe one wins.
+    pub fn merge(self, other: ExitCode) -> ExitCode {
+        if other.severity() > self.severity() {
+            other
+        } else {
+            self
+        }
+    }
+
+    /// Exit code of a run over many items: all fine -> 0, some failed -> 3,
+    /// every item failed -> 1 (nothing useful happened).
+    pub fn from_items(ok: usize, failed: usize) -> ExitCode {
+        match (ok, failed) {
+            (_, 0) => ExitCode::Ok,
+            (0, _) => ExitCode::Failed,
+            _ => ExitCode::Partial,
+        }
+    }
+
+    /// The status metric: 0 for exit 0, 1 otherwise (2 is reserved for
+    /// killed or timed-out runs, which push-metric learns from systemd).
+    pub fn status_metric(self) -> u8 {
+        if self == ExitCode::Ok { 0 } else { 1 }
+    }
+}
+
+/// An error that carries the exit code it should end the process with.
+/// Attach it with [`Exit::new`] or the helpers; anything else exits 1.
+#[derive(Debug)]
+pub struct Exit {
+    pub code: ExitCode,
+    pub message: String,
+}
+
+impl Exit {
+    pub fn err(code: ExitCode, message: impl Into<String>) -> anyhow::Error {
+        anyhow::Error::new(Exit {
+            code,
+            message: message.into(),
+        })
+    }
+    pub fn usage(message: impl Into<String>) -> anyhow::Error {
+        Self::err(ExitCode::Usage, message)
+    }
+    pub fn refused(message: impl Into<String>) -> anyhow::Error {
+        Self::err(ExitCode::Refused, message)
+    }
+    pub fn partial(message: impl Into<String>) -> anyhow::Error {
+        Self::err(ExitCode::Partial, message)
+    }
+}
+
+impl fmt::Display for Exit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Exit {}
+
+/// The exit code an error ends the process with: the first [`Exit`] in
+/// its chain, else 1.
+pub fn code_of(err: &anyhow::Error) -> ExitCode {
+    err.chain()
+        .find_map(|e| e.downcast_ref::<Exit>().map(|x| x.code))
+        .unwrap_or(ExitCode::Failed)
+}
+
+/// The one-line form of an error chain, as printed in the journal.
+pub fn one_line(err: &anyhow::Error) -> String {
+    crate::log::escape_str(&format!("{err:#}"))
+}
+
+/// Shared `main`: runs `body`, prints a fatal error once as one line
+/// (`tool: a: b: c`), and exits with the right code.
+pub fn run_main(tool: &str, body: impl FnOnce() -> anyhow::Result<ExitCode>) -> ! {
+    let code = match body() {
+        Ok(code) => code,
+        Err(err) => {
+            let code = code_of(&err);
+            crate::log::emit(
+                crate::log::Level::Error,
+                &format!("{tool}: {}", one_line(&err)),
+            );
+            code
+        }
+    };
+    std::process::exit(code.code())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn merge_keeps_the_most_severe() {
+        use ExitCode::*;
+        assert_eq!(Ok.merge(Partial), Partial);
+        assert_eq!(Partial.merge(Ok), Partial);
+        assert_eq!(Partial.merge(Failed), Failed);
+        assert_eq!(Failed.merge(Refused), Refused);
+        assert_eq!(Refused.merge(Busy), Busy);
+        assert_eq!(Ok.merge(Ok), Ok);
+    }
+
+    #[test]
+    fn items_map_to_codes() {
+        assert_eq!(ExitCode::from_items(117, 1), ExitCode::Partial);
+        assert_eq!(ExitCode::from_items(118, 0), ExitCode::Ok);
+        assert_eq!(ExitCode::from_items(0, 3), ExitCode::Failed);
+        assert_eq!(ExitCode::from_items(0, 0), ExitCode::Ok);
+    }
+
+    #[test]
+    fn error_chain_finds_the_code() {
+        let e = Exit::refused("/mnt/backup is not a mountpoint");
+        let e = e.context("preflight");
+        assert_eq!(code_of(&e), ExitCode::Refused);
+        assert_eq!(one_line(&e), "preflight: /mnt/backup is not a mountpoint");
+        let plain = anyhow::anyhow!("boom");
+        assert_eq!(code_of(&plain), ExitCode::Failed);
+    }
+}

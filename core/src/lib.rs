@@ -1,0 +1,15 @@
+//! `backup-core`: the contracts every tool of the backup pipeline obeys
+//! (see DESIGN.md, "Contracts"). No tool re-implements one of these.
+
+pub mod cli;
+pub mod cmd;
+pub mod exit;
+pub mod fsutil;
+pub mod ledger;
+pub mod lock;
+pub mod log;
+pub mod metrics;
+pub mod skiplist;
+pub mod weeks;
+
+pub use exit::{Exit, ExitCode};
