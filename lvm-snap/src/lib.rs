@@ -1,0 +1,1 @@
+//! lvm-snap (not built yet).

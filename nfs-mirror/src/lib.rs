@@ -1,0 +1,1 @@
+//! nfs-mirror (not built yet).

@@ -1,0 +1,3 @@
+fn main() {
+    backup_core::exit::run_main("nfs-mirror", || anyhow::bail!("not implemented yet"));
+}

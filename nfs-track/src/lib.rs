@@ -1,0 +1,1 @@
+//! nfs-track (not built yet).

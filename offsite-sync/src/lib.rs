@@ -1,0 +1,1 @@
+//! offsite-sync (not built yet).

@@ -1,0 +1,1 @@
+//! pfsense-pull (not built yet).

@@ -1,0 +1,1 @@
+//! pvc-copy (not built yet).

@@ -1,0 +1,3 @@
+fn main() {
+    backup_core::exit::run_main("pvc-copy", || anyhow::bail!("not implemented yet"));
+}

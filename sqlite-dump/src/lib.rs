@@ -1,0 +1,1 @@
+//! sqlite-dump (not built yet).

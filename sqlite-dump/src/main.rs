@@ -1,0 +1,3 @@
+fn main() {
+    backup_core::exit::run_main("sqlite-dump", || anyhow::bail!("not implemented yet"));
+}

@@ -1,0 +1,124 @@
+//! Shared test harness: the built binaries by name, temp trees, and an
+//! environment that keeps parallel tests apart (own lock dir per test).
+//! Tests only; nothing here is reachable from product code.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// The cargo target profile directory the running test lives in
+/// (`target/debug` for `target/debug/deps/<test>-<hash>`).
+pub fn profile_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let mut dir = exe.parent().expect("exe dir").to_path_buf();
+    if dir.file_name().is_some_and(|n| n == "deps") {
+        dir.pop();
+    }
+    dir
+}
+
+/// Path of a built workspace binary. `make test` builds every binary
+/// (`cargo build --workspace --bins`) before running the tests.
+pub fn bin(name: &str) -> PathBuf {
+    let p = profile_dir().join(name);
+    assert!(
+        p.is_file(),
+        "{} is not built: run `cargo build --workspace --bins` (make test does)",
+        p.display()
+    );
+    p
+}
+
+/// A temporary directory plus a private lock dir, removed on drop.
+pub struct Sandbox {
+    pub dir: tempfile::TempDir,
+}
+
+impl Default for Sandbox {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Sandbox {
+    pub fn new() -> Self {
+        let dir = tempfile::Builder::new().prefix("backup-test-").tempdir().expect("tempdir");
+        std::fs::create_dir_all(dir.path().join("run")).expect("lock dir");
+        Sandbox { dir }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// `<sandbox>/<rel>`, parents created.
+    pub fn mkdir(&self, rel: &str) -> PathBuf {
+        let p = self.path().join(rel);
+        std::fs::create_dir_all(&p).expect("mkdir");
+        p
+    }
+
+    /// Write a file (parents created).
+    pub fn write(&self, rel: &str, data: impl AsRef<[u8]>) -> PathBuf {
+        let p = self.path().join(rel);
+        if let Some(d) = p.parent() {
+            std::fs::create_dir_all(d).expect("mkdir");
+        }
+        std::fs::write(&p, data).expect("write");
+        p
+    }
+
+    /// The lock directory tools use inside this sandbox.
+    pub fn lock_dir(&self) -> PathBuf {
+        self.path().join("run")
+    }
+
+    /// A command for a built binary with this sandbox's lock dir, no
+    /// journal prefixes and no inherited metrics settings.
+    pub fn cmd(&self, name: &str) -> Command {
+        let mut c = Command::new(bin(name));
+        c.env("BACKUP_LOCK_DIR", self.lock_dir())
+            .env_remove("JOURNAL_STREAM")
+            .env_remove("METRICS_FILE")
+            .env_remove("PUSHGATEWAY_URL");
+        c
+    }
+}
+
+/// Output of a finished command with assertion helpers, so tests read as
+/// a description of behaviour.
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    pub fn of(cmd: &mut Command) -> Run {
+        let out = cmd.output().expect("spawn");
+        Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+    #[track_caller]
+    pub fn succeeds(&self) -> &Self {
+        assert_eq!(self.code, 0, "expected success\nstdout:\n{}\nstderr:\n{}", self.stdout, self.stderr);
+        self
+    }
+    #[track_caller]
+    pub fn fails_with(&self, code: i32) -> &Self {
+        assert_eq!(self.code, code, "wrong exit code\nstdout:\n{}\nstderr:\n{}", self.stdout, self.stderr);
+        self
+    }
+    #[track_caller]
+    pub fn stderr_contains(&self, s: &str) -> &Self {
+        assert!(self.stderr.contains(s), "stderr lacks {s:?}:\n{}", self.stderr);
+        self
+    }
+    #[track_caller]
+    pub fn stdout_contains(&self, s: &str) -> &Self {
+        assert!(self.stdout.contains(s), "stdout lacks {s:?}:\n{}", self.stdout);
+        self
+    }
+}
