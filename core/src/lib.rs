@@ -13,3 +13,4 @@ pub mod skiplist;
 pub mod weeks;
 
 pub use exit::{Exit, ExitCode};
+pub mod rsync_items;
