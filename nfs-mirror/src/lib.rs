@@ -1,1 +1,674 @@
-//! nfs-mirror (not built yet).
+//! nfs-mirror: leg 1 of the NFS backup. Every top-level entry of the NFS
+//! root that the skip list routes to the backup disk is mirrored into
+//! `DEST/<name>/`; nothing else under DEST is ever touched. Also copies the
+//! host configuration into `DEST/pve-config/` (`nfs-mirror config`).
+//!
+//! Deletion is guarded: the source must be non-empty (and a mountpoint when
+//! asked), no mirrored tree may go from files to an empty source, and a
+//! dry-run pass bounds the deletions by `--max-delete` before any real
+//! transfer. The ledger (`DEST/.changed-files`) receives exactly the files
+//! rsync reported as transferred, also for a run that fails midway: rsync's
+//! item list is spooled under `DEST/.nfs-mirror/` and turned into ledger
+//! entries even by the next run if this one is killed.
+
+use std::collections::BTreeSet;
+use std::ffi::{OsStr, OsString};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use backup_core::cmd::{Cmd, CmdError, RsyncResult};
+use backup_core::exit::{Exit, ExitCode};
+use backup_core::ledger::{Ledger, PathKind};
+use backup_core::log::p;
+use backup_core::metrics::Metrics;
+use backup_core::rsync_items::{self, DeletePlan, MaxDelete};
+use backup_core::skiplist::{Route, SkipList};
+use backup_core::{error, info, warn};
+
+/// Top-level names under the backup root that belong to other jobs or are
+/// state files: never mirrored into, never deleted.
+pub const RESERVED: &[&str] = &[
+    "pvc-data",
+    "sqlite-backup",
+    "pfsense",
+    "pve-config",
+    "vzdump",
+    "devvm-home",
+    "lost+found",
+    "anca-elements",
+];
+
+/// Excluded inside every mirrored tree: SQLite sidecars (they vanish
+/// mid-transfer, contract 6) and NAS cruft.
+pub const EXCLUDES: &[&str] = &[
+    "*-wal",
+    "*-shm",
+    "*-journal",
+    "@eaDir/",
+    "*@synoeastream",
+    ".DS_Store",
+    "Thumbs.db",
+];
+
+/// The state directory nfs-mirror keeps under the backup root.
+pub const STATE_DIR: &str = ".nfs-mirror";
+
+fn reserved(name: &[u8]) -> bool {
+    name.first() == Some(&b'.') || RESERVED.iter().any(|r| r.as_bytes() == name)
+}
+
+#[derive(Debug, Clone)]
+pub struct MirrorOpts {
+    pub source: PathBuf,
+    pub dest: PathBuf,
+    pub skip_list: PathBuf,
+    pub ledger: Option<PathBuf>,
+    pub require_mountpoint: bool,
+    pub max_delete: MaxDelete,
+    pub prune_skipped: bool,
+    pub dry_run: bool,
+    pub json: bool,
+    pub timeout: Duration,
+    pub rsync: OsString,
+}
+
+/// What happened to one top-level entry.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct EntryReport {
+    pub name: String,
+    pub route: Route,
+    /// mirrored, skipped, vanished, pruned, refused, failed, reserved, would-mirror, would-prune
+    pub action: String,
+    pub transferred: u64,
+    pub deletions: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+#[derive(Debug, Default, serde::Serialize)]
+pub struct Report {
+    pub entries: Vec<EntryReport>,
+    pub transferred: u64,
+    pub ledger_entries: u64,
+    pub vanished_files: u64,
+    pub plan: DeletePlan,
+    pub dest_used_bytes: u64,
+}
+
+fn name_str(n: &[u8]) -> String {
+    backup_core::log::escape_bytes(n)
+}
+
+pub fn is_mountpoint(path: &Path) -> Result<bool> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).with_context(|| p(path))?;
+    let parent = path.join("..");
+    let pm = std::fs::metadata(&parent).with_context(|| p(&parent))?;
+    Ok(m.dev() != pm.dev() || m.ino() == pm.ino())
+}
+
+/// Used bytes of the filesystem holding `path` (statvfs, integers only).
+pub fn fs_used_bytes(path: &Path) -> u64 {
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
+        return 0;
+    };
+    // SAFETY: statvfs writes into the zeroed struct we pass.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: c is a valid NUL-terminated path.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return 0;
+    }
+    (st.f_blocks as u64).saturating_sub(st.f_bfree as u64) * st.f_frsize as u64
+}
+
+/// The names this tool has mirrored, kept in `DEST/.nfs-mirror/entries`.
+fn load_entries(dest: &Path) -> BTreeSet<Vec<u8>> {
+    let f = dest.join(STATE_DIR).join("entries");
+    std::fs::read(&f)
+        .map(|t| {
+            t.split(|&b| b == b'\n')
+                .filter(|l| !l.is_empty())
+                .filter_map(backup_core::ledger::decode)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn save_entries(dest: &Path, set: &BTreeSet<Vec<u8>>) -> Result<()> {
+    let mut buf = Vec::new();
+    for n in set {
+        buf.extend_from_slice(&backup_core::ledger::encode(n));
+        buf.push(b'\n');
+    }
+    let f = dest.join(STATE_DIR).join("entries");
+    backup_core::fsutil::write_atomic(&f, &buf).with_context(|| p(&f))
+}
+
+/// One rsync for one tree. `items_file` receives the `%i %n` lines.
+#[allow(clippy::too_many_arguments)]
+fn rsync_cmd(
+    rsync: &OsStr,
+    src: &Path,
+    dst: &Path,
+    excludes: &[String],
+    delete_excluded: bool,
+    dry_run: bool,
+    timeout: Duration,
+) -> Cmd {
+    let mut c = Cmd::new(rsync).args([
+        "-rltH",
+        "--delete",
+        // Contract 6: the source is live, compare times at full precision.
+        "--modify-window=-1",
+        rsync_items::OUT_FORMAT,
+    ]);
+    if delete_excluded {
+        c = c.arg("--delete-excluded");
+    }
+    if dry_run {
+        c = c.args(["--dry-run", "-ii"]);
+    }
+    for e in EXCLUDES {
+        c = c.arg(format!("--exclude={e}"));
+    }
+    for e in excludes {
+        c = c.arg(format!("--exclude={e}"));
+    }
+    let mut s = src.as_os_str().to_os_string();
+    s.push("/");
+    let mut d = dst.as_os_str().to_os_string();
+    d.push("/");
+    c.arg("--").arg(s).arg(d).timeout(timeout)
+}
+
+/// Spool files of runs that died before their items reached the ledger.
+fn recover_spool(dest: &Path, ledger: &Ledger) -> Result<u64> {
+    let dir = dest.join(STATE_DIR).join("spool");
+    let Ok(rd) = std::fs::read_dir(&dir) else {
+        return Ok(0);
+    };
+    let mut n = 0;
+    for e in rd.flatten() {
+        let path = e.path();
+        let fname = e.file_name();
+        // Spool files are named `<hex of the entry name>.items`.
+        let Some(hexname) = fname.to_str().and_then(|s| s.strip_suffix(".items")) else {
+            continue;
+        };
+        let Some(entry) = unhex(hexname) else {
+            continue;
+        };
+        let data = std::fs::read(&path).with_context(|| p(&path))?;
+        n += append_items(ledger, &entry, &data)?;
+        std::fs::remove_file(&path).with_context(|| p(&path))?;
+    }
+    if n > 0 {
+        warn!("recovered {n} transferred file(s) of an interrupted run into the ledger");
+    }
+    Ok(n)
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).ok())
+        .collect()
+}
+
+/// The transferred items of one tree as ledger paths (`<prefix>/<name>`).
+fn transferred_paths(prefix: &[u8], out: &[u8]) -> Vec<Vec<u8>> {
+    rsync_items::parse(out)
+        .into_iter()
+        .filter(|i| i.is_transfer())
+        .map(|i| {
+            let mut v = prefix.to_vec();
+            v.push(b'/');
+            v.extend_from_slice(i.path().as_os_str().as_bytes());
+            v
+        })
+        .collect()
+}
+
+fn append_items(ledger: &Ledger, prefix: &[u8], out: &[u8]) -> Result<u64> {
+    let paths = transferred_paths(prefix, out);
+    if paths.is_empty() {
+        return Ok(0);
+    }
+    let n = ledger
+        .append(&paths)
+        .with_context(|| format!("cannot append to ledger {}", p(ledger.path())))?;
+    Ok(n as u64)
+}
+
+struct Planned {
+    name: Vec<u8>,
+    src: PathBuf,
+    dst: PathBuf,
+    excludes: Vec<String>,
+}
+
+/// Nested skip-list rules inside a mirrored entry become anchored excludes.
+fn nested_excludes(skip: &SkipList, top: &str) -> Vec<String> {
+    skip.nested_rules(top)
+        .into_iter()
+        .filter(|r| r.route != Route::BackupDisk)
+        .map(|r| format!("/{}", r.pattern[1..].join("/")))
+        .collect()
+}
+
+pub fn mirror(o: &MirrorOpts, metrics: &mut Metrics) -> Result<(ExitCode, Report)> {
+    let mut report = Report::default();
+    let skip = SkipList::load(&o.skip_list).map_err(|e| Exit::usage(e.to_string()))?;
+    let dest_md = std::fs::metadata(&o.dest)
+        .map_err(|e| Exit::refused(format!("destination {}: {e}", p(&o.dest))))?;
+    if !dest_md.is_dir() {
+        return Err(Exit::refused(format!(
+            "destination {} is not a directory",
+            p(&o.dest)
+        )));
+    }
+    let src_md = std::fs::metadata(&o.source)
+        .map_err(|e| Exit::refused(format!("source {}: {e}", p(&o.source))))?;
+    if !src_md.is_dir() {
+        return Err(Exit::refused(format!(
+            "source {} is not a directory",
+            p(&o.source)
+        )));
+    }
+    if o.require_mountpoint && !is_mountpoint(&o.source)? {
+        return Err(Exit::refused(format!(
+            "source {} is not a mountpoint (--require-mountpoint): nothing copied or deleted",
+            p(&o.source)
+        )));
+    }
+    let mut names: Vec<Vec<u8>> = std::fs::read_dir(&o.source)
+        .with_context(|| format!("cannot list source {}", p(&o.source)))?
+        .map(|e| e.map(|e| e.file_name().into_vec()))
+        .collect::<std::io::Result<_>>()
+        .with_context(|| format!("cannot list source {}", p(&o.source)))?;
+    names.sort();
+    if names.is_empty() {
+        return Err(Exit::refused(format!(
+            "source {} is empty: nothing copied or deleted",
+            p(&o.source)
+        )));
+    }
+    let ledger_path = o
+        .ledger
+        .clone()
+        .unwrap_or_else(|| o.dest.join(".changed-files"));
+    let ledger = Ledger::new(ledger_path, PathKind::Relative);
+    let state = o.dest.join(STATE_DIR);
+    if !o.dry_run {
+        std::fs::create_dir_all(state.join("spool")).with_context(|| p(&state))?;
+        report.ledger_entries += recover_spool(&o.dest, &ledger)?;
+    }
+    let mut known = load_entries(&o.dest);
+    let present: BTreeSet<Vec<u8>> = names.iter().cloned().collect();
+
+    // Route every entry; plan the mirrored ones.
+    let mut planned = Vec::new();
+    for n in &names {
+        let s = name_str(n);
+        let route = skip.route(Path::new(OsStr::from_bytes(n)));
+        let mut rep = EntryReport {
+            name: s.clone(),
+            route,
+            action: String::new(),
+            transferred: 0,
+            deletions: 0,
+            message: None,
+        };
+        if route != Route::BackupDisk {
+            rep.action = "skipped".into();
+            if known.contains(n) {
+                if o.prune_skipped {
+                    rep.action = if o.dry_run { "would-prune" } else { "pruned" }.into();
+                } else {
+                    rep.message = Some(format!(
+                        "routed '{}' but its old mirror stays (use --prune-skipped)",
+                        route.as_str()
+                    ));
+                }
+            }
+            report.entries.push(rep);
+            continue;
+        }
+        if reserved(n) {
+            rep.action = "reserved".into();
+            rep.message =
+                Some("name belongs to another job or a state file under the destination".into());
+            report.entries.push(rep);
+            continue;
+        }
+        planned.push(Planned {
+            name: n.clone(),
+            src: o.source.join(OsStr::from_bytes(n)),
+            dst: o.dest.join(OsStr::from_bytes(n)),
+            excludes: nested_excludes(&skip, &String::from_utf8_lossy(n)),
+        });
+        report.entries.push(rep);
+    }
+    // Mirrors whose source vanished: kept, reported.
+    for k in &known {
+        if !present.contains(k) {
+            report.entries.push(EntryReport {
+                name: name_str(k),
+                route: skip.route(Path::new(OsStr::from_bytes(k))),
+                action: "vanished".into(),
+                transferred: 0,
+                deletions: 0,
+                message: Some(
+                    "source entry is gone; its mirror is kept until removed by hand".into(),
+                ),
+            });
+        }
+    }
+
+    // Guard pass: what would each tree delete? Nothing is written yet.
+    let mut refusals = Vec::new();
+    for pl in &planned {
+        let rep = report
+            .entries
+            .iter_mut()
+            .find(|r| r.name == name_str(&pl.name))
+            .expect("planned entries are reported");
+        let src_is_dir = std::fs::symlink_metadata(&pl.src)
+            .map(|m| m.is_dir())
+            .unwrap_or(false);
+        if !src_is_dir {
+            rep.action = "skipped".into();
+            rep.message = Some("not a directory: only directories are mirrored".into());
+            continue;
+        }
+        if !pl.dst.exists() {
+            continue;
+        }
+        let src_empty = std::fs::read_dir(&pl.src)
+            .map(|mut d| d.next().is_none())
+            .unwrap_or(true);
+        let dst_empty = std::fs::read_dir(&pl.dst)
+            .map(|mut d| d.next().is_none())
+            .unwrap_or(true);
+        if src_empty && !dst_empty {
+            rep.action = "refused".into();
+            let m = format!("source {} is empty but its mirror is not", p(&pl.src));
+            rep.message = Some(m.clone());
+            refusals.push(m);
+            continue;
+        }
+        if o.max_delete == MaxDelete::Off && !o.dry_run {
+            continue;
+        }
+        let out = rsync_cmd(
+            &o.rsync,
+            &pl.src,
+            &pl.dst,
+            &pl.excludes,
+            o.prune_skipped,
+            true,
+            o.timeout,
+        )
+        .run_any()
+        .map_err(|e| anyhow::anyhow!("dry run of {}: {e}", p(&pl.src)))?;
+        if !RsyncResult::classify(out.code, &out.stderr).is_success() {
+            return Err(anyhow::anyhow!(
+                "dry run of {} failed: rsync exited {} ({}): {}",
+                p(&pl.src),
+                out.code,
+                RsyncResult::describe(out.code),
+                out.stderr.trim()
+            ));
+        }
+        let plan = DeletePlan::from_items(&rsync_items::parse(&out.stdout));
+        rep.deletions = plan.deletions;
+        report.plan.add(plan);
+    }
+    if let Some(why) = o.max_delete.check(&report.plan) {
+        refusals.push(why);
+    }
+    if !refusals.is_empty() {
+        metrics.gauge(
+            "nfs_mirror_planned_deletions",
+            "Items the run would have deleted when a guard refused it.",
+            report.plan.deletions as f64,
+        )?;
+        return Err(Exit::refused(format!(
+            "refused, nothing copied or deleted: {}",
+            refusals.join("; ")
+        )));
+    }
+
+    if o.dry_run {
+        for pl in &planned {
+            if let Some(r) = report
+                .entries
+                .iter_mut()
+                .find(|r| r.name == name_str(&pl.name) && r.action.is_empty())
+            {
+                r.action = "would-mirror".into();
+            }
+        }
+        report.dest_used_bytes = fs_used_bytes(&o.dest);
+        return Ok((ExitCode::Ok, report));
+    }
+
+    // Real pass, one tree at a time; a failed tree does not stop the rest.
+    let mut failed = Vec::new();
+    let mut ok = 0usize;
+    for pl in &planned {
+        let idx = report
+            .entries
+            .iter()
+            .position(|r| r.name == name_str(&pl.name))
+            .expect("planned entries are reported");
+        if !report.entries[idx].action.is_empty() {
+            continue;
+        }
+        known.insert(pl.name.clone());
+        save_entries(&o.dest, &known)?;
+        let spool = state.join("spool").join(format!("{}.items", hex(&pl.name)));
+        let cmd = rsync_cmd(
+            &o.rsync,
+            &pl.src,
+            &pl.dst,
+            &pl.excludes,
+            o.prune_skipped,
+            false,
+            o.timeout,
+        )
+        .stdout_file(&spool);
+        let res = cmd.run_any();
+        // Whatever happened, what rsync reported as sent goes into the ledger.
+        let data = std::fs::read(&spool).unwrap_or_default();
+        let n = append_items(&ledger, &pl.name, &data)?;
+        let _ = std::fs::remove_file(&spool);
+        report.ledger_entries += n;
+        report.transferred += n;
+        let rep = &mut report.entries[idx];
+        rep.transferred = n;
+        match res {
+            Ok(out) => match RsyncResult::classify(out.code, &out.stderr) {
+                RsyncResult::Ok => {
+                    rep.action = "mirrored".into();
+                    ok += 1;
+                }
+                RsyncResult::Vanished { files } => {
+                    rep.action = "mirrored".into();
+                    rep.message = Some(format!("{files} file(s) vanished during the transfer"));
+                    report.vanished_files += files as u64;
+                    warn!(
+                        "{}: {files} source file(s) vanished during the transfer (rsync 24), counted as success",
+                        rep.name
+                    );
+                    ok += 1;
+                }
+                _ => {
+                    rep.action = "failed".into();
+                    let m = format!(
+                        "rsync exited {} ({}): {}",
+                        out.code,
+                        RsyncResult::describe(out.code),
+                        backup_core::log::escape_str(out.stderr.trim())
+                    );
+                    error!("{}: {m}", rep.name);
+                    rep.message = Some(m);
+                    failed.push(rep.name.clone());
+                }
+            },
+            Err(e) => {
+                rep.action = "failed".into();
+                let m = match &e {
+                    CmdError::Timeout { .. } => format!("{e}"),
+                    _ => e.to_string(),
+                };
+                error!("{}: {m}", rep.name);
+                rep.message = Some(m);
+                failed.push(rep.name.clone());
+            }
+        }
+        if rep.action == "mirrored" {
+            info!(
+                "{}: mirrored, {} file(s) transferred",
+                rep.name, rep.transferred
+            );
+        }
+    }
+    // Prune mirrors of entries the skip list now routes elsewhere.
+    if o.prune_skipped {
+        for rep in report.entries.iter_mut().filter(|r| r.action == "pruned") {
+            let raw = known.iter().find(|k| name_str(k) == rep.name).cloned();
+            if let Some(raw) = raw {
+                let d = o.dest.join(OsStr::from_bytes(&raw));
+                if d.exists() {
+                    std::fs::remove_dir_all(&d)
+                        .with_context(|| format!("cannot prune {}", p(&d)))?;
+                }
+                known.remove(&raw);
+                info!("{}: pruned (routed '{}' now)", rep.name, rep.route.as_str());
+            }
+        }
+        save_entries(&o.dest, &known)?;
+    }
+    for r in &report.entries {
+        match r.action.as_str() {
+            "vanished" => warn!("{}: {}", r.name, r.message.as_deref().unwrap_or("")),
+            "reserved" | "skipped" if r.message.is_some() => {
+                warn!("{}: {}", r.name, r.message.as_deref().unwrap_or(""));
+            }
+            _ => {}
+        }
+    }
+    report.dest_used_bytes = fs_used_bytes(&o.dest);
+    let reserved_n = report
+        .entries
+        .iter()
+        .filter(|r| r.action == "reserved")
+        .count();
+    let code = ExitCode::from_items(ok, failed.len() + reserved_n);
+    if code != ExitCode::Ok {
+        let mut what = failed.clone();
+        what.extend(
+            report
+                .entries
+                .iter()
+                .filter(|r| r.action == "reserved")
+                .map(|r| format!("{} (reserved name)", r.name)),
+        );
+        error!("not mirrored: {}", what.join(", "));
+    }
+    Ok((code, report))
+}
+
+/// Host configuration copy (`nfs-mirror config`).
+#[derive(Debug, Clone)]
+pub struct ConfigOpts {
+    pub dest: PathBuf,
+    pub items: Vec<PathBuf>,
+    pub ledger: Option<PathBuf>,
+    pub dry_run: bool,
+    pub timeout: Duration,
+    pub rsync: OsString,
+}
+
+/// Copy each configuration directory to `DEST/pve-config/<its path>/`.
+pub fn config(o: &ConfigOpts) -> Result<(ExitCode, u64)> {
+    if !o.dest.is_dir() {
+        return Err(Exit::refused(format!(
+            "destination {} is not a directory",
+            p(&o.dest)
+        )));
+    }
+    let ledger = Ledger::new(
+        o.ledger
+            .clone()
+            .unwrap_or_else(|| o.dest.join(".changed-files")),
+        PathKind::Relative,
+    );
+    let root = o.dest.join("pve-config");
+    let (mut ok, mut failed, mut total) = (0usize, Vec::new(), 0u64);
+    for item in &o.items {
+        let rel: PathBuf = item
+            .components()
+            .filter(|c| matches!(c, std::path::Component::Normal(_)))
+            .collect();
+        if !item.is_absolute() || rel.as_os_str().is_empty() {
+            return Err(Exit::usage(format!(
+                "--item {}: expected an absolute directory path",
+                p(item)
+            )));
+        }
+        let empty = std::fs::read_dir(item)
+            .map(|mut d| d.next().is_none())
+            .unwrap_or(true);
+        if empty {
+            // A missing or empty /etc/pve (pmxcfs down) must not wipe the copy.
+            error!("{}: missing or empty, its copy is left as it is", p(item));
+            failed.push(p(item));
+            continue;
+        }
+        let dst = root.join(&rel);
+        if o.dry_run {
+            info!("would copy {} to {}", p(item), p(&dst));
+            ok += 1;
+            continue;
+        }
+        std::fs::create_dir_all(&dst).with_context(|| p(&dst))?;
+        let mut prefix = b"pve-config/".to_vec();
+        prefix.extend_from_slice(rel.as_os_str().as_bytes());
+        let out = rsync_cmd(&o.rsync, item, &dst, &[], false, false, o.timeout).run_any();
+        match out {
+            Ok(out) => {
+                let n = append_items(&ledger, &prefix, &out.stdout)?;
+                total += n;
+                if RsyncResult::classify(out.code, &out.stderr).is_success() {
+                    info!("{}: {n} file(s) copied", p(item));
+                    ok += 1;
+                } else {
+                    error!(
+                        "{}: rsync exited {} ({}): {}",
+                        p(item),
+                        out.code,
+                        RsyncResult::describe(out.code),
+                        out.stderr.trim()
+                    );
+                    failed.push(p(item));
+                }
+            }
+            Err(e) => {
+                error!("{}: {e}", p(item));
+                failed.push(p(item));
+            }
+        }
+    }
+    Ok((ExitCode::from_items(ok, failed.len()), total))
+}

@@ -1,0 +1,369 @@
+//! nfs-mirror against real rsync on temp trees (and a small loop ext4 for
+//! the full-disk case).
+
+use std::collections::BTreeSet;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use backup_core::ledger::{Ledger, PathKind};
+use backup_tests::harness::{Run, Sandbox};
+
+const SKIP: &str = "direct immich\nnever frigate\nnever servarr/downloads/f1-replays\n";
+
+struct T {
+    sb: Sandbox,
+    src: PathBuf,
+    dst: PathBuf,
+    skip: PathBuf,
+}
+
+fn setup() -> T {
+    let sb = Sandbox::new();
+    let src = sb.mkdir("srv/nfs");
+    let dst = sb.mkdir("mnt/backup");
+    let skip = sb.write("skip.conf", SKIP);
+    T { sb, src, dst, skip }
+}
+
+impl T {
+    fn run(&self, extra: &[&str]) -> Run {
+        let mut c = self.sb.cmd("nfs-mirror");
+        c.arg("--source")
+            .arg(&self.src)
+            .arg("--dest")
+            .arg(&self.dst)
+            .arg("--skip-list")
+            .arg(&self.skip)
+            .args(extra);
+        Run::of(&mut c)
+    }
+    fn ledger(&self) -> BTreeSet<Vec<u8>> {
+        Ledger::new(self.dst.join(".changed-files"), PathKind::Relative)
+            .read()
+            .expect("ledger")
+            .entries
+            .iter()
+            .map(|p| p.as_os_str().as_bytes().to_vec())
+            .collect()
+    }
+    fn w(&self, rel: &[u8], data: &str) {
+        let p = self.src.join(std::ffi::OsStr::from_bytes(rel));
+        std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+        std::fs::write(p, data).expect("write");
+    }
+}
+
+fn set(items: &[&[u8]]) -> BTreeSet<Vec<u8>> {
+    items.iter().map(|i| i.to_vec()).collect()
+}
+
+fn neighbours(dst: &Path) {
+    for (rel, data) in [
+        ("pvc-data/2026-W48/ns/pvc/f", "pvc"),
+        ("vzdump/vm-100.vma.zst", "vm image"),
+        ("devvm-home/gen1/x", "home"),
+        ("unknown-dir/keep", "keep"),
+        (".changed-files.lock", ""),
+        (".force-full-sync", ""),
+        (".nfs-changes.log", "/srv/nfs/immich/a\n"),
+    ] {
+        let p = dst.join(rel);
+        std::fs::create_dir_all(p.parent().expect("p")).expect("mkdir");
+        std::fs::write(p, data).expect("write");
+    }
+}
+
+fn assert_neighbours(dst: &Path) {
+    for rel in [
+        "pvc-data/2026-W48/ns/pvc/f",
+        "vzdump/vm-100.vma.zst",
+        "devvm-home/gen1/x",
+        "unknown-dir/keep",
+        ".changed-files.lock",
+        ".force-full-sync",
+        ".nfs-changes.log",
+    ] {
+        assert!(dst.join(rel).exists(), "{rel} was touched");
+    }
+}
+
+#[test]
+fn mirrors_leg1_entries_only_and_ledgers_exactly_what_was_sent() {
+    let t = setup();
+    t.w(b"nextcloud/data/a.txt", "a");
+    t.w(b"nextcloud/data/new\nline", "nl");
+    t.w(b"nextcloud/-leading-dash", "dash");
+    t.w(b"nextcloud/back\\#012slash", "bs");
+    t.w(b"calibre/metadata.db", "db");
+    t.w(b"calibre/metadata.db-wal", "wal");
+    t.w(b"calibre/metadata.db-shm", "shm");
+    t.w(b"calibre/@eaDir/thumb", "cruft");
+    t.w(b"immich/upload/p.jpg", "photo");
+    t.w(b"frigate/clip.mp4", "clip");
+    t.w(b"servarr/config.xml", "cfg");
+    t.w(b"servarr/downloads/f1-replays/r1.mkv", "race");
+    t.w(b"servarr/downloads/other.mkv", "other");
+    neighbours(&t.dst);
+    // A stale file inside a mirrored tree is deleted by --delete.
+    std::fs::create_dir_all(t.dst.join("calibre")).expect("mkdir");
+    std::fs::write(t.dst.join("calibre/stale"), "old").expect("write");
+
+    // One stale file of one: a count limit lets it go (10% would not).
+    t.run(&[])
+        .fails_with(5)
+        .stderr_contains("would delete 1 of 1");
+    t.run(&["--max-delete", "1"]).succeeds();
+    assert!(t.dst.join("nextcloud/data/new\nline").is_file());
+    assert!(t.dst.join("calibre/metadata.db").is_file());
+    assert!(
+        !t.dst.join("calibre/metadata.db-wal").exists(),
+        "WAL sidecar copied"
+    );
+    assert!(!t.dst.join("calibre/@eaDir").exists(), "NAS cruft copied");
+    assert!(
+        !t.dst.join("calibre/stale").exists(),
+        "--delete inside the tree"
+    );
+    assert!(!t.dst.join("immich").exists(), "direct route mirrored");
+    assert!(!t.dst.join("frigate").exists(), "never route mirrored");
+    assert!(!t.dst.join("servarr/downloads/f1-replays").exists());
+    assert!(t.dst.join("servarr/downloads/other.mkv").is_file());
+    assert_neighbours(&t.dst);
+    assert_eq!(
+        t.ledger(),
+        set(&[
+            b"nextcloud/data/a.txt",
+            b"nextcloud/data/new\nline",
+            b"nextcloud/-leading-dash",
+            b"nextcloud/back\\#012slash",
+            b"calibre/metadata.db",
+            b"servarr/config.xml",
+            b"servarr/downloads/other.mkv",
+        ])
+    );
+
+    // Nothing changed: nothing new in the ledger. Then a same-size rewrite
+    // within the same second is still seen (--modify-window=-1).
+    std::fs::remove_file(t.dst.join(".changed-files")).expect("rm");
+    t.run(&[]).succeeds();
+    assert!(
+        t.ledger().is_empty(),
+        "unchanged files ledgered: {:?}",
+        t.ledger()
+    );
+    let f = t.src.join("calibre/metadata.db");
+    let before = std::fs::metadata(&f)
+        .expect("md")
+        .modified()
+        .expect("mtime");
+    std::fs::write(&f, "DB").expect("rewrite");
+    let _ = std::fs::File::options()
+        .write(true)
+        .open(&f)
+        .and_then(|h| h.set_modified(before + std::time::Duration::from_millis(1)));
+    t.run(&[]).succeeds();
+    assert_eq!(t.ledger(), set(&[b"calibre/metadata.db"]));
+    assert_eq!(
+        std::fs::read(t.dst.join("calibre/metadata.db")).expect("r"),
+        b"DB"
+    );
+}
+
+#[test]
+fn bug3_empty_or_unmounted_source_deletes_nothing() {
+    let t = setup();
+    t.w(b"nextcloud/a", "a");
+    t.w(b"calibre/b", "b");
+    t.run(&[]).succeeds();
+
+    // Whole source empty (the LV not mounted): refused, mirror intact.
+    std::fs::remove_dir_all(&t.src).expect("rm");
+    std::fs::create_dir_all(&t.src).expect("mkdir");
+    t.run(&[]).fails_with(5).stderr_contains("is empty");
+    assert!(t.dst.join("nextcloud/a").is_file());
+
+    // Not a mountpoint when one is required.
+    t.w(b"nextcloud/a", "a");
+    t.run(&["--require-mountpoint"])
+        .fails_with(5)
+        .stderr_contains("not a mountpoint");
+
+    // One tree empty while its mirror is not: the whole run is refused
+    // before anything is copied (the new file does not arrive either).
+    t.w(b"calibre/new-file", "n");
+    std::fs::remove_dir_all(t.src.join("nextcloud")).expect("rm");
+    std::fs::create_dir_all(t.src.join("nextcloud")).expect("mkdir");
+    t.run(&[])
+        .fails_with(5)
+        .stderr_contains("is empty but its mirror is not");
+    assert!(t.dst.join("nextcloud/a").is_file());
+    assert!(!t.dst.join("calibre/new-file").exists());
+}
+
+#[test]
+fn max_delete_refuses_with_the_figures_and_copies_nothing() {
+    let t = setup();
+    for i in 0..20 {
+        t.w(format!("nextcloud/f{i:02}").as_bytes(), "x");
+    }
+    t.run(&[]).succeeds();
+    for i in 0..5 {
+        std::fs::remove_file(t.src.join(format!("nextcloud/f{i:02}"))).expect("rm");
+    }
+    t.w(b"nextcloud/added", "new");
+    let r = t.run(&["--max-delete", "10%"]);
+    r.fails_with(5).stderr_contains("would delete 5 of 20");
+    assert!(t.dst.join("nextcloud/f00").exists());
+    assert!(!t.dst.join("nextcloud/added").exists());
+    t.run(&["--max-delete", "4"]).fails_with(5);
+    t.run(&["--max-delete", "5"]).succeeds();
+    assert!(!t.dst.join("nextcloud/f00").exists());
+    assert!(t.dst.join("nextcloud/added").exists());
+    Run::of(t.sb.cmd("nfs-mirror").args(["--max-delete", "lots"]))
+        .fails_with(2)
+        .stderr_contains("--max-delete");
+}
+
+#[test]
+fn vanished_entry_keeps_its_mirror_and_prune_skipped_removes_rerouted_ones() {
+    let t = setup();
+    t.w(b"oldsvc/a", "a");
+    t.w(b"photos/p", "p");
+    t.w(b"keep/k", "k");
+    t.run(&[]).succeeds();
+    std::fs::remove_dir_all(t.src.join("oldsvc")).expect("rm");
+    let r = t.run(&["--json"]);
+    r.succeeds();
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).expect("json");
+    let vanished: Vec<&str> = v["entries"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .filter(|e| e["action"] == "vanished")
+        .map(|e| e["name"].as_str().expect("name"))
+        .collect();
+    assert_eq!(vanished, ["oldsvc"]);
+    assert!(
+        t.dst.join("oldsvc/a").is_file(),
+        "vanished entry's mirror deleted"
+    );
+
+    // photos is now routed direct: without --prune-skipped its mirror stays.
+    std::fs::write(&t.skip, format!("{SKIP}direct photos\n")).expect("skip");
+    t.run(&[]).succeeds().stderr_contains("--prune-skipped");
+    assert!(t.dst.join("photos/p").is_file());
+    t.run(&["--prune-skipped", "--dry-run"]).succeeds();
+    assert!(t.dst.join("photos/p").is_file(), "dry run pruned");
+    t.run(&["--prune-skipped"]).succeeds();
+    assert!(!t.dst.join("photos").exists());
+    assert!(t.dst.join("keep/k").is_file());
+    assert!(t.dst.join("oldsvc/a").is_file());
+}
+
+#[test]
+fn dry_run_changes_nothing_and_bad_skip_list_is_a_usage_error() {
+    let t = setup();
+    t.w(b"nextcloud/a", "a");
+    t.run(&["--dry-run"])
+        .succeeds()
+        .stdout_contains("would-mirror");
+    assert!(!t.dst.join("nextcloud").exists());
+    assert!(!t.dst.join(".changed-files").exists());
+    std::fs::write(&t.skip, "sometimes nextcloud\n").expect("w");
+    t.run(&[]).fails_with(2).stderr_contains("skip.conf:1");
+}
+
+#[test]
+fn config_copy_goes_to_pve_config_and_the_ledger() {
+    let t = setup();
+    let etc = t.sb.mkdir("etc/pve");
+    std::fs::write(etc.join("storage.cfg"), "dir: local").expect("w");
+    let empty = t.sb.mkdir("etc/empty");
+    neighbours(&t.dst);
+    let mut c = t.sb.cmd("nfs-mirror");
+    c.arg("config")
+        .arg("--dest")
+        .arg(&t.dst)
+        .arg("--item")
+        .arg(&etc);
+    Run::of(&mut c).succeeds();
+    let rel = etc.strip_prefix("/").expect("abs");
+    assert!(
+        t.dst
+            .join("pve-config")
+            .join(rel)
+            .join("storage.cfg")
+            .is_file()
+    );
+    let mut want = b"pve-config/".to_vec();
+    want.extend_from_slice(rel.join("storage.cfg").as_os_str().as_bytes());
+    assert_eq!(t.ledger(), set(&[&want]));
+    // An empty item (pmxcfs down) fails and leaves its copy alone.
+    let mut c = t.sb.cmd("nfs-mirror");
+    c.arg("config")
+        .arg("--dest")
+        .arg(&t.dst)
+        .arg("--item")
+        .arg(&empty);
+    Run::of(&mut c)
+        .fails_with(1)
+        .stderr_contains("missing or empty");
+    assert_neighbours(&t.dst);
+}
+
+/// The backup disk fills up mid-run (a 4 MiB ext4 on a loop device in a
+/// private mount namespace): exit != 0, and every file that reached the
+/// disk is in the ledger.
+#[test]
+fn full_backup_disk_fails_and_ledgers_what_arrived() {
+    let t = setup();
+    for i in 0..12 {
+        t.w(format!("media/f{i:02}").as_bytes(), &"x".repeat(512 * 1024));
+    }
+    let img = t.sb.path().join("disk.img");
+    let ok = std::process::Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-m", "0"])
+        .arg(&img)
+        .arg("4M")
+        .status()
+        .expect("mkfs");
+    assert!(ok.success());
+    let listing = t.sb.path().join("arrived.txt");
+    let ledger = t.sb.path().join("ledger");
+    let script = "mount -o loop \"$1\" \"$2\" && \"$3\" --source \"$4\" --dest \"$2\" --skip-list \"$5\" --ledger \"$6\"; rc=$?; (cd \"$2\" && find media -type f -size +0) > \"$7\"; exit $rc";
+    let out = std::process::Command::new("unshare")
+        .args(["-m", "--propagation", "private", "sh", "-c", script, "sh"])
+        .arg(&img)
+        .arg(&t.dst)
+        .arg(backup_tests::harness::bin("nfs-mirror"))
+        .arg(&t.src)
+        .arg(&t.skip)
+        .arg(&ledger)
+        .arg(&listing)
+        .env("BACKUP_LOCK_DIR", t.sb.lock_dir())
+        .output()
+        .expect("unshare");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(
+        out.status.code(),
+        Some(0),
+        "full disk reported success: {stderr}"
+    );
+    let arrived: BTreeSet<Vec<u8>> = std::fs::read(&listing)
+        .expect("listing")
+        .split(|&b| b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|l| l.to_vec())
+        .collect();
+    assert!(!arrived.is_empty(), "nothing arrived: {stderr}");
+    let led: BTreeSet<Vec<u8>> = Ledger::new(&ledger, PathKind::Relative)
+        .read()
+        .expect("ledger")
+        .entries
+        .iter()
+        .map(|p| p.as_os_str().as_bytes().to_vec())
+        .collect();
+    let missing: Vec<_> = arrived.difference(&led).collect();
+    assert!(missing.is_empty(), "arrived but not ledgered: {missing:?}");
+    println!("arrived={} ledgered={}", arrived.len(), led.len());
+}
