@@ -1,3 +1,7 @@
+//! sqlite-dump: verified copies of every SQLite database in a tree.
+use clap::Parser;
+
 fn main() {
-    backup_core::exit::run_main("sqlite-dump", || anyhow::bail!("not implemented yet"));
+    let cli = sqlite_dump::Cli::parse();
+    backup_core::exit::run_main(sqlite_dump::TOOL, || sqlite_dump::run(cli));
 }
