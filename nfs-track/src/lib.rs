@@ -1,1 +1,569 @@
-//! nfs-track (not built yet).
+//! nfs-track: a long-running change tracker for the NFS trees. It logs,
+//! through the core ledger, every regular file created and written, or
+//! moved in, under the watched trees, and closes every gap it cannot see
+//! through (queue overflow, watch limit, downtime) with a ctime rescan or a
+//! full-sync marker. See behaviour.md section 8 and bug 18.
+
+pub mod fanotify;
+pub mod inotify;
+pub mod mount;
+pub mod scan;
+pub mod sink;
+pub mod state;
+pub mod sys;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use backup_core::cli::{Common, parse_duration};
+use backup_core::exit::{EXIT_CODE_HELP, Exit, ExitCode};
+use backup_core::ledger::{Ledger, PathKind};
+use backup_core::log::p;
+use backup_core::metrics::{Kind, Metrics};
+use backup_core::skiplist::{Route, SkipList};
+use backup_core::{error, info, warn};
+use clap::{Parser, ValueEnum};
+
+use crate::scan::Scope;
+use crate::sink::{DEFAULT_EXCLUDES, Filter, Sink};
+use crate::state::State;
+
+/// ctime is taken from a coarse clock and may lag the instant we stamp;
+/// rescans start this much earlier (a few duplicates, never a miss).
+const MARGIN: Duration = Duration::from_secs(2);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BackendKind {
+    /// fanotify where the kernel and privileges allow it, else inotify.
+    Auto,
+    /// One filesystem-wide mark per filesystem (needs CAP_SYS_ADMIN).
+    Fanotify,
+    /// A watch per directory.
+    Inotify,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RouteArg {
+    Direct,
+    Never,
+    BackupDisk,
+}
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "nfs-track",
+    version,
+    about = "Log every file created, written or moved into the NFS trees to the change ledger",
+    after_help = EXIT_CODE_HELP
+)]
+pub struct Cli {
+    /// A tree to watch (repeatable).
+    #[arg(long = "watch", value_name = "DIR", required = true)]
+    pub watch: Vec<PathBuf>,
+    /// The ledger (absolute paths, one per line).
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "NFS_TRACK_LOG",
+        default_value = "/mnt/backup/.nfs-changes.log"
+    )]
+    pub log: PathBuf,
+    /// Skip list; with it only paths of `--route` are logged.
+    #[arg(long, value_name = "FILE")]
+    pub skip_list: Option<PathBuf>,
+    /// The skip-list route to log (paths relative to each watched root).
+    #[arg(long, value_enum, requires = "skip_list")]
+    pub route: Option<RouteArg>,
+    /// A regex over the full path; matching files are not logged (repeatable).
+    #[arg(long = "exclude", value_name = "REGEX")]
+    pub exclude: Vec<String>,
+    /// Drop the default excludes (swap files, .nfs*, .Trash, SQLite sidecars).
+    #[arg(long)]
+    pub no_default_excludes: bool,
+    #[arg(long, value_enum, default_value = "auto")]
+    pub backend: BackendKind,
+    /// Paths are deduplicated and written once per interval.
+    #[arg(long, value_parser = parse_duration, default_value = "1s")]
+    pub flush_interval: Duration,
+    /// Where the last instant known to be watching is kept.
+    #[arg(
+        long,
+        value_name = "DIR",
+        env = "NFS_TRACK_STATE_DIR",
+        default_value = "/var/lib/nfs-track"
+    )]
+    pub state_dir: PathBuf,
+    /// How often the heartbeat metrics file is written.
+    #[arg(long, value_parser = parse_duration, default_value = "60s")]
+    pub metrics_interval: Duration,
+    /// Write the ledger only while this is a mountpoint; hold paths meanwhile.
+    #[arg(long, value_name = "DIR")]
+    pub require_mountpoint: Option<PathBuf>,
+    /// Paths held in memory at most while the ledger is unavailable; past
+    /// it they are dropped and a full sync is requested.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub max_pending: usize,
+    #[command(flatten)]
+    pub common: Common,
+}
+
+enum Backend {
+    Inotify(inotify::Inotify),
+    Fanotify(fanotify::Fanotify),
+}
+
+impl Backend {
+    fn name(&self) -> &'static str {
+        match self {
+            Backend::Inotify(_) => "inotify",
+            Backend::Fanotify(_) => "fanotify",
+        }
+    }
+    fn fd(&self) -> i32 {
+        match self {
+            Backend::Inotify(b) => b.fd(),
+            Backend::Fanotify(b) => b.fd(),
+        }
+    }
+    fn watches(&self) -> usize {
+        match self {
+            Backend::Inotify(b) => b.watches(),
+            Backend::Fanotify(b) => b.marks(),
+        }
+    }
+    fn drain(&mut self, sink: &mut Sink) -> std::io::Result<bool> {
+        match self {
+            Backend::Inotify(b) => b.drain(sink),
+            Backend::Fanotify(b) => b.drain(sink),
+        }
+    }
+    fn rescan(&mut self, threshold: SystemTime, sink: &mut Sink) {
+        sink.counters.rescans += 1;
+        match self {
+            Backend::Inotify(b) => b.rescan(threshold, sink),
+            Backend::Fanotify(b) => b.rescan(threshold, sink),
+        }
+    }
+}
+
+/// The validated plan, before any watching starts.
+struct Plan {
+    roots: Vec<PathBuf>,
+    ledger: Ledger,
+    filter: Filter,
+    state: State,
+}
+
+fn plan(cli: &Cli) -> anyhow::Result<Plan> {
+    let mut roots: Vec<PathBuf> = Vec::new();
+    for w in &cli.watch {
+        let c = std::fs::canonicalize(w)
+            .ok()
+            .filter(|c| c.is_dir())
+            .ok_or_else(|| Exit::usage(format!("--watch {}: not a directory", p(w))))?;
+        if let Some(o) = roots.iter().find(|r| c.starts_with(r) || r.starts_with(&c)) {
+            return Err(Exit::usage(format!(
+                "--watch {} overlaps --watch {}: give each tree once",
+                p(&c),
+                p(o)
+            )));
+        }
+        roots.push(c);
+    }
+    if !cli.log.is_absolute() {
+        return Err(Exit::usage(format!(
+            "--log {}: expected an absolute path",
+            p(&cli.log)
+        )));
+    }
+    if let Some(mp) = &cli.require_mountpoint
+        && !cli.log.starts_with(mp)
+    {
+        return Err(Exit::usage(format!(
+            "--log {} is not under --require-mountpoint {}",
+            p(&cli.log),
+            p(mp)
+        )));
+    }
+    let mut excludes: Vec<String> = Vec::new();
+    if !cli.no_default_excludes {
+        excludes.extend(DEFAULT_EXCLUDES.iter().map(|s| s.to_string()));
+    }
+    for e in &cli.exclude {
+        regex::bytes::Regex::new(e)
+            .map_err(|err| Exit::usage(format!("--exclude {e:?}: not a valid regex: {err}")))?;
+        excludes.push(e.clone());
+    }
+    let skip = match &cli.skip_list {
+        Some(f) => {
+            let list = SkipList::load(f).map_err(|e| Exit::usage(format!("--skip-list: {e}")))?;
+            let route = match cli.route.unwrap_or(RouteArg::Direct) {
+                RouteArg::Direct => Route::Direct,
+                RouteArg::Never => Route::Never,
+                RouteArg::BackupDisk => Route::BackupDisk,
+            };
+            Some((list, route))
+        }
+        None => None,
+    };
+    let ledger = Ledger::new(cli.log.clone(), PathKind::Absolute);
+    let state = State::new(&cli.state_dir, &cli.log, &roots);
+    let mut own = vec![
+        ledger.path().to_path_buf(),
+        ledger.lock_path(),
+        ledger.inflight_path(),
+        ledger.marker_path(),
+        cli.state_dir.clone(),
+    ];
+    own.extend(cli.common.metrics_file.clone());
+    let filter = Filter::new(roots.clone(), &excludes, skip, own)
+        .map_err(|e| Exit::usage(format!("--exclude: {e}")))?;
+    Ok(Plan {
+        roots,
+        ledger,
+        filter,
+        state,
+    })
+}
+
+struct Tracker {
+    backend: Backend,
+    sink: Sink,
+    ledger: Ledger,
+    state: State,
+    require_mountpoint: Option<PathBuf>,
+    metrics_file: Option<PathBuf>,
+    available: bool,
+    last_write_error: Option<String>,
+    last_stamp: Option<Instant>,
+}
+
+fn unix(t: SystemTime) -> f64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+impl Tracker {
+    /// Write what is held, then stamp `covered_to` (every change before it
+    /// is now in the ledger or covered by the marker). Nothing is written
+    /// while the required mountpoint is absent.
+    fn flush(&mut self, covered_to: SystemTime, force_stamp: bool) {
+        let available = match &self.require_mountpoint {
+            Some(mp) => mount::is_mountpoint(mp),
+            None => true,
+        };
+        if available != self.available {
+            if available {
+                info!(
+                    "{} is mounted again: writing {} held paths",
+                    p(self.require_mountpoint.as_deref().unwrap_or(Path::new("?"))),
+                    self.sink.pending.len()
+                );
+            } else {
+                warn!(
+                    "{} is not a mountpoint: holding changed paths in memory (at most {}) until it is",
+                    p(self.require_mountpoint.as_deref().unwrap_or(Path::new("?"))),
+                    self.sink.max_pending
+                );
+            }
+            self.available = available;
+        }
+        if !available {
+            return;
+        }
+        let mut wrote = false;
+        let result = (|| -> Result<(), backup_core::ledger::LedgerError> {
+            while let Some(reason) = self.sink.marker_owed.first().cloned() {
+                self.ledger.mark_full_sync(&reason)?;
+                warn!("full sync requested: {reason}");
+                self.sink.counters.marks += 1;
+                self.sink.marker_owed.remove(0);
+            }
+            if !self.sink.pending.is_empty() {
+                let n = self.ledger.append(self.sink.pending.iter())?;
+                self.sink.counters.logged += n as u64;
+                self.sink.pending.clear();
+                wrote = true;
+            }
+            Ok(())
+        })();
+        if let Err(e) = result {
+            let msg = e.to_string();
+            if self.last_write_error.as_deref() != Some(&msg) {
+                error!(
+                    "cannot write the ledger (will retry, holding {} paths): {msg}",
+                    self.sink.pending.len()
+                );
+                self.last_write_error = Some(msg);
+            }
+            return;
+        }
+        if self.last_write_error.take().is_some() {
+            info!("the ledger is writable again");
+        }
+        let due = self
+            .last_stamp
+            .is_none_or(|t| t.elapsed() >= Duration::from_secs(10));
+        if wrote || due || force_stamp {
+            match self.state.stamp(covered_to) {
+                Ok(()) => self.last_stamp = Some(Instant::now()),
+                Err(e) => warn!("cannot write {}: {e}", p(self.state.path())),
+            }
+        }
+    }
+
+    fn metrics(&self, up: bool) -> anyhow::Result<Metrics> {
+        let c = &self.sink.counters;
+        let b = self.backend.name();
+        let mut m = Metrics::new();
+        m.gauge_with(
+            "nfs_track_last_heartbeat_timestamp_seconds",
+            "When the tracker last wrote its heartbeat (unix seconds)",
+            &[("backend", b)],
+            unix(SystemTime::now()),
+        )?;
+        m.gauge_with(
+            "nfs_track_up",
+            "1 while watching, 0 after a clean shutdown",
+            &[("backend", b)],
+            f64::from(u8::from(up)),
+        )?;
+        for (name, help, v) in [
+            (
+                "nfs_track_events_total",
+                "Events read from the kernel inside the watched trees",
+                c.events,
+            ),
+            (
+                "nfs_track_paths_logged_total",
+                "Lines written to the ledger",
+                c.logged,
+            ),
+            (
+                "nfs_track_overflows_total",
+                "Kernel event queue overflows (each followed by a rescan)",
+                c.overflows,
+            ),
+            (
+                "nfs_track_rescans_total",
+                "ctime rescans (start-up gap, overflow, watch limit)",
+                c.rescans,
+            ),
+            (
+                "nfs_track_full_sync_requests_total",
+                "full-sync-needed markers written",
+                c.marks,
+            ),
+            (
+                "nfs_track_watch_limit_hits_total",
+                "Watches refused for lack of fs.inotify.max_user_watches",
+                c.watch_limit_hits,
+            ),
+            (
+                "nfs_track_dropped_paths_total",
+                "Held paths dropped past --max-pending (a marker was set)",
+                c.dropped,
+            ),
+        ] {
+            m.sample(name, help, Kind::Counter, &[("backend", b)], v as f64)?;
+        }
+        m.gauge_with(
+            "nfs_track_watches",
+            "Watches (inotify) or filesystem marks (fanotify) held",
+            &[("backend", b)],
+            self.backend.watches() as f64,
+        )?;
+        m.gauge_with(
+            "nfs_track_pending_paths",
+            "Paths held in memory, not yet in the ledger",
+            &[("backend", b)],
+            self.sink.pending.len() as f64,
+        )?;
+        m.gauge_with(
+            "nfs_track_ledger_available",
+            "1 when the ledger can be written (its mountpoint is mounted)",
+            &[("backend", b)],
+            f64::from(u8::from(self.available)),
+        )?;
+        Ok(m)
+    }
+
+    fn write_metrics(&self, up: bool) {
+        let Some(path) = &self.metrics_file else {
+            return;
+        };
+        match self.metrics(up) {
+            Ok(m) => {
+                if let Err(e) = m.write_to(path) {
+                    warn!("cannot write metrics file: {e}");
+                }
+            }
+            Err(e) => warn!("cannot build metrics: {e:#}"),
+        }
+    }
+}
+
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    cli.common.init_logging();
+    let plan = plan(&cli)?;
+    let _lock = backup_core::lock::acquire("nfs-track")?;
+    let sigfd = sys::signal_fd().context("cannot set up signal handling")?;
+
+    let stamp = match plan.state.load() {
+        Ok(s) => s,
+        Err(e) => {
+            warn!("cannot read the state: {e}");
+            None
+        }
+    };
+    let started = SystemTime::now();
+    let backend = match cli.backend {
+        BackendKind::Inotify => {
+            Backend::Inotify(inotify::Inotify::new(&plan.roots).context("inotify_init")?)
+        }
+        BackendKind::Fanotify => {
+            Backend::Fanotify(fanotify::Fanotify::new(&plan.roots).context(
+                "fanotify setup (needs CAP_SYS_ADMIN and a filesystem with file handles)",
+            )?)
+        }
+        BackendKind::Auto => match fanotify::Fanotify::new(&plan.roots) {
+            Ok(f) => Backend::Fanotify(f),
+            Err(e) => {
+                info!("fanotify unavailable ({e}): using inotify");
+                Backend::Inotify(inotify::Inotify::new(&plan.roots).context("inotify_init")?)
+            }
+        },
+    };
+    let mut t = Tracker {
+        backend,
+        sink: Sink::new(plan.filter, cli.max_pending.max(1)),
+        ledger: plan.ledger,
+        state: plan.state,
+        require_mountpoint: cli.require_mountpoint.clone(),
+        metrics_file: cli.common.metrics_file.clone(),
+        available: true,
+        last_write_error: None,
+        last_stamp: None,
+    };
+
+    // Close the gap since the tracker last watched: a ctime rescan from the
+    // stamp, or the marker when there is no stamp.
+    let scope = match stamp {
+        Some(s) => {
+            let from = s.checked_sub(MARGIN).unwrap_or(UNIX_EPOCH);
+            info!(
+                "closing the gap since {}: logging files changed since then",
+                chrono::DateTime::<chrono::Utc>::from(s).format("%Y-%m-%dT%H:%M:%SZ")
+            );
+            t.sink.counters.rescans += 1;
+            Scope::Newer(from)
+        }
+        None => {
+            let roots: Vec<String> = plan.roots.iter().map(|r| p(r)).collect();
+            t.sink.owe_marker(&format!(
+                "nfs-track: no record of when {} was last watched (first start, lost state, or a new tree)",
+                roots.join(" ")
+            ));
+            Scope::Nothing
+        }
+    };
+    match (&mut t.backend, scope) {
+        (Backend::Inotify(b), scope) => b.start(scope, &mut t.sink),
+        (Backend::Fanotify(b), Scope::Newer(from)) => b.rescan(from, &mut t.sink),
+        (Backend::Fanotify(_), _) => {}
+    }
+    info!(
+        "watching {} with {} ({} {}), ledger {}",
+        plan.roots
+            .iter()
+            .map(|r| p(r))
+            .collect::<Vec<_>>()
+            .join(" "),
+        t.backend.name(),
+        t.backend.watches(),
+        if matches!(t.backend, Backend::Inotify(_)) {
+            "watches"
+        } else {
+            "marks"
+        },
+        p(t.ledger.path())
+    );
+    t.flush(started, true);
+    t.write_metrics(true);
+    sys::sd_notify(&format!(
+        "READY=1\nSTATUS=watching {} trees with {}",
+        plan.roots.len(),
+        t.backend.name()
+    ));
+
+    let watchdog = sys::watchdog_interval();
+    let mut drained = started;
+    let mut next_flush = Instant::now() + cli.flush_interval;
+    let mut next_beat = Instant::now() + cli.metrics_interval;
+    let mut next_dog = watchdog.map(|w| Instant::now() + w);
+    let fds = [t.backend.fd(), std::os::fd::AsRawFd::as_raw_fd(&sigfd)];
+    loop {
+        let now = Instant::now();
+        let mut until = next_flush.min(next_beat);
+        if let Some(d) = next_dog {
+            until = until.min(d);
+        }
+        let ready =
+            sys::poll_readable(&fds, until.saturating_duration_since(now)).context("poll")?;
+        let stop = ready[1] && {
+            let sigs = sys::read_signals(&sigfd);
+            sigs.iter()
+                .any(|&s| s == libc::SIGTERM || s == libc::SIGINT)
+        };
+        // Everything before this instant is in the queue we now drain.
+        let at = SystemTime::now();
+        let overflow = t.backend.drain(&mut t.sink).context("reading events")?;
+        if overflow {
+            t.sink.counters.overflows += 1;
+            let from = drained.checked_sub(MARGIN).unwrap_or(UNIX_EPOCH);
+            warn!(
+                "the kernel event queue overflowed: rescanning for files changed since {}",
+                chrono::DateTime::<chrono::Utc>::from(from).format("%Y-%m-%dT%H:%M:%SZ")
+            );
+            t.backend.rescan(from, &mut t.sink);
+        }
+        drained = at;
+        if stop {
+            info!("stopping: writing {} held paths", t.sink.pending.len());
+            sys::sd_notify("STOPPING=1");
+            t.flush(at, true);
+            t.write_metrics(false);
+            if !t.sink.pending.is_empty() || !t.sink.marker_owed.is_empty() {
+                warn!(
+                    "{} paths could not be written; the next start rescans from the last stamp",
+                    t.sink.pending.len()
+                );
+            }
+            return Ok(ExitCode::Ok);
+        }
+        let now = Instant::now();
+        if now >= next_flush || t.sink.pending.len() >= t.sink.max_pending {
+            t.flush(at, false);
+            next_flush = now + cli.flush_interval;
+        }
+        if now >= next_beat {
+            // Short of inotify watches: retry, logging what changed since.
+            if let Backend::Inotify(b) = &t.backend
+                && let Some(since) = b.limit_since
+            {
+                let from = since.checked_sub(MARGIN).unwrap_or(UNIX_EPOCH);
+                t.backend.rescan(from, &mut t.sink);
+            }
+            t.write_metrics(true);
+            next_beat = now + cli.metrics_interval;
+        }
+        if let (Some(d), Some(w)) = (next_dog, watchdog)
+            && now >= d
+        {
+            sys::sd_notify("WATCHDOG=1");
+            next_dog = Some(now + w);
+        }
+    }
+}

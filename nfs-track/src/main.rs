@@ -1,3 +1,6 @@
+use clap::Parser;
+
 fn main() {
-    backup_core::exit::run_main("nfs-track", || anyhow::bail!("not implemented yet"));
+    let cli = nfs_track::Cli::parse();
+    backup_core::exit::run_main("nfs-track", || nfs_track::run(cli))
 }

@@ -1,0 +1,298 @@
+//! The inotify backend: a watch per directory. Each new directory is
+//! scanned right after its watch is added, so files created before the
+//! watch existed are still logged; the watch-descriptor-to-path map follows
+//! renames (cookie pairs) and `IN_IGNORED`.
+
+use std::collections::HashMap;
+use std::ffi::{CString, OsStr};
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use crate::scan::{self, Scope};
+use crate::sink::Sink;
+
+const MASK: u32 = libc::IN_CREATE
+    | libc::IN_CLOSE_WRITE
+    | libc::IN_MOVED_FROM
+    | libc::IN_MOVED_TO
+    | libc::IN_ONLYDIR
+    | libc::IN_DONT_FOLLOW
+    | libc::IN_EXCL_UNLINK;
+
+pub const WATCH_SYSCTL: &str = "fs.inotify.max_user_watches";
+
+pub struct Inotify {
+    fd: OwnedFd,
+    roots: Vec<PathBuf>,
+    wds: HashMap<i32, PathBuf>,
+    /// Directories moved away (`IN_MOVED_FROM`) still waiting for their
+    /// `IN_MOVED_TO`, by cookie.
+    moves: HashMap<u32, PathBuf>,
+    /// Set when a watch could not be added for lack of watches: the
+    /// instant from which changes may have been missed.
+    pub limit_since: Option<SystemTime>,
+    buf: Vec<u8>,
+}
+
+enum Added {
+    /// A watch we did not have (or had under another path).
+    New,
+    Known,
+    Failed,
+}
+
+impl Inotify {
+    pub fn new(roots: &[PathBuf]) -> io::Result<Inotify> {
+        // SAFETY: plain syscall; the fd is owned below.
+        let fd = unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Inotify {
+            // SAFETY: fd was just returned by inotify_init1.
+            fd: unsafe { OwnedFd::from_raw_fd(fd) },
+            roots: roots.to_vec(),
+            wds: HashMap::new(),
+            moves: HashMap::new(),
+            limit_since: None,
+            buf: vec![0u8; 256 * 1024],
+        })
+    }
+
+    pub fn fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+
+    pub fn watches(&self) -> usize {
+        self.wds.len()
+    }
+
+    fn add_watch(&mut self, dir: &Path, sink: &mut Sink) -> Added {
+        let Ok(c) = CString::new(dir.as_os_str().as_bytes()) else {
+            return Added::Failed;
+        };
+        // SAFETY: c is a valid NUL-terminated path.
+        let wd = unsafe { libc::inotify_add_watch(self.fd.as_raw_fd(), c.as_ptr(), MASK) };
+        if wd < 0 {
+            let e = io::Error::last_os_error();
+            match e.raw_os_error() {
+                Some(libc::ENOSPC) => {
+                    sink.counters.watch_limit_hits += 1;
+                    if self.limit_since.is_none() {
+                        self.limit_since = Some(SystemTime::now());
+                        let now = std::fs::read_to_string("/proc/sys/fs/inotify/max_user_watches")
+                            .map(|s| s.trim().to_string())
+                            .unwrap_or_else(|_| "?".into());
+                        backup_core::error!(
+                            "cannot watch {}: inotify watch limit reached ({} watches held); raise the sysctl {WATCH_SYSCTL} (now {now}) or use --backend fanotify; a full sync is requested",
+                            backup_core::log::p(dir),
+                            self.wds.len()
+                        );
+                        sink.owe_marker(&format!(
+                            "nfs-track: inotify watch limit reached ({WATCH_SYSCTL}), changes in unwatched directories may be missed"
+                        ));
+                    }
+                }
+                Some(libc::ENOENT) | Some(libc::ENOTDIR) => {}
+                _ => backup_core::warn!("cannot watch {}: {e}", backup_core::log::p(dir)),
+            }
+            return Added::Failed;
+        }
+        match self.wds.insert(wd, dir.to_path_buf()) {
+            Some(old) if old == dir => Added::Known,
+            _ => Added::New,
+        }
+    }
+
+    /// Watch `dir` and everything below it, logging files as `scope` says.
+    /// For rescans (`rescan_at`), a directory new to us (or found under a
+    /// new path) with a new ctime is logged whole.
+    fn add_tree(
+        &mut self,
+        dir: &Path,
+        scope: Scope,
+        rescan_at: Option<SystemTime>,
+        sink: &mut Sink,
+    ) {
+        if let Added::Failed = self.add_watch(dir, sink) {
+            return;
+        }
+        let mut on_dir = |p: &Path, m: &std::fs::Metadata, parent: Scope| -> Option<Scope> {
+            let added = self.add_watch(p, sink);
+            if let Added::Failed = added {
+                // Without a watch nothing below is seen later; still log
+                // what is there now.
+                return Some(parent);
+            }
+            Some(match rescan_at {
+                Some(t) => scan::rescan_scope(parent, m, t, matches!(added, Added::New)),
+                None => parent,
+            })
+        };
+        let mut files = Vec::new();
+        scan::walk(dir, scope, &mut on_dir, &mut |p, m, s| {
+            if s.wants(m) {
+                files.push(p);
+            }
+        });
+        for f in files {
+            sink.offer(&f);
+        }
+    }
+
+    /// Initial watches; files logged as `scope` says (the gap rescan).
+    pub fn start(&mut self, scope: Scope, sink: &mut Sink) {
+        for r in self.roots.clone() {
+            match scope {
+                Scope::Newer(t) => self.add_tree(&r, scope, Some(t), sink),
+                _ => self.add_tree(&r, scope, None, sink),
+            }
+        }
+    }
+
+    /// Re-walk every tree: add missing watches, fix paths, log files whose
+    /// ctime is at or after `threshold` (after an overflow or a watch-limit
+    /// failure).
+    pub fn rescan(&mut self, threshold: SystemTime, sink: &mut Sink) {
+        let was_limited = self.limit_since.take();
+        for r in self.roots.clone() {
+            self.add_tree(&r, Scope::Newer(threshold), Some(threshold), sink);
+        }
+        if let (Some(_), None) = (was_limited, self.limit_since) {
+            backup_core::info!(
+                "every directory is watched again ({} watches)",
+                self.wds.len()
+            );
+        }
+    }
+
+    /// Rewrite the paths of a directory renamed inside the trees.
+    fn rename_prefix(&mut self, old: &Path, new: &Path) {
+        for p in self.wds.values_mut() {
+            if let Ok(rest) = p.strip_prefix(old) {
+                *p = if rest.as_os_str().is_empty() {
+                    new.to_path_buf()
+                } else {
+                    new.join(rest)
+                };
+            }
+        }
+    }
+
+    /// A directory moved out of the trees: its watches must go, or their
+    /// events would be logged under the old paths.
+    fn forget_tree(&mut self, old: &Path) {
+        let gone: Vec<i32> = self
+            .wds
+            .iter()
+            .filter(|(_, p)| p.starts_with(old))
+            .map(|(&wd, _)| wd)
+            .collect();
+        for wd in gone {
+            // SAFETY: plain syscall on our own fd.
+            unsafe { libc::inotify_rm_watch(self.fd.as_raw_fd(), wd) };
+            self.wds.remove(&wd);
+        }
+    }
+
+    /// Read every queued event. Returns true on a queue overflow (the
+    /// caller rescans).
+    pub fn drain(&mut self, sink: &mut Sink) -> io::Result<bool> {
+        let mut overflow = false;
+        loop {
+            // SAFETY: buf is valid for its length.
+            let n = unsafe {
+                libc::read(
+                    self.fd.as_raw_fd(),
+                    self.buf.as_mut_ptr().cast(),
+                    self.buf.len(),
+                )
+            };
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                match e.kind() {
+                    io::ErrorKind::WouldBlock => break,
+                    io::ErrorKind::Interrupted => continue,
+                    _ => return Err(e),
+                }
+            }
+            if n == 0 {
+                break;
+            }
+            let data = self.buf[..n as usize].to_vec();
+            overflow |= self.handle(&data, sink);
+        }
+        // A MOVED_FROM whose MOVED_TO never came: the directory left the
+        // trees.
+        for (_, old) in std::mem::take(&mut self.moves) {
+            self.forget_tree(&old);
+        }
+        Ok(overflow)
+    }
+
+    fn handle(&mut self, data: &[u8], sink: &mut Sink) -> bool {
+        let mut overflow = false;
+        let mut off = 0;
+        const HDR: usize = 16;
+        while off + HDR <= data.len() {
+            let word = |i: usize| {
+                let mut b = [0u8; 4];
+                b.copy_from_slice(&data[off + i..off + i + 4]);
+                b
+            };
+            let wd = i32::from_ne_bytes(word(0));
+            let mask = u32::from_ne_bytes(word(4));
+            let cookie = u32::from_ne_bytes(word(8));
+            let len = u32::from_ne_bytes(word(12)) as usize;
+            let raw = &data[off + HDR..(off + HDR + len).min(data.len())];
+            off += HDR + len;
+            let name = &raw[..raw.iter().position(|&b| b == 0).unwrap_or(raw.len())];
+
+            if mask & libc::IN_Q_OVERFLOW != 0 {
+                overflow = true;
+                continue;
+            }
+            if mask & libc::IN_IGNORED != 0 {
+                self.wds.remove(&wd);
+                continue;
+            }
+            let Some(dir) = self.wds.get(&wd) else {
+                continue;
+            };
+            if name.is_empty() {
+                continue;
+            }
+            let path = dir.join(OsStr::from_bytes(name));
+            sink.counters.events += 1;
+            if mask & libc::IN_ISDIR != 0 {
+                if mask & libc::IN_MOVED_FROM != 0 {
+                    self.moves.insert(cookie, path);
+                } else if mask & libc::IN_MOVED_TO != 0 {
+                    if let Some(old) = self.moves.remove(&cookie) {
+                        self.rename_prefix(&old, &path);
+                    }
+                    // Moved or renamed in: every file inside is new here.
+                    self.add_tree(&path, Scope::All, None, sink);
+                } else if mask & libc::IN_CREATE != 0 {
+                    self.add_tree(&path, Scope::All, None, sink);
+                }
+                continue;
+            }
+            if mask & (libc::IN_CLOSE_WRITE | libc::IN_MOVED_TO) != 0 {
+                sink.offer(&path);
+            } else if mask & libc::IN_CREATE != 0 {
+                // A symlink or a hard link never sees IN_CLOSE_WRITE.
+                if let Ok(m) = std::fs::symlink_metadata(&path) {
+                    use std::os::unix::fs::MetadataExt;
+                    if m.file_type().is_symlink() || (m.is_file() && m.nlink() > 1) {
+                        sink.offer(&path);
+                    }
+                }
+            }
+        }
+        overflow
+    }
+}
