@@ -1,3 +1,5 @@
+//! Test support for the end-to-end scenarios of the backup pipeline.
 
+pub mod emu;
 pub mod harness;
 pub mod pushgateway;
