@@ -530,12 +530,12 @@ fn check_one(db: &Path, deadline: sqlite::Deadline) -> anyhow::Result<()> {
     if !meta.is_file() {
         anyhow::bail!("not a regular file");
     }
-    let mut head = [0u8; 16];
+    let mut head = Vec::with_capacity(16);
     use std::io::Read;
     std::fs::File::open(&abs)
-        .and_then(|mut f| f.read_exact(&mut head))
+        .and_then(|f| f.take(16).read_to_end(&mut head))
         .context("cannot read the header")?;
-    if &head != discover::MAGIC {
+    if head != discover::MAGIC {
         anyhow::bail!("not an SQLite 3 database (no 'SQLite format 3' header)");
     }
     let conn = sqlite::open(&abs, sqlite::Mode::ReadOnly, deadline)?;
