@@ -1,3 +1,7 @@
+//! pfsense-pull: argument parsing and exit code over the library.
+use clap::Parser;
+
 fn main() {
-    backup_core::exit::run_main("pfsense-pull", || anyhow::bail!("not implemented yet"));
+    let cli = pfsense_pull::Cli::parse();
+    backup_core::exit::run_main(pfsense_pull::TOOL, || pfsense_pull::run(cli));
 }

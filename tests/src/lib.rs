@@ -3,3 +3,4 @@
 pub mod emu;
 pub mod harness;
 pub mod pushgateway;
+pub mod sshd;

@@ -1,0 +1,297 @@
+//! Getting bytes off the firewall: config.xml over SSH or from the REST API
+//! package, and the full filesystem tar over SSH, streamed to a `.partial`
+//! file and checked before it gets its final name.
+
+use std::ffi::OsString;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use backup_core::cmd::{Cmd, shell_quote};
+
+/// How to reach the firewall over SSH. Always `BatchMode=yes` (never a
+/// password prompt), a connect timeout, keepalives, and a known-hosts file
+/// with strict checking: an unknown or changed host key fails the run.
+#[derive(Debug, Clone)]
+pub struct Ssh {
+    pub target: String,
+    pub port: Option<u16>,
+    pub key: Option<PathBuf>,
+    pub known_hosts: PathBuf,
+    pub connect_timeout: Duration,
+    pub alive_interval: Duration,
+}
+
+impl Ssh {
+    /// The ssh argv up to and including the destination.
+    pub fn command(&self, remote: &str, timeout: Duration) -> Cmd {
+        let mut args: Vec<OsString> = Vec::new();
+        let mut opt = |s: String| {
+            args.push("-o".into());
+            args.push(s.into());
+        };
+        opt("BatchMode=yes".into());
+        opt(format!(
+            "ConnectTimeout={}",
+            self.connect_timeout.as_secs().max(1)
+        ));
+        opt(format!(
+            "ServerAliveInterval={}",
+            self.alive_interval.as_secs().max(1)
+        ));
+        opt("ServerAliveCountMax=3".into());
+        opt(format!("UserKnownHostsFile={}", self.known_hosts.display()));
+        opt("GlobalKnownHostsFile=/dev/null".into());
+        opt("StrictHostKeyChecking=yes".into());
+        opt("LogLevel=ERROR".into());
+        if self.key.is_some() {
+            opt("IdentitiesOnly=yes".into());
+        }
+        let mut cmd = Cmd::new("ssh").args(args);
+        if let Some(k) = &self.key {
+            cmd = cmd.arg("-i").arg(k);
+        }
+        if let Some(p) = self.port {
+            cmd = cmd.arg("-p").arg(p.to_string());
+        }
+        cmd.arg("--").arg(&self.target).arg(remote).timeout(timeout)
+    }
+}
+
+/// The remote command that prints config.xml.
+pub fn cat_command(remote_config: &str) -> String {
+    format!("cat -- {}", shell_quote(remote_config.as_ref()))
+}
+
+/// The remote tar command: the original's excludes, taken relative to the
+/// tree root (so a test can point the root at a temp tree).
+pub fn tar_command(root: &str) -> String {
+    let base = root.trim_end_matches('/');
+    let mut s = String::from("tar czf -");
+    for ex in ["dev", "proc", "tmp", "var/run"] {
+        let p = format!("{base}/{ex}");
+        s.push_str(&format!(" --exclude={}", shell_quote(p.as_ref())));
+    }
+    let root = if base.is_empty() { "/" } else { root };
+    s.push(' ');
+    s.push_str(&shell_quote(root.as_ref()));
+    s
+}
+
+/// config.xml over SSH.
+pub fn config_over_ssh(
+    ssh: &Ssh,
+    remote_config: &str,
+    timeout: Duration,
+) -> Result<Vec<u8>, String> {
+    let out = ssh
+        .command(&cat_command(remote_config), timeout)
+        .run()
+        .map_err(|e| e.to_string())?;
+    Ok(out.stdout)
+}
+
+/// Maximum size of a config reply; a real config.xml is well below this.
+const MAX_REPLY: u64 = 256 << 20;
+
+/// config.xml from the REST API package (see `validate::decode_api_reply`
+/// for the reply shapes). TLS is verified against `ca_file` when given (the
+/// firewall's self-signed certificate, pinned); verification is never off.
+pub fn config_over_api(
+    url: &str,
+    api_key: &str,
+    ca_file: Option<&Path>,
+    timeout: Duration,
+) -> Result<Vec<u8>, String> {
+    use ureq::tls::{Certificate, RootCerts, TlsConfig};
+    let mut tls = TlsConfig::builder();
+    if let Some(ca) = ca_file {
+        let pem = std::fs::read(ca)
+            .map_err(|e| format!("cannot read --ca-file {}: {e}", ca.display()))?;
+        let certs: Vec<Certificate<'static>> = ureq::tls::parse_pem(&pem)
+            .filter_map(|item| match item {
+                Ok(ureq::tls::PemItem::Certificate(c)) => Some(Ok(c)),
+                Ok(_) => None,
+                Err(e) => Some(Err(e)),
+            })
+            .collect::<Result<_, _>>()
+            .map_err(|e| format!("--ca-file {}: {e}", ca.display()))?;
+        if certs.is_empty() {
+            return Err(format!(
+                "--ca-file {}: no PEM certificate in it",
+                ca.display()
+            ));
+        }
+        tls = tls.root_certs(RootCerts::Specific(std::sync::Arc::new(certs)));
+    }
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .tls_config(tls.build())
+        .https_only(true)
+        .http_status_as_error(false)
+        .max_redirects(0)
+        .timeout_global(Some(timeout))
+        .timeout_connect(Some(timeout.min(Duration::from_secs(10))))
+        .build()
+        .into();
+    let resp = agent
+        .get(url)
+        .header("X-API-Key", api_key)
+        .header("Accept", "application/json, application/xml")
+        .call()
+        .map_err(|e| format!("GET {url}: {e}"))?;
+    let status = resp.status().as_u16();
+    let body = resp
+        .into_body()
+        .with_config()
+        .limit(MAX_REPLY)
+        .read_to_vec()
+        .map_err(|e| format!("GET {url}: reading the reply: {e}"))?;
+    crate::validate::decode_api_reply(status, &body)
+}
+
+/// What a checked tar holds.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct TarInfo {
+    pub bytes: u64,
+    pub entries: u64,
+}
+
+/// Decode the whole gzip stream (trailer and CRC included) and list every
+/// tar entry, reading each to its end: a cut or corrupt archive fails here.
+pub fn verify_tar_gz(path: &Path) -> Result<TarInfo, String> {
+    let f = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let bytes = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let mut ar = tar::Archive::new(flate2::read::GzDecoder::new(std::io::BufReader::new(f)));
+    let mut entries = 0u64;
+    let iter = ar
+        .entries()
+        .map_err(|e| format!("tar listing failed: {e}"))?;
+    for ent in iter {
+        let mut ent =
+            ent.map_err(|e| format!("tar listing failed after {entries} entries: {e}"))?;
+        std::io::copy(&mut ent, &mut std::io::sink())
+            .map_err(|e| format!("tar entry {entries} is cut short: {e}"))?;
+        entries += 1;
+    }
+    // The gzip trailer (length and CRC) comes after the tar end marker.
+    let mut rest = ar.into_inner();
+    let mut buf = [0u8; 8192];
+    loop {
+        match rest.read(&mut buf) {
+            Ok(0) => break,
+            Ok(_) => continue,
+            Err(e) => return Err(format!("gzip stream is incomplete: {e}")),
+        }
+    }
+    if entries == 0 {
+        return Err("the tar archive is empty".into());
+    }
+    Ok(TarInfo { bytes, entries })
+}
+
+/// Stream the remote tar into `partial`, check it, then rename it to
+/// `final_path`. On any failure the partial file is removed, so nothing
+/// unchecked ever sits under a final name (bug 22/27 of the original).
+pub fn full_tar(
+    ssh: &Ssh,
+    tar_root: &str,
+    partial: &Path,
+    final_path: &Path,
+    timeout: Duration,
+) -> Result<TarInfo, String> {
+    let res = (|| {
+        ssh.command(&tar_command(tar_root), timeout)
+            .stdout_file(partial)
+            .run()
+            .map_err(|e| e.to_string())?;
+        let info = verify_tar_gz(partial)?;
+        let f = std::fs::File::open(partial).map_err(|e| format!("{}: {e}", partial.display()))?;
+        f.sync_all()
+            .map_err(|e| format!("fsync {}: {e}", partial.display()))?;
+        std::fs::rename(partial, final_path)
+            .map_err(|e| format!("rename to {}: {e}", final_path.display()))?;
+        backup_core::fsutil::sync_dir(final_path);
+        Ok(info)
+    })();
+    if res.is_err() {
+        let _ = std::fs::remove_file(partial);
+    }
+    res
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ssh_argv_is_strict() {
+        let ssh = Ssh {
+            target: "root@pfsense.invalid".into(),
+            port: Some(2222),
+            key: Some("/k".into()),
+            known_hosts: "/kh".into(),
+            connect_timeout: Duration::from_secs(10),
+            alive_interval: Duration::from_secs(5),
+        };
+        let line = ssh
+            .command(&cat_command("/cf/conf/config.xml"), Duration::from_secs(1))
+            .display();
+        for want in [
+            "-o BatchMode=yes",
+            "-o ConnectTimeout=10",
+            "-o ServerAliveInterval=5",
+            "-o ServerAliveCountMax=3",
+            "-o UserKnownHostsFile=/kh",
+            "-o StrictHostKeyChecking=yes",
+            "-i /k",
+            "-p 2222",
+            "-- root@pfsense.invalid 'cat -- /cf/conf/config.xml'",
+        ] {
+            assert!(line.contains(want), "{line} lacks {want}");
+        }
+    }
+
+    #[test]
+    fn tar_command_keeps_the_original_excludes() {
+        assert_eq!(
+            tar_command("/"),
+            "tar czf - --exclude=/dev --exclude=/proc --exclude=/tmp --exclude=/var/run /"
+        );
+        assert_eq!(
+            tar_command("/tmp/x y/"),
+            "tar czf - --exclude='/tmp/x y/dev' --exclude='/tmp/x y/proc' --exclude='/tmp/x y/tmp' --exclude='/tmp/x y/var/run' '/tmp/x y/'"
+        );
+    }
+
+    fn make_tar_gz(path: &Path, files: usize) {
+        let f = std::fs::File::create(path).expect("create");
+        let gz = flate2::write::GzEncoder::new(f, flate2::Compression::fast());
+        let mut b = tar::Builder::new(gz);
+        for i in 0..files {
+            let data = vec![b'a' + (i % 26) as u8; 3000 + i];
+            let mut h = tar::Header::new_gnu();
+            h.set_size(data.len() as u64);
+            h.set_mode(0o644);
+            h.set_cksum();
+            b.append_data(&mut h, format!("etc/f{i}"), &data[..])
+                .expect("append");
+        }
+        b.into_inner().expect("tar").finish().expect("gz");
+    }
+
+    #[test]
+    fn a_cut_archive_fails_the_check() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let p = dir.path().join("a.tar.gz");
+        make_tar_gz(&p, 20);
+        let info = verify_tar_gz(&p).expect("whole archive");
+        assert_eq!(info.entries, 20);
+        let bytes = std::fs::read(&p).expect("read");
+        for cut in [bytes.len() - 4, bytes.len() / 2, 30] {
+            std::fs::write(&p, &bytes[..cut]).expect("write");
+            assert!(verify_tar_gz(&p).is_err(), "cut at {cut} passed");
+        }
+        std::fs::write(&p, b"").expect("write");
+        assert!(verify_tar_gz(&p).is_err());
+    }
+}
