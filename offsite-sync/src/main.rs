@@ -1,3 +1,305 @@
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Result;
+use backup_core::cli::{Common, parse_duration};
+use backup_core::exit::{EXIT_CODE_HELP, ExitCode};
+use backup_core::metrics::Metrics;
+use backup_core::rsync_items::MaxDelete;
+use clap::{Parser, Subcommand};
+use offsite_sync::{Config, FullMode};
+
+/// Send the backup disk (step 1) and the `direct` NFS trees (step 2) to the
+/// offsite NAS over ssh, consuming the ledgers without ever losing an entry.
+#[derive(Debug, Parser)]
+#[command(name = "offsite-sync", version, after_help = EXIT_CODE_HELP, args_override_self = true)]
+struct Cli {
+    #[command(flatten)]
+    common: Common,
+    #[command(subcommand)]
+    cmd: Sub,
+    #[command(flatten)]
+    opts: Opts,
+}
+
+#[derive(Debug, Subcommand)]
+enum Sub {
+    /// Backup disk -> NAS pve-backup/ (ledger .changed-files).
+    #[command(after_help = EXIT_CODE_HELP)]
+    Step1,
+    /// direct NFS trees -> NAS nfs/, nfs-ssd/ (ledger .nfs-changes.log).
+    #[command(after_help = EXIT_CODE_HELP)]
+    Step2,
+    /// Step 1 then step 2.
+    #[command(after_help = EXIT_CODE_HELP)]
+    All,
+    /// Every top-level NFS directory with its one route; fails on overlaps.
+    #[command(after_help = EXIT_CODE_HELP)]
+    Coverage,
+    /// Ledger sizes, markers, last full passes, NAS free space.
+    #[command(after_help = EXIT_CODE_HELP)]
+    Status {
+        /// Do not contact the NAS.
+        #[arg(long)]
+        no_nas: bool,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct Opts {
+    /// The NAS login (placeholder default; set it in /etc/default/backup-pipeline).
+    #[arg(
+        long,
+        global = true,
+        env = "OFFSITE_REMOTE",
+        default_value = "backup@nas.invalid"
+    )]
+    remote: String,
+    #[arg(long, global = true, env = "OFFSITE_SSH_PORT", default_value_t = 22)]
+    ssh_port: u16,
+    #[arg(
+        long,
+        global = true,
+        env = "OFFSITE_SSH_KEY",
+        default_value = "/etc/backup-pipeline/offsite_ed25519"
+    )]
+    ssh_key: PathBuf,
+    /// Pinned host key(s) of the NAS (StrictHostKeyChecking=yes).
+    #[arg(
+        long,
+        global = true,
+        env = "OFFSITE_KNOWN_HOSTS",
+        default_value = "/etc/backup-pipeline/offsite_known_hosts"
+    )]
+    known_hosts: PathBuf,
+    #[arg(long, global = true, default_value = "10s", value_parser = parse_duration)]
+    connect_timeout: Duration,
+    /// ssh ServerAliveInterval (3 missed replies end the connection).
+    #[arg(long, global = true, default_value = "15s", value_parser = parse_duration)]
+    keepalive: Duration,
+    /// rsync --timeout: no data for this long ends the transfer.
+    #[arg(long, global = true, default_value = "300s", value_parser = parse_duration)]
+    io_timeout: Duration,
+    /// Bound for each rsync run.
+    #[arg(long, global = true, default_value = "2h", value_parser = parse_duration)]
+    run_timeout: Duration,
+    /// rsync --bwlimit (e.g. 20m).
+    #[arg(long, global = true)]
+    bwlimit: Option<String>,
+    #[arg(
+        long,
+        global = true,
+        env = "BACKUP_ROOT",
+        default_value = "/mnt/backup"
+    )]
+    backup_root: PathBuf,
+    #[arg(long, global = true, default_value = "/srv/nfs")]
+    nfs_root: PathBuf,
+    #[arg(long, global = true, default_value = "/srv/nfs-ssd")]
+    nfs_ssd_root: PathBuf,
+    #[arg(
+        long,
+        global = true,
+        env = "OFFSITE_PVE_DEST",
+        default_value = "/Backup/Viki/pve-backup"
+    )]
+    pve_dest: String,
+    /// Where the NAS capacity is read (df -kP); default: the parent of --pve-dest.
+    #[arg(long, global = true, env = "OFFSITE_CAPACITY_PATH")]
+    capacity_path: Option<String>,
+    #[arg(
+        long,
+        global = true,
+        env = "OFFSITE_NFS_DEST",
+        default_value = "/Backup/Viki/nfs"
+    )]
+    nfs_dest: String,
+    #[arg(
+        long,
+        global = true,
+        env = "OFFSITE_NFS_SSD_DEST",
+        default_value = "/Backup/Viki/nfs-ssd"
+    )]
+    nfs_ssd_dest: String,
+    #[arg(
+        long,
+        global = true,
+        env = "BACKUP_SKIP_LIST",
+        default_value = "/etc/backup-skip-list.conf"
+    )]
+    skip_list: PathBuf,
+    /// auto: when the last full pass is older than --full-every or a
+    /// full-sync-needed marker exists.
+    #[arg(long, global = true, value_enum, default_value = "auto")]
+    full: FullMode,
+    #[arg(long, global = true, default_value = "30d", value_parser = parse_duration)]
+    full_every: Duration,
+    /// More pending ledger lines than this: a full pass replaces them.
+    #[arg(long, global = true, default_value_t = 500_000)]
+    ledger_cap: u64,
+    /// A full pass that would delete more than N items or P% is refused.
+    #[arg(long, global = true, default_value = "10%", value_name = "N|P%|off")]
+    max_delete: MaxDelete,
+    /// Refuse unless the backup root and the NFS roots are mountpoints.
+    #[arg(long, global = true)]
+    require_mountpoint: bool,
+    #[arg(long, global = true)]
+    dry_run: bool,
+    /// Step reports as JSON on stdout.
+    #[arg(long, global = true)]
+    json: bool,
+}
+
 fn main() {
-    backup_core::exit::run_main("offsite-sync", || anyhow::bail!("not implemented yet"));
+    let cli = Cli::parse();
+    cli.common.init_logging();
+    backup_core::exit::run_main("offsite-sync", || run(cli))
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    let o = cli.opts;
+    let cfg = Config {
+        remote: o.remote,
+        ssh_port: o.ssh_port,
+        ssh_key: o.ssh_key,
+        known_hosts: o.known_hosts,
+        connect_timeout: o.connect_timeout,
+        keepalive: o.keepalive,
+        io_timeout: o.io_timeout,
+        run_timeout: o.run_timeout,
+        bwlimit: o.bwlimit,
+        backup_root: o.backup_root,
+        nfs_root: o.nfs_root,
+        nfs_ssd_root: o.nfs_ssd_root,
+        capacity_path: o.capacity_path.unwrap_or_else(|| {
+            std::path::Path::new(o.pve_dest.trim_end_matches('/'))
+                .parent()
+                .map(|p| p.display().to_string())
+                .filter(|p| !p.is_empty())
+                .unwrap_or_else(|| "/".into())
+        }),
+        pve_dest: o.pve_dest.trim_end_matches('/').to_string(),
+        nfs_dest: o.nfs_dest.trim_end_matches('/').to_string(),
+        nfs_ssd_dest: o.nfs_ssd_dest.trim_end_matches('/').to_string(),
+        skip_list: o.skip_list,
+        full: o.full,
+        full_every: o.full_every,
+        ledger_cap: o.ledger_cap,
+        max_delete: o.max_delete,
+        require_mountpoint: o.require_mountpoint,
+        dry_run: o.dry_run,
+        rsync: std::env::var_os("RSYNC").unwrap_or_else(|| "rsync".into()),
+        ssh: std::env::var_os("SSH").unwrap_or_else(|| "ssh".into()),
+    };
+    cfg.validate()?;
+    let steps: &[u8] = match cli.cmd {
+        Sub::Step1 => &[1],
+        Sub::Step2 => &[2],
+        Sub::All => &[1, 2],
+        Sub::Coverage => {
+            let rows = offsite_sync::coverage(&cfg)?;
+            if o.json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                for r in rows {
+                    let ex: Vec<String> = r
+                        .exceptions
+                        .iter()
+                        .map(|(p, route)| format!("{p}={}", route.as_str()))
+                        .collect();
+                    println!(
+                        "{:<14} {:<28} {:<12} {}",
+                        r.root,
+                        r.name,
+                        r.route.as_str(),
+                        ex.join(" ")
+                    );
+                }
+            }
+            return Ok(ExitCode::Ok);
+        }
+        Sub::Status { no_nas } => {
+            let s = offsite_sync::status(&cfg, !no_nas)?;
+            if o.json {
+                println!("{}", serde_json::to_string_pretty(&s)?);
+            } else {
+                for l in &s.ledgers {
+                    println!(
+                        "ledger {}: {} pending line(s){}{}",
+                        l.path,
+                        l.pending_lines,
+                        if l.inflight {
+                            ", inflight batch kept from a failed run"
+                        } else {
+                            ""
+                        },
+                        if l.full_sync_needed {
+                            format!(", full sync needed ({})", l.reasons.join("; "))
+                        } else {
+                            String::new()
+                        }
+                    );
+                }
+                let t = |v: Option<u64>| v.map(|x| x.to_string()).unwrap_or_else(|| "never".into());
+                println!("last full pass step 1: {}", t(s.last_full_step1));
+                println!("last full pass step 2: {}", t(s.last_full_step2));
+                println!("last successful run: {}", t(s.last_success));
+                match (&s.nas, &s.nas_error) {
+                    (Some(c), _) => println!(
+                        "NAS: {} of {} bytes available",
+                        c.available_bytes, c.size_bytes
+                    ),
+                    (None, Some(e)) => println!("NAS: unknown ({e})"),
+                    _ => {}
+                }
+            }
+            return Ok(ExitCode::Ok);
+        }
+    };
+    let _lock = backup_core::lock::acquire("offsite-sync")?;
+    let mut m = Metrics::new();
+    let (code, reports, cap) = offsite_sync::run_steps(&cfg, steps, &mut m);
+    if !cfg.dry_run {
+        cli.common.write_metrics(&m);
+    }
+    if o.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "exit": code.code(),
+                "steps": reports,
+                "nas": cap,
+            }))?
+        );
+    } else {
+        for r in &reports {
+            println!(
+                "step {}: {} entries, {} sent, {} vanished, {} not direct, {} unsafe, {} rejected{}{}",
+                r.step,
+                r.entries,
+                r.sent,
+                r.vanished,
+                r.not_direct,
+                r.unsafe_paths,
+                r.rejected,
+                if r.full { ", full pass" } else { "" },
+                r.message
+                    .as_deref()
+                    .map(|m| format!(": {m}"))
+                    .unwrap_or_default()
+            );
+        }
+    }
+    Ok(code)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
 }

@@ -4,3 +4,4 @@ pub mod emu;
 pub mod harness;
 pub mod pushgateway;
 pub mod sshd;
+pub mod nas;

@@ -1,0 +1,137 @@
+//! Resolve a ledger path beneath its tree root without following a
+//! symlink on the way (contract 9, bug 23): every intermediate component
+//! is opened with `O_NOFOLLOW | O_DIRECTORY` relative to the previous one,
+//! and the last is examined with `AT_SYMLINK_NOFOLLOW` (a symlink there is
+//! sent as a link, never followed).
+
+use std::ffi::CString;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Component, Path};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resolved {
+    /// Present beneath the root (file, directory or symlink itself).
+    Present,
+    /// Gone since it was recorded.
+    Vanished,
+    /// An intermediate component is a symlink or not a directory: the
+    /// entry would leave the tree (or is bogus); never sent.
+    Unsafe,
+}
+
+fn open_dir_at(dirfd: i32, name: &[u8]) -> Result<OwnedFd, i32> {
+    let c = CString::new(name).map_err(|_| libc::EINVAL)?;
+    // SAFETY: c is NUL-terminated; dirfd is a valid open descriptor.
+    let fd = unsafe {
+        libc::openat(
+            dirfd,
+            c.as_ptr(),
+            libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::EIO));
+    }
+    // SAFETY: fd was just returned by openat and is owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Resolve `rel` (relative, no `..`) beneath the directory `root`.
+pub fn resolve_beneath(root: &Path, rel: &Path) -> std::io::Result<Resolved> {
+    let croot = CString::new(root.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: croot is NUL-terminated. The root itself is configuration and may be followed.
+    let rfd = unsafe {
+        libc::open(
+            croot.as_ptr(),
+            libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        )
+    };
+    if rfd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: rfd was just opened and is ours.
+    let mut dir = unsafe { OwnedFd::from_raw_fd(rfd) };
+    let comps: Vec<&[u8]> = rel
+        .components()
+        .filter_map(|c| match c {
+            Component::Normal(s) => Some(s.as_bytes()),
+            _ => None,
+        })
+        .collect();
+    if rel.components().any(|c| {
+        matches!(
+            c,
+            Component::ParentDir | Component::RootDir | Component::Prefix(_)
+        )
+    }) {
+        return Ok(Resolved::Unsafe);
+    }
+    let Some((last, parents)) = comps.split_last() else {
+        return Ok(Resolved::Unsafe);
+    };
+    for c in parents {
+        match open_dir_at(dir.as_raw_fd(), c) {
+            Ok(fd) => dir = fd,
+            Err(libc::ENOENT) => return Ok(Resolved::Vanished),
+            Err(libc::ELOOP) | Err(libc::ENOTDIR) => return Ok(Resolved::Unsafe),
+            Err(e) => return Err(std::io::Error::from_raw_os_error(e)),
+        }
+    }
+    let c = CString::new(*last).map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: zeroed stat buffer for fstatat to fill.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: valid dirfd, NUL-terminated name, valid buffer.
+    let r = unsafe {
+        libc::fstatat(
+            dir.as_raw_fd(),
+            c.as_ptr(),
+            &mut st,
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    };
+    if r == 0 {
+        return Ok(Resolved::Present);
+    }
+    let e = std::io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(libc::ENOENT) => Ok(Resolved::Vanished),
+        Some(libc::ENOTDIR) => Ok(Resolved::Unsafe),
+        _ => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn symlinks_on_the_way_are_never_followed() {
+        let d = tempfile::tempdir().expect("tmp");
+        let root = d.path().join("tree");
+        std::fs::create_dir_all(root.join("a/b")).expect("mkdir");
+        std::fs::write(root.join("a/b/f"), "x").expect("w");
+        let outside = d.path().join("outside");
+        std::fs::create_dir_all(&outside).expect("mkdir");
+        std::fs::write(outside.join("secret"), "s").expect("w");
+        std::os::unix::fs::symlink(&outside, root.join("a/evil")).expect("symlink");
+        std::os::unix::fs::symlink("/etc/passwd", root.join("a/link")).expect("symlink");
+        let r = |p: &str| resolve_beneath(&root, Path::new(p)).expect("resolve");
+        assert_eq!(r("a/b/f"), Resolved::Present);
+        assert_eq!(r("a/b"), Resolved::Present);
+        assert_eq!(r("a/evil/secret"), Resolved::Unsafe);
+        assert_eq!(
+            r("a/evil"),
+            Resolved::Present,
+            "the link itself is sent as a link"
+        );
+        assert_eq!(r("a/link"), Resolved::Present);
+        assert_eq!(r("a/b/f/x"), Resolved::Unsafe);
+        assert_eq!(r("a/gone"), Resolved::Vanished);
+        assert_eq!(r("gone/x"), Resolved::Vanished);
+        assert_eq!(r("a/../a/b/f"), Resolved::Unsafe);
+    }
+}
