@@ -1,3 +1,6 @@
+use clap::Parser;
+
 fn main() {
-    backup_core::exit::run_main("pvc-copy", || anyhow::bail!("not implemented yet"));
+    let cli = pvc_copy::Cli::parse();
+    backup_core::exit::run_main("pvc-copy", || pvc_copy::run(cli));
 }

@@ -1,0 +1,338 @@
+//! One PVC copy: rsync from the mounted snapshot into a build directory
+//! beside the final place, then an atomic swap; the itemized output tells
+//! which files this run changed or added.
+
+use std::fs;
+use std::io::{self, Read};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+/// The rsync argument list. Archive with hardlinks, ACLs, xattrs and
+/// numeric ids; deletions; full-precision mtimes. Never `--inplace` (the
+/// weekly hardlink farm depends on rsync writing a new file and renaming
+/// it) and never `-z` (a local copy). `-ii` itemizes every entry so the
+/// caller can tell a link-dest match from a changed file.
+pub fn rsync_args(src: &Path, dest: &Path, link_dest: Option<&Path>) -> Vec<std::ffi::OsString> {
+    let mut a: Vec<std::ffi::OsString> = [
+        "-aHAX",
+        "--numeric-ids",
+        "--delete",
+        "--modify-window=-1",
+        "--stats",
+        "-ii",
+        "--out-format=%i\t%n\t%L",
+    ]
+    .iter()
+    .map(Into::into)
+    .collect();
+    if let Some(l) = link_dest {
+        let mut s = std::ffi::OsString::from("--link-dest=");
+        s.push(l);
+        a.push(s);
+    }
+    a.push("--".into());
+    let mut s = src.as_os_str().to_os_string();
+    s.push("/");
+    a.push(s);
+    let mut d = dest.as_os_str().to_os_string();
+    d.push("/");
+    a.push(d);
+    a
+}
+
+/// How an rsync run ended.
+#[derive(Debug)]
+pub struct RsyncRun {
+    pub code: Option<i32>,
+    pub timed_out: bool,
+    pub stderr: String,
+}
+
+/// Run rsync with its stdout in `out_file`. Unlike the core runner, the
+/// child gets `PR_SET_PDEATHSIG`: if this process is SIGKILLed, rsync dies
+/// too instead of writing on (and keeping the mount namespace alive)
+/// behind the next run's back. Call from the main thread (the death signal
+/// follows the thread that forked).
+pub fn run_rsync(
+    args: &[std::ffi::OsString],
+    out_file: &Path,
+    timeout: Duration,
+) -> io::Result<RsyncRun> {
+    let out = fs::File::create(out_file)?;
+    let mut c = Command::new("rsync");
+    c.args(args)
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(Stdio::piped())
+        .process_group(0);
+    // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        c.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = c.spawn()?;
+    let pgid = child.id() as i32;
+    let err_thread = child.stderr.take().map(|mut s| {
+        std::thread::spawn(move || {
+            let mut v = Vec::new();
+            let _ = s.read_to_end(&mut v);
+            v
+        })
+    });
+    let deadline = Instant::now() + timeout;
+    let mut timed_out = false;
+    let status = loop {
+        if let Some(st) = child.try_wait()? {
+            break st;
+        }
+        if Instant::now() >= deadline {
+            timed_out = true;
+            kill_group(pgid);
+            break child.wait()?;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    kill_group(pgid);
+    let err = err_thread.and_then(|t| t.join().ok()).unwrap_or_default();
+    // Keep the end: the last lines say why.
+    let err = String::from_utf8_lossy(&err[err.len().saturating_sub(8192)..]).into_owned();
+    Ok(RsyncRun {
+        code: status.code(),
+        timed_out,
+        stderr: err,
+    })
+}
+
+fn kill_group(pgid: i32) {
+    // SAFETY: kill(2) on the process group created for this child.
+    unsafe {
+        libc::kill(-pgid, libc::SIGKILL);
+    }
+}
+
+/// Decode rsync's `\#ooo` escapes (rsync escapes control bytes and a
+/// backslash that precedes `#`, so the decoding is exact).
+pub fn unescape_rsync(s: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(s.len());
+    let mut i = 0;
+    while i < s.len() {
+        if s[i] == b'\\'
+            && i + 5 <= s.len()
+            && s[i + 1] == b'#'
+            && s[i + 2..i + 5].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            let v = (u32::from(s[i + 2] - b'0') << 6)
+                | (u32::from(s[i + 3] - b'0') << 3)
+                | u32::from(s[i + 4] - b'0');
+            out.push(v as u8);
+            i += 5;
+        } else {
+            out.push(s[i]);
+            i += 1;
+        }
+    }
+    out
+}
+
+/// What rsync's itemized output says about the new copy.
+#[derive(Debug, Default)]
+pub struct Itemized {
+    /// Non-directory entries written, changed or newly linked this run.
+    pub changed: Vec<Vec<u8>>,
+    /// Non-directory entries hardlinked unchanged from the link-dest copy.
+    pub unchanged: Vec<Vec<u8>>,
+    /// "Total file size" (apparent size of the copy).
+    pub total_size: u64,
+    /// "Total transferred file size".
+    pub transferred: u64,
+}
+
+fn stat_number(line: &str, prefix: &str) -> Option<u64> {
+    let rest = line.strip_prefix(prefix)?;
+    let digits: String = rest
+        .trim()
+        .split(' ')
+        .next()?
+        .chars()
+        .filter(|c| c.is_ascii_digit())
+        .collect();
+    digits.parse().ok()
+}
+
+/// Parse the `%i\t%n\t%L` lines and the `--stats` block.
+pub fn parse_itemized(out: &[u8]) -> Itemized {
+    let mut r = Itemized::default();
+    for line in out.split(|b| *b == b'\n') {
+        let mut f = line.splitn(3, |b| *b == b'\t');
+        let (Some(item), Some(name)) = (f.next(), f.next()) else {
+            let l = String::from_utf8_lossy(line);
+            if let Some(n) = stat_number(&l, "Total file size:") {
+                r.total_size = n;
+            } else if let Some(n) = stat_number(&l, "Total transferred file size:") {
+                r.transferred = n;
+            }
+            continue;
+        };
+        let link = f.next().unwrap_or_default();
+        if item.len() < 3 || item[1] == b'd' || item[0] == b'*' {
+            continue;
+        }
+        let name = unescape_rsync(name);
+        if name.is_empty() {
+            continue;
+        }
+        // `hf` with no attribute change and no in-transfer link target is
+        // a link-dest match: the file is the previous copy's, unchanged.
+        let linked_unchanged =
+            item[0] == b'h' && item[2..].iter().all(|c| *c == b' ') && link.is_empty();
+        if linked_unchanged {
+            r.unchanged.push(name);
+        } else {
+            r.changed.push(name);
+        }
+    }
+    r
+}
+
+/// Put a complete build directory in place of `dest`. With a previous
+/// copy present the two are exchanged atomically (renameat2
+/// RENAME_EXCHANGE), so `dest` is at every instant one whole copy; the old
+/// one, now at `partial`, is then removed.
+pub fn swap_in(partial: &Path, dest: &Path) -> io::Result<()> {
+    if fs::symlink_metadata(dest).is_ok() {
+        rustix::fs::renameat_with(
+            rustix::fs::CWD,
+            partial,
+            rustix::fs::CWD,
+            dest,
+            rustix::fs::RenameFlags::EXCHANGE,
+        )
+        .map_err(io::Error::from)?;
+        if let Some(parent) = dest.parent() {
+            backup_core::fsutil::sync_dir(parent);
+        }
+        remove_tree(partial)?;
+    } else {
+        fs::rename(partial, dest)?;
+        if let Some(parent) = dest.parent() {
+            backup_core::fsutil::sync_dir(parent);
+        }
+    }
+    Ok(())
+}
+
+/// Remove a tree if it exists (never follows symlinks).
+pub fn remove_tree(path: &Path) -> io::Result<()> {
+    match fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => fs::remove_dir_all(path),
+        Ok(_) => fs::remove_file(path),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Which snapshot a PVC copy came from, kept beside the copy (never
+/// inside it, the tree is the PVC's own). `dir_inode` is the inode of the
+/// copy's directory: a record whose inode does not match the directory
+/// (a run killed between swap and record) is known to be stale.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SourceRecord {
+    pub snapshot: String,
+    pub origin: String,
+    pub pv: String,
+    pub pvc: String,
+    pub snapshot_created: String,
+    pub copied_at: String,
+    pub dir_inode: u64,
+}
+
+/// Paths of one PVC's copy inside a week: `<ns>/<name>/` and its siblings.
+#[derive(Debug, Clone)]
+pub struct Dest {
+    pub ns_dir: PathBuf,
+    pub name: String,
+}
+
+impl Dest {
+    pub fn dir(&self) -> PathBuf {
+        self.ns_dir.join(&self.name)
+    }
+    pub fn partial(&self) -> PathBuf {
+        self.ns_dir.join(format!(".{}.partial", self.name))
+    }
+    pub fn source(&self) -> PathBuf {
+        self.ns_dir.join(format!(".{}.source", self.name))
+    }
+}
+
+pub fn write_source(dest: &Dest, rec: &SourceRecord) -> io::Result<()> {
+    let data = serde_json::to_vec_pretty(rec).map_err(io::Error::other)?;
+    backup_core::fsutil::write_atomic(&dest.source(), &data)
+}
+
+pub fn read_source(dest: &Dest) -> Option<SourceRecord> {
+    let rec: SourceRecord = serde_json::from_slice(&fs::read(dest.source()).ok()?).ok()?;
+    use std::os::unix::fs::MetadataExt;
+    let ino = fs::metadata(dest.dir()).ok()?.ino();
+    (rec.dir_inode == ino).then_some(rec)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escapes_decode_exactly() {
+        assert_eq!(unescape_rsync(b"new\\#012line"), b"new\nline");
+        assert_eq!(unescape_rsync(b"back\\#134#012slash"), b"back\\#012slash");
+        assert_eq!(unescape_rsync(b"plain\\x"), b"plain\\x");
+        assert_eq!(unescape_rsync(b"end\\#01"), b"end\\#01");
+    }
+
+    #[test]
+    fn itemized_output_separates_links_from_changes() {
+        // Captured from rsync 3.x with -ii --link-dest and this out-format.
+        let out = b"created directory dst\n\
+cd..t......\t./\t\n\
+hf         \tback\\#134#012slash\t\n\
+>f..t......\tchg\t\n\
+cLc.t......\tlink\t -> /etc/passwd\n\
+>f+++++++++\tn2b\t\n\
+hf         \tsame\t => hl\n\
+cd..t......\td/\t\n\
+hf+++++++++\tn2\t => n2b\n\
+\n\
+Total file size: 1,234 bytes\n\
+Total transferred file size: 56 bytes\n";
+        let r = parse_itemized(out);
+        let s = |v: &Vec<Vec<u8>>| {
+            v.iter()
+                .map(|n| String::from_utf8_lossy(n).into_owned())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(s(&r.unchanged), ["back\\#012slash"]);
+        assert_eq!(s(&r.changed), ["chg", "link", "n2b", "same", "n2"]);
+        assert_eq!((r.total_size, r.transferred), (1234, 56));
+    }
+
+    #[test]
+    fn args_never_inplace_or_compress() {
+        let a = rsync_args(Path::new("/m"), Path::new("/d"), Some(Path::new("/prev")));
+        let s: Vec<String> = a.iter().map(|x| x.to_string_lossy().into_owned()).collect();
+        assert!(s.contains(&"-aHAX".to_string()));
+        assert!(s.contains(&"--link-dest=/prev".to_string()));
+        assert!(
+            !s.iter()
+                .any(|x| x.contains("inplace") || x == "-z" || x.contains("compress"))
+        );
+        assert_eq!(&s[s.len() - 3..], ["--", "/m/", "/d/"]);
+    }
+}
