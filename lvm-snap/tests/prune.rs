@@ -79,7 +79,10 @@ fn dry_run_json_gives_every_candidate_a_verdict_and_a_reason() {
     for (n, keep, reason) in expect {
         let d = decision(&v, n);
         assert_eq!(d["keep"], keep, "{d:#}");
-        assert!(d["reason"].as_str().expect("reason").contains(reason), "{d:#}");
+        assert!(
+            d["reason"].as_str().expect("reason").contains(reason),
+            "{d:#}"
+        );
         assert_eq!(
             d["result"],
             if keep { "kept" } else { "would remove" },
@@ -118,10 +121,15 @@ fn prune_removes_only_what_the_decisions_drop() {
     let m = c.h.metrics();
     assert_eq!(m.get("lvm_snapshot_pruned_total"), Some(1.0));
     assert_eq!(m.get("lvm_snapshot_prune_last_status"), Some(0.0));
-    assert_eq!(m.get("lvm_snapshot_last_run_timestamp"), None, "create's metric");
+    assert_eq!(
+        m.get("lvm_snapshot_last_run_timestamp"),
+        None,
+        "create's metric"
+    );
 
     // A pre-restore retention, when configured, applies to pre-restore copies only.
-    c.h.run(&["prune", &at(T0), "--pre-restore-keep-days", "7"]).succeeds();
+    c.h.run(&["prune", &at(T0), "--pre-restore-keep-days", "7"])
+        .succeeds();
     assert!(!c.h.lv_names().contains(&c.pre_restore_old));
     assert!(c.h.lv_names().contains(&c.untagged_old));
 }
@@ -129,14 +137,18 @@ fn prune_removes_only_what_the_decisions_drop() {
 #[test]
 fn retention_is_configurable_and_zero_is_refused() {
     let c = case();
-    let r = c.h.run(&["prune", "--dry-run", "--json", "--keep-days", "1", &at(T0)]);
+    let r =
+        c.h.run(&["prune", "--dry-run", "--json", "--keep-days", "1", &at(T0)]);
     let v: serde_json::Value = serde_json::from_str(&r.succeeds().stdout).expect("json");
     assert_eq!(decision(&v, &c.exactly_3d)["keep"], false);
     c.h.run(&["prune", "--keep-days", "0", &at(T0)])
         .fails_with(2)
         .stderr_contains("0 days");
     assert!(c.h.changing_calls().is_empty());
-    assert_eq!(c.h.metrics().get("lvm_snapshot_prune_last_status"), Some(2.0));
+    assert_eq!(
+        c.h.metrics().get("lvm_snapshot_prune_last_status"),
+        Some(2.0)
+    );
 }
 
 #[test]
@@ -165,7 +177,10 @@ fn list_shows_snapshots_with_age_and_kind() {
     let v: serde_json::Value = serde_json::from_str(&r.succeeds().stdout).expect("json");
     let rows = v.as_array().expect("array");
     assert_eq!(rows.len(), 6);
-    let fresh = rows.iter().find(|r| r["name"] == c.fresh.as_str()).expect("fresh");
+    let fresh = rows
+        .iter()
+        .find(|r| r["name"] == c.fresh.as_str())
+        .expect("fresh");
     assert_eq!(fresh["origin"], A);
     assert_eq!(fresh["lv_origin"], A);
     assert_eq!(fresh["age_seconds"], 3600);
@@ -179,7 +194,10 @@ fn list_shows_snapshots_with_age_and_kind() {
         .stdout_contains("snapshot (foreign)")
         .stdout_contains("30d0h");
     let empty = Host::new();
-    empty.run(&["list"]).succeeds().stdout_contains("(no snapshots found)");
+    empty
+        .run(&["list"])
+        .succeeds()
+        .stdout_contains("(no snapshots found)");
 }
 
 #[test]
