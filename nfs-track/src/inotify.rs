@@ -262,6 +262,24 @@ impl Inotify {
             let Some(dir) = self.wds.get(&wd) else {
                 continue;
             };
+            // An event from inside a directory whose MOVED_FROM is still
+            // unpaired: the rename is over and no MOVED_TO came, so the
+            // directory left the trees; its watches must not log.
+            if !self.moves.is_empty() && mask & libc::IN_MOVED_TO == 0 {
+                let out: Vec<PathBuf> = self
+                    .moves
+                    .values()
+                    .filter(|old| dir.starts_with(old))
+                    .cloned()
+                    .collect();
+                if !out.is_empty() {
+                    self.moves.retain(|_, old| !out.contains(old));
+                    for old in out {
+                        self.forget_tree(&old);
+                    }
+                    continue;
+                }
+            }
             if name.is_empty() {
                 continue;
             }
