@@ -890,3 +890,27 @@ fn run_preflight(a: &PreflightArgs, common: &Common) -> anyhow::Result<ExitCode>
     }
     Ok(ExitCode::Ok)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent_and_help_lists_exit_codes() {
+        Cli::command().debug_assert();
+        let help = Cli::command().render_long_help().to_string();
+        assert!(help.contains("4  busy"), "{help}");
+        let e = Cli::try_parse_from(["pvc-copy", "--keep-weeks", "0"]).expect_err("0 weeks");
+        assert!(e.to_string().contains("keep-weeks"), "{e}");
+        let e =
+            Cli::try_parse_from(["pvc-copy", "--max-snapshot-age", "soon"]).expect_err("bad age");
+        assert!(e.to_string().contains("invalid duration"), "{e}");
+    }
+
+    #[test]
+    fn week_of_a_run_is_the_iso_week() {
+        let t = DateTime::parse_from_rfc3339("2026-11-27T05:00:00Z").expect("time");
+        assert_eq!(current_week(t.with_timezone(&Utc)), "2026-W48");
+    }
+}

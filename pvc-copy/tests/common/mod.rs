@@ -24,6 +24,8 @@ pub struct Env {
     pub host: EmuHost,
     pub root: PathBuf,
     pub key: PathBuf,
+    /// The backup root is a real mount point (set up by the test).
+    pub root_is_mount: bool,
 }
 
 impl Env {
@@ -39,6 +41,7 @@ impl Env {
             host,
             root,
             key,
+            root_is_mount: false,
         }
     }
 
@@ -106,22 +109,30 @@ impl Env {
         );
     }
 
+    /// pvc-copy's arguments against the emulated host and this sandbox.
+    pub fn args(&self, now: &str) -> Vec<std::ffi::OsString> {
+        let mut a: Vec<std::ffi::OsString> = vec!["--backup-root".into(), self.root.clone().into()];
+        if !self.root_is_mount {
+            a.push("--allow-unmounted-root".into());
+        }
+        for (k, v) in [
+            ("--mapper-dir", self.host.mapper_dir().into_os_string()),
+            ("--luks-key", self.key.clone().into_os_string()),
+            ("--work-dir", self.sb.path().join("work").into_os_string()),
+            ("--metrics-file", self.metrics_path().into_os_string()),
+            ("--mount-retry-delay", "0s".into()),
+            ("--now", now.into()),
+        ] {
+            a.push(k.into());
+            a.push(v);
+        }
+        a
+    }
+
     /// The pvc-copy command against the emulated host and this sandbox.
     pub fn cmd(&self, now: &str) -> Command {
         let mut c = self.sb.cmd("pvc-copy");
-        c.envs(self.host.env())
-            .arg("--backup-root")
-            .arg(&self.root)
-            .arg("--allow-unmounted-root")
-            .arg("--mapper-dir")
-            .arg(self.host.mapper_dir())
-            .arg("--luks-key")
-            .arg(&self.key)
-            .arg("--work-dir")
-            .arg(self.sb.path().join("work"))
-            .arg("--metrics-file")
-            .arg(self.metrics_path())
-            .args(["--mount-retry-delay", "0s", "--now", now]);
+        c.envs(self.host.env()).args(self.args(now));
         c
     }
 

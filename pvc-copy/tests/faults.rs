@@ -1,0 +1,212 @@
+//! Faults injected for real: SIGKILL in the middle of a copy, a backup
+//! filesystem that fills up mid-copy. The emulators of tests/common stand
+//! for the Proxmox host's LVM and Kubernetes; mounts and rsync are real.
+
+mod common;
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use backup_tests::harness::{Run, bin};
+use common::*;
+
+/// Deterministic, incompressible-enough bytes.
+fn blob(n: usize, seed: u8) -> Vec<u8> {
+    let mut x: u32 = 0x9e37_79b9 ^ u32::from(seed);
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(start.elapsed() < limit, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Processes whose command line mentions `needle`.
+fn processes_mentioning(needle: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in fs::read_dir("/proc").expect("proc").flatten() {
+        if !e
+            .file_name()
+            .to_string_lossy()
+            .bytes()
+            .all(|b| b.is_ascii_digit())
+        {
+            continue;
+        }
+        if let Ok(c) = fs::read(e.path().join("cmdline")) {
+            let c = String::from_utf8_lossy(&c).replace('\0', " ");
+            if c.contains(needle) {
+                out.push(c);
+            }
+        }
+    }
+    out
+}
+
+fn losetup_backing(img: &Path) -> String {
+    let o = Command::new("losetup")
+        .arg("-j")
+        .arg(img)
+        .output()
+        .expect("losetup");
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+#[test]
+fn sigkill_mid_copy_leaves_no_mount_keeps_the_previous_copy_and_the_next_run_succeeds() {
+    let env = Env::new();
+    env.pvc("vm-9-pvc-kill", "ns", "big", &[("keep.txt", b"day one")]);
+    env.run(NOW, &[]).succeeds();
+    let dest = env.dest(WEEK, "ns", "big");
+
+    // Day two has 6 MiB more; rsync is slowed (real rsync with --bwlimit,
+    // via a wrapper first on PATH) so the kill lands mid-copy.
+    for i in 0..6u8 {
+        env.write_in_lv("vm-9-pvc-kill", &format!("chunk{i}"), &blob(1 << 20, i));
+    }
+    let snap = env.snapshot("vm-9-pvc-kill", SNAP_UNIX + 3600);
+    let wrap = env.sb.mkdir("slow-bin");
+    let script = wrap.join("rsync");
+    fs::write(
+        &script,
+        "#!/bin/sh\nexec /usr/bin/rsync --bwlimit=300 \"$@\"\n",
+    )
+    .expect("wrapper");
+    fs::set_permissions(&script, fs::Permissions::from_mode(0o755)).expect("chmod");
+    let path = std::env::join_paths(
+        std::iter::once(wrap.clone()).chain(std::env::split_paths(&env.host.path_env())),
+    )
+    .expect("PATH");
+    let mut c = env.cmd("2026-11-27T06:00:00Z");
+    c.env("PATH", path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut child = c.spawn().expect("spawn");
+    let partial = env.root.join(format!("pvc-data/{WEEK}/ns/.big.partial"));
+    wait_for("rsync to start writing", Duration::from_secs(60), || {
+        fs::read_dir(&partial)
+            .map(|d| d.count() > 0)
+            .unwrap_or(false)
+    });
+    child.kill().expect("SIGKILL");
+    child.wait().expect("reap");
+
+    // rsync dies with its parent (PDEATHSIG), so the private mount
+    // namespace empties and its loop device is released.
+    let me = env.sb.path().to_string_lossy().into_owned();
+    wait_for("rsync to die", Duration::from_secs(20), || {
+        processes_mentioning(&me).is_empty()
+    });
+    let snap_img = env.host.fs_image(VG, &snap);
+    wait_for("the loop device to go", Duration::from_secs(20), || {
+        losetup_backing(&snap_img).is_empty()
+    });
+    env.assert_no_mounts();
+    // The previous copy is whole and untouched; the unfinished one is aside.
+    assert_eq!(fs::read(dest.join("keep.txt")).expect("keep"), b"day one");
+    assert!(!dest.join("chunk5").exists());
+    assert!(partial.exists());
+
+    env.run("2026-11-27T06:00:00Z", &[])
+        .succeeds()
+        .stderr_contains("left by an interrupted run");
+    assert!(!partial.exists());
+    assert_eq!(
+        fs::read(dest.join("chunk5")).expect("chunk5"),
+        blob(1 << 20, 5)
+    );
+    env.assert_no_mounts();
+}
+
+/// Runs `cmd` (a pvc-copy invocation) inside a new private mount namespace
+/// where `img` is mounted on the backup root, so the small filesystem is
+/// never visible to the host; returns the run and whatever `after`
+/// (a shell snippet run in that namespace afterwards) prints.
+fn run_on_small_fs(env: &Env, img: &Path, now: &str) -> Run {
+    let wrapper = env.sb.write(
+        "in-ns.sh",
+        "#!/bin/sh\nset -e\nmount -o loop -t ext4 \"$BACKUP_IMG\" \"$BACKUP_MNT\"\nexec \"$@\"\n",
+    );
+    fs::set_permissions(&wrapper, fs::Permissions::from_mode(0o755)).expect("chmod");
+    let mut c = Command::new("unshare");
+    c.args(["-m", "--propagation", "private"])
+        .arg(&wrapper)
+        .arg(bin("pvc-copy"))
+        .args(env.args(now))
+        .envs(env.host.env())
+        .env("BACKUP_LOCK_DIR", env.sb.lock_dir())
+        .env("BACKUP_IMG", img)
+        .env("BACKUP_MNT", &env.root)
+        .env_remove("JOURNAL_STREAM");
+    Run::of(&mut c)
+}
+
+fn debugfs(img: &Path, req: &str) -> String {
+    let o = Command::new("debugfs")
+        .args(["-R", req])
+        .arg(img)
+        .output()
+        .expect("debugfs");
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+#[test]
+fn a_backup_disk_filling_mid_copy_keeps_the_previous_copy_and_removes_the_partial_one() {
+    let mut env = Env::new();
+    env.root_is_mount = true;
+    let img = env.sb.path().join("backup.img");
+    fs::File::create(&img)
+        .expect("img")
+        .set_len(12 << 20)
+        .expect("size");
+    let mk = Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-m", "0", "-O", "^has_journal"])
+        .arg(&img)
+        .output()
+        .expect("mkfs");
+    assert!(mk.status.success());
+
+    env.pvc("vm-6-pvc-full", "ns", "p", &[("small.txt", b"fits")]);
+    run_on_small_fs(&env, &img, NOW).succeeds();
+    assert_eq!(
+        debugfs(&img, &format!("cat /pvc-data/{WEEK}/ns/p/small.txt")),
+        "fits"
+    );
+
+    // The next snapshot holds 20 MiB: more than the 12 MiB disk.
+    env.write_in_lv("vm-6-pvc-full", "huge.bin", &blob(20 << 20, 1));
+    env.snapshot("vm-6-pvc-full", SNAP_UNIX + 3600);
+    let r = run_on_small_fs(&env, &img, "2026-11-27T06:00:00Z");
+    r.fails_with(1).stderr_contains("the previous copy is kept");
+    assert_eq!(
+        debugfs(&img, &format!("cat /pvc-data/{WEEK}/ns/p/small.txt")),
+        "fits"
+    );
+    let listing = debugfs(&img, &format!("ls /pvc-data/{WEEK}/ns"));
+    assert!(
+        !listing.contains(".p.partial"),
+        "partial copy left: {listing}"
+    );
+    assert!(!debugfs(&img, &format!("ls /pvc-data/{WEEK}/ns/p")).contains("huge.bin"));
+    let rec = debugfs(&img, &format!("cat /pvc-data/{WEEK}/ns/.p.source"));
+    assert!(rec.contains("vm-6-pvc-full_snap_20261127_0300"), "{rec}");
+    assert_eq!(env.metric("pvc_copy_pvcs{result=\"failed\"}"), Some(1.0));
+    env.assert_no_mounts();
+    assert!(
+        losetup_backing(&img).is_empty(),
+        "the backup image is still attached"
+    );
+}
