@@ -33,7 +33,9 @@ sets for ExecStopPost= commands (systemd.exec(5)).";
     name = "push-metric",
     version,
     about = "Push a backup run's result to a Prometheus Pushgateway (HTTP POST) or a textfile directory",
-    after_help = format!("{STATUS_HELP}\n\n{EXIT_CODE_HELP}\n\npush-metric itself: 0 pushed (or written), 1 not pushed, 2 bad input.")
+    after_help = format!("{STATUS_HELP}\n\nExit codes of push-metric: 0 pushed (or written), 1 not pushed (one-line reason), \
+                          2 bad input (nothing pushed).\n\nThe tools' exit codes, as seen in $EXIT_STATUS:\n{}",
+                          EXIT_CODE_HELP.trim_start_matches("Exit codes:\n"))
 )]
 #[command(group(clap::ArgGroup::new("result").required(true).args(["status", "from_systemd"])))]
 pub struct Cli {
