@@ -456,7 +456,7 @@ pub fn step1(cfg: &Config) -> Result<StepReport> {
         info!("step 1: full pass ({})", why.join("; "));
         if let Some(g) = source_guard(root, cfg.require_mountpoint, true) {
             return Err(Exit::refused(format!(
-                "step 1 full pass refused, nothing sent or deleted: {g}"
+                "full pass refused, nothing sent or deleted: {g}"
             )));
         }
         let mk = |dry: bool| {
@@ -480,7 +480,7 @@ pub fn step1(cfg: &Config) -> Result<StepReport> {
             );
             return Ok(rep);
         }
-        transfer(mk(false), "step 1 full pass")?;
+        transfer(mk(false), "full pass")?;
         rep.sent = plan.new;
         batch.commit().context("committing the ledger batch")?;
         ledger
@@ -533,7 +533,7 @@ pub fn step1(cfg: &Config) -> Result<StepReport> {
             .arg(dir_arg(root))
             .arg(cfg.remote_path(&format!("{}/", cfg.pve_dest)))
             .stdin(nul_list(plain.iter().map(|r| rel_bytes(r))));
-        transfer(c, "step 1")?;
+        transfer(c, "incremental transfer")?;
         rep.sent += plain.len() as u64;
     }
     for ((tree, week), files) in &weekly {
@@ -554,7 +554,7 @@ pub fn step1(cfg: &Config) -> Result<StepReport> {
             .arg(dir_arg(&local_tree.join(week)))
             .arg(cfg.remote_path(&dst))
             .stdin(nul_list(files.iter().map(|r| rel_bytes(r))));
-        transfer(c, &format!("step 1 {}/{week}", p(tree)))?;
+        transfer(c, &format!("transfer of {}/{week}", p(tree)))?;
         rep.sent += files.len() as u64;
     }
     batch.commit().context("committing the ledger batch")?;
@@ -676,7 +676,7 @@ pub fn step2(cfg: &Config) -> Result<StepReport> {
         }
         if !refused.is_empty() {
             return Err(Exit::refused(format!(
-                "step 2 full pass refused, nothing sent or deleted: {}",
+                "full pass refused, nothing sent or deleted: {}",
                 refused.join("; ")
             )));
         }
@@ -708,10 +708,7 @@ pub fn step2(cfg: &Config) -> Result<StepReport> {
             return Ok(rep);
         }
         for (src, dst, ex) in &runs {
-            transfer(
-                mk(src, dst, ex, false),
-                &format!("step 2 full pass of {}", p(src)),
-            )?;
+            transfer(mk(src, dst, ex, false), &format!("full pass of {}", p(src)))?;
         }
         rep.sent = total.new;
         batch.commit().context("committing the change log batch")?;
@@ -780,7 +777,7 @@ pub fn step2(cfg: &Config) -> Result<StepReport> {
             .arg(dir_arg(root))
             .arg(cfg.remote_path(&format!("{dest}/")))
             .stdin(nul_list(keep.iter().map(|r| rel_bytes(r))));
-        transfer(c, &format!("step 2 {}", p(root)))?;
+        transfer(c, &format!("transfer from {}", p(root)))?;
         rep.sent += keep.len() as u64;
     }
     batch.commit().context("committing the change log batch")?;

@@ -1,0 +1,297 @@
+//! Faults injected for real against the sshd NAS: a link cut in a network
+//! namespace pair, SIGKILL at random instants, appenders racing the
+//! consumer with random failures, and a NAS filesystem that fills up.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use backup_core::metrics::Metrics;
+use backup_tests::harness::Run;
+use backup_tests::nas::{Nas, NasOptions, NetPair};
+use common::World;
+use rand::Rng;
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs()
+}
+
+fn recent_full(w: &World) {
+    for s in [1, 2] {
+        World::put(
+            &w.root,
+            format!(".offsite-sync/last-full-step{s}").as_bytes(),
+            format!("{}\n", now()).as_bytes(),
+        );
+    }
+}
+
+fn kill9(child: &mut std::process::Child) {
+    // SAFETY: signalling our own child by pid.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGKILL);
+    }
+    let _ = child.wait();
+}
+
+#[test]
+fn link_cut_mid_transfer_fails_keeps_every_entry_and_the_next_run_completes() {
+    let mut w = World::new();
+    let pair = NetPair::new();
+    w.nas = Some(Nas::start_with(
+        &w.sb.path().join("sshd"),
+        NasOptions {
+            net: Some(&pair),
+            mount: None,
+        },
+    ));
+    recent_full(&w);
+    let mut names = Vec::new();
+    for i in 0..8 {
+        let n = format!("media/file{i}");
+        World::put(&w.root, n.as_bytes(), &vec![i as u8; 256 * 1024]);
+        names.push(n);
+    }
+    w.leg1().append(&names).expect("append");
+    let child = pair
+        .client_cmd(w.cmd("step1", &["--bwlimit", "200"]))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    // Cut once the transfer has visibly started on the NAS.
+    let start = Instant::now();
+    while World::files(&w.pve()).is_empty() {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "transfer never started"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    pair.cut();
+    let out = child.wait_with_output().expect("wait");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let complete = names.iter().filter(|n| w.pve().join(n).is_file()).count();
+    assert!(
+        complete < names.len(),
+        "the cut came too late to test anything"
+    );
+    assert_eq!(
+        w.leg1().line_count().expect("count"),
+        names.len() as u64,
+        "entries lost by the failed run"
+    );
+    assert!(w.leg1().inflight_path().exists());
+    println!("cut after {complete} complete file(s); stderr: {stderr}");
+
+    pair.restore();
+    let r = Run::of(&mut pair.client_cmd(w.cmd("step1", &[])));
+    r.succeeds();
+    for (i, n) in names.iter().enumerate() {
+        assert_eq!(
+            std::fs::read(w.pve().join(n)).expect("on the NAS"),
+            vec![i as u8; 256 * 1024]
+        );
+    }
+    assert_eq!(w.leg1().line_count().expect("count"), 0);
+}
+
+/// Leg-1 file in the backup root and leg-2 file in the direct NFS tree.
+fn make_pair(w: &World, tag: &str) -> (String, std::path::PathBuf) {
+    let rel = format!("svc/{tag}");
+    World::put(&w.root, rel.as_bytes(), tag.as_bytes());
+    let abs = World::put(&w.nfs, format!("immich/{tag}").as_bytes(), tag.as_bytes());
+    (rel, abs)
+}
+
+fn assert_all_delivered(w: &World, tags: &BTreeSet<String>) {
+    let leg1 = World::files(&w.pve().join("svc"));
+    let leg2 = World::files(&w.nas_dir.join("nfs/immich"));
+    let want: BTreeSet<Vec<u8>> = tags.iter().map(|t| t.as_bytes().to_vec()).collect();
+    let lost1: Vec<_> = want.difference(&leg1).collect();
+    let lost2: Vec<_> = want.difference(&leg2).collect();
+    assert!(
+        lost1.is_empty(),
+        "leg 1 lost {} entries: {lost1:?}",
+        lost1.len()
+    );
+    assert!(
+        lost2.is_empty(),
+        "leg 2 lost {} entries: {lost2:?}",
+        lost2.len()
+    );
+}
+
+#[test]
+fn sigkill_at_random_instants_then_a_normal_run_loses_nothing() {
+    let w = World::with_nas();
+    recent_full(&w);
+    let mut rng = rand::rng();
+    let mut tags = BTreeSet::new();
+    let mut kills = 0;
+    for round in 0..10 {
+        let mut leg1 = Vec::new();
+        let mut leg2 = Vec::new();
+        for i in 0..20 {
+            let tag = format!("r{round}-{i}");
+            let (a, b) = make_pair(&w, &tag);
+            leg1.push(a);
+            leg2.push(b);
+            tags.insert(tag);
+        }
+        w.leg1().append(&leg1).expect("append");
+        w.leg2()
+            .append_paths(leg2.iter().map(|p| p.as_path()))
+            .expect("append");
+        let mut child = w
+            .cmd("all", &[])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn");
+        // Spread over the stages: begin, step 1 rsync, commit, step 2, df.
+        std::thread::sleep(Duration::from_millis(rng.random_range(0..1500)));
+        if child.try_wait().expect("try_wait").is_none() {
+            kills += 1;
+        }
+        kill9(&mut child);
+    }
+    // Orphaned rsyncs of killed runs may still hold the NAS; wait for the lock.
+    let mut ok = false;
+    for _ in 0..5 {
+        let r = w.run("all", &[]);
+        if r.code == 0 {
+            ok = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert!(ok, "the normal run after the kills never succeeded");
+    assert_all_delivered(&w, &tags);
+    assert_eq!(w.leg1().line_count().expect("count"), 0);
+    assert_eq!(w.leg2().line_count().expect("count"), 0);
+    println!("entries={} sigkills={kills} lost=0", tags.len());
+}
+
+#[test]
+fn appenders_racing_the_consumer_with_random_failures_lose_nothing() {
+    let w = Arc::new(World::with_nas());
+    recent_full(&w);
+    let mut writers = Vec::new();
+    for t in 0..2 {
+        let w = Arc::clone(&w);
+        writers.push(std::thread::spawn(move || {
+            let mut tags = Vec::new();
+            for i in 0..1000 {
+                let tag = format!("w{t}-{i}");
+                let (a, b) = make_pair(&w, &tag);
+                // Separate appends: each ledger has its own lock.
+                w.leg1().append([a.as_bytes()]).expect("append");
+                w.leg2().append_paths([b.as_path()]).expect("append");
+                tags.push(tag);
+                if i % 50 == 0 {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+            tags
+        }));
+    }
+    let (mut runs, mut failed, mut killed) = (0, 0, 0);
+    let mut rng = rand::rng();
+    while !writers.iter().all(|h| h.is_finished()) {
+        runs += 1;
+        let fault = rng.random_range(0..4);
+        let mut c = w.cmd("all", &[]);
+        if fault == 0 {
+            c.args(["--ssh-port", "1"]); // NAS unreachable
+        }
+        let mut child = c
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn");
+        if fault == 1 {
+            std::thread::sleep(Duration::from_millis(rng.random_range(0..800)));
+            if child.try_wait().expect("try_wait").is_none() {
+                killed += 1;
+            }
+            kill9(&mut child);
+        } else if !child.wait().expect("wait").success() {
+            failed += 1;
+        }
+    }
+    let mut tags = BTreeSet::new();
+    for h in writers {
+        tags.extend(h.join().expect("writer"));
+    }
+    let mut ok = false;
+    for _ in 0..5 {
+        if w.run("all", &[]).code == 0 {
+            ok = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert!(ok, "final run failed");
+    assert_all_delivered(&w, &tags);
+    println!(
+        "appended={} per ledger, consumer runs={runs} failed={failed} sigkilled={killed}, lost=0",
+        tags.len()
+    );
+}
+
+#[test]
+fn a_full_nas_filesystem_fails_the_run_and_keeps_the_entries() {
+    let mut w = World::new();
+    let img = w.sb.path().join("nas.img");
+    let st = Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-m", "0"])
+        .arg(&img)
+        .arg("4M")
+        .stderr(Stdio::null())
+        .status()
+        .expect("mkfs");
+    assert!(st.success());
+    w.nas = Some(Nas::start_with(
+        &w.sb.path().join("sshd"),
+        NasOptions {
+            net: None,
+            mount: Some((img, w.pve())),
+        },
+    ));
+    recent_full(&w);
+    let mut names = Vec::new();
+    for i in 0..6 {
+        let n = format!("big/f{i}");
+        World::put(&w.root, n.as_bytes(), &vec![1u8; 1024 * 1024]);
+        names.push(n);
+    }
+    w.leg1().append(&names).expect("append");
+    let metrics = w.sb.path().join("m.prom");
+    let r = w.run(
+        "step1",
+        &[
+            "--metrics-file",
+            metrics.to_str().expect("utf8"),
+            "--capacity-path",
+            w.pve().to_str().expect("utf8"),
+        ],
+    );
+    r.fails_with(1);
+    assert_eq!(w.leg1().line_count().expect("count"), names.len() as u64);
+    let m = Metrics::read(&metrics).expect("metrics");
+    assert_eq!(m.get("offsite_sync_last_status"), Some(1.0));
+    assert_eq!(m.get("backup_last_success_timestamp"), None);
+    // The capacity is the NAS's small filesystem, read over ssh.
+    let size = m.get("offsite_dest_size_bytes").expect("size");
+    assert!(size > 0.0 && size < 5.0 * 1024.0 * 1024.0, "size {size}");
+    assert!(m.get("offsite_dest_available_bytes").expect("avail") < 1024.0 * 1024.0);
+    println!("{}", r.stderr);
+}
