@@ -579,6 +579,11 @@ fn pull(p: &Plan, deadline: &Deadline, report: &mut Report) -> anyhow::Result<Ex
         let _ = std::fs::remove_file(part);
     }
     let previous = layout::newest_config(&scan.items).cloned();
+    // Reported on failure too: the size of the copy that stays the newest.
+    if let Some(prev) = &previous {
+        report.config.previous = Some(prev.path.clone());
+        report.config.previous_bytes = std::fs::metadata(&prev.path).map(|m| m.len()).unwrap_or(0);
+    }
     let wdir = p.dest.join(&p.week);
     let mut new_files: Vec<PathBuf> = Vec::new();
     let mut failures: Vec<String> = Vec::new();
@@ -600,6 +605,9 @@ fn pull(p: &Plan, deadline: &Deadline, report: &mut Report) -> anyhow::Result<Ex
     });
     match checked {
         Ok(body) => {
+            // Read before writing: on a second run the same day the last
+            // good copy is the file about to be replaced.
+            let old = previous.as_ref().and_then(|i| std::fs::read(&i.path).ok());
             std::fs::create_dir_all(&wdir)
                 .with_context(|| format!("cannot create {}", wdir.display()))?;
             backup_core::fsutil::write_atomic(&p.config_path, &body)
@@ -608,26 +616,21 @@ fn pull(p: &Plan, deadline: &Deadline, report: &mut Report) -> anyhow::Result<Ex
             c.ok = true;
             c.bytes = body.len() as u64;
             c.path = Some(p.config_path.clone());
-            if let Some(prev) = previous.as_ref().filter(|i| i.path != p.config_path) {
-                let old = std::fs::read(&prev.path).unwrap_or_default();
-                c.previous = Some(prev.path.clone());
-                c.previous_bytes = old.len() as u64;
-                c.changed = old != body;
-                if (body.len() as f64) < (old.len() as f64) * p.shrink_ratio {
-                    c.shrink_warning = true;
-                    warn!(
-                        "config.xml is {} bytes, much smaller than the last good copy {} ({} bytes): check the firewall's configuration",
-                        body.len(),
-                        backup_core::log::p(&prev.path),
-                        old.len()
-                    );
+            match (&old, &previous) {
+                (Some(old), Some(prev)) => {
+                    c.previous_bytes = old.len() as u64;
+                    c.changed = *old != body;
+                    if (body.len() as f64) < (old.len() as f64) * p.shrink_ratio {
+                        c.shrink_warning = true;
+                        warn!(
+                            "config.xml is {} bytes, much smaller than the last good copy {} ({} bytes): check the firewall's configuration",
+                            body.len(),
+                            backup_core::log::p(&prev.path),
+                            old.len()
+                        );
+                    }
                 }
-            } else if let Some(prev) = &previous {
-                // Second run of the day: compare against what it replaced.
-                c.previous = Some(prev.path.clone());
-                c.changed = true;
-            } else {
-                c.changed = true;
+                _ => c.changed = true,
             }
             info!(
                 "config.xml: {} bytes -> {}{}",

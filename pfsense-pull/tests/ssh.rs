@@ -147,6 +147,11 @@ fn bad_configs_never_replace_the_last_good_copy() {
         );
         assert_eq!(b.ledger_lines(), ledger_before, "{name}: ledger changed");
         assert_eq!(b.metric("pfsense_config_ok"), 0.0, "{name}");
+        assert_eq!(
+            b.metric("pfsense_config_previous_bytes"),
+            good.len() as f64,
+            "{name}"
+        );
     }
 }
 
@@ -238,7 +243,7 @@ fn big_random_file(fw: &Firewall) {
     // Incompressible, so the stream takes a while and can be cut mid-way.
     let p = fw.path().join("var/db/big.bin");
     let st = Command::new("head")
-        .args(["-c", "64M", "/dev/urandom"])
+        .args(["-c", "32M", "/dev/urandom"])
         .stdout(std::fs::File::create(&p).expect("create"))
         .status()
         .expect("head");

@@ -364,4 +364,54 @@ mod tests {
             .expect("ssh");
         assert_eq!(out.status.code(), Some(255));
     }
+
+    /// A namespace removed on drop.
+    struct Netns(String);
+    impl Drop for Netns {
+        fn drop(&mut self) {
+            let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+        }
+    }
+
+    #[test]
+    fn sshd_runs_inside_a_network_namespace() {
+        let ns = Netns(format!("sshdtest{}", std::process::id()));
+        run(Command::new("ip").args(["netns", "add", &ns.0]));
+        run(Command::new("ip").args(["-n", &ns.0, "link", "set", "lo", "up"]));
+        let mut sshd = Sshd::start(SshdOpts {
+            netns: Some(ns.0.clone()),
+            listen: Some("127.0.0.1".into()),
+            ..Default::default()
+        });
+        let ssh_in_ns = |sshd: &Sshd| {
+            Command::new("ip")
+                .args(["netns", "exec", &ns.0, "ssh", "-o", "ConnectTimeout=5"])
+                .args(sshd.ssh_args())
+                .arg("--")
+                .arg(sshd.target())
+                .arg("echo inside")
+                .output()
+                .expect("ssh")
+        };
+        let out = ssh_in_ns(&sshd);
+        assert!(
+            out.status.success(),
+            "{}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            sshd.log_text()
+        );
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "inside\n");
+        // The host's loopback is another network: nothing listens there.
+        let host = Command::new("ssh")
+            .args(["-o", "ConnectTimeout=5"])
+            .args(sshd.ssh_args())
+            .arg("--")
+            .arg(sshd.target())
+            .arg("true")
+            .output()
+            .expect("ssh");
+        assert_eq!(host.status.code(), Some(255));
+        sshd.kill();
+        assert_eq!(ssh_in_ns(&sshd).status.code(), Some(255));
+    }
 }
