@@ -127,11 +127,13 @@ pub struct CreateArgs {
     #[command(flatten)]
     pub guard: Guard,
     /// Cached `kubectl get pv -o json`, used when kubectl fails; refreshed
-    /// (atomically) whenever kubectl works and the directory exists.
+    /// (atomically) whenever kubectl works and the directory exists. On the
+    /// host's own disk by default, so it is there when the backup disk is not
+    /// (point pvc-copy at the same file to share it).
     #[arg(
         long,
         env = "LVM_SNAP_MAPPING_CACHE",
-        default_value = "/mnt/backup/.lv-pvc-mapping.json",
+        default_value = "/var/lib/backup-pipeline/lv-pvc-mapping.json",
         value_name = "PATH"
     )]
     pub mapping_cache: PathBuf,
