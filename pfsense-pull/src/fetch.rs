@@ -138,15 +138,29 @@ pub fn config_over_api(
         .header("X-API-Key", api_key)
         .header("Accept", "application/json, application/xml")
         .call()
-        .map_err(|e| format!("GET {url}: {e}"))?;
+        .map_err(|e| describe(url, &e, timeout))?;
     let status = resp.status().as_u16();
     let body = resp
         .into_body()
         .with_config()
         .limit(MAX_REPLY)
         .read_to_vec()
-        .map_err(|e| format!("GET {url}: reading the reply: {e}"))?;
+        .map_err(|e| describe(url, &e, timeout))?;
     crate::validate::decode_api_reply(status, &body)
+}
+
+/// An HTTPS failure in words an operator acts on.
+fn describe(url: &str, e: &ureq::Error, timeout: Duration) -> String {
+    match e {
+        ureq::Error::Timeout(_) => format!(
+            "GET {url}: no complete reply before the run's --timeout ran out ({}s were left)",
+            timeout.as_secs_f64().round()
+        ),
+        e if e.to_string().contains("certificate") => format!(
+            "GET {url}: TLS certificate not trusted (is --ca-file the firewall's certificate?): {e}"
+        ),
+        e => format!("GET {url}: {e}"),
+    }
 }
 
 /// What a checked tar holds.

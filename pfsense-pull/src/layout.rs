@@ -65,8 +65,20 @@ pub struct Scan {
     pub partials: Vec<PathBuf>,
 }
 
+/// A file a killed run left beside a copy: our `.NAME.partial` (tar
+/// stream) or `.NAME.tmp.PID` (the atomic write of config.xml).
 fn is_partial(name: &str) -> bool {
-    name.starts_with('.') && name.ends_with(".partial")
+    let Some(inner) = name.strip_prefix('.') else {
+        return false;
+    };
+    let base = match inner.strip_suffix(".partial") {
+        Some(b) => b,
+        None => match inner.rsplit_once(".tmp.") {
+            Some((b, pid)) if !pid.is_empty() && pid.bytes().all(|c| c.is_ascii_digit()) => b,
+            _ => return false,
+        },
+    };
+    parse_name(base).is_some()
 }
 
 pub fn scan(dest: &Path) -> anyhow::Result<Scan> {
@@ -229,6 +241,25 @@ mod tests {
             "notes.txt",
         ] {
             assert_eq!(parse_name(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn only_our_leftovers_count_as_partial() {
+        for ours in [
+            ".pfsense-full-20261129.tar.gz.partial",
+            ".config-20261129.xml.tmp.4242",
+        ] {
+            assert!(is_partial(ours), "{ours}");
+        }
+        for other in [
+            ".notes.partial",
+            "pfsense-full-20261129.tar.gz.partial",
+            ".config-20261129.xml.tmp.",
+            ".config-20261129.xml.tmp.x1",
+            ".config-20261129.xml",
+        ] {
+            assert!(!is_partial(other), "{other}");
         }
     }
 

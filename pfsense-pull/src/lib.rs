@@ -18,7 +18,7 @@ use anyhow::Context;
 use backup_core::exit::{EXIT_CODE_HELP, Exit, ExitCode};
 use backup_core::ledger::{Ledger, PathKind};
 use backup_core::metrics::Metrics;
-use backup_core::{error, info, warn};
+use backup_core::{info, warn};
 use chrono::{Datelike, NaiveDate, Weekday};
 use clap::{Parser, ValueEnum};
 
@@ -654,13 +654,14 @@ fn pull(p: &Plan, deadline: &Deadline, report: &mut Report) -> anyhow::Result<Ex
                 Source::Api => p.api.as_ref().map(|a| a.url.clone()).unwrap_or_default(),
             };
             let msg = format!("config.xml from {src} rejected: {reason}");
-            error!(
-                "{msg}; the last good copy {} stays the newest",
-                previous
-                    .as_ref()
-                    .map(|i| backup_core::log::p(&i.path))
-                    .unwrap_or_else(|| "(none yet)".into())
-            );
+            // The reason itself ends the run as its one error line.
+            match &previous {
+                Some(i) => warn!(
+                    "nothing written; the last good copy {} stays the newest",
+                    backup_core::log::p(&i.path)
+                ),
+                None => warn!("nothing written; there is no good copy yet"),
+            }
             report.config.error = Some(reason);
             failures.push(msg);
         }
@@ -690,8 +691,8 @@ fn pull(p: &Plan, deadline: &Deadline, report: &mut Report) -> anyhow::Result<Ex
             }
             Err(reason) => {
                 let msg = format!("full tar failed: {reason}");
-                error!(
-                    "{msg}; nothing kept under {}",
+                warn!(
+                    "no full tar kept: nothing under {} or beside it",
                     backup_core::log::p(tar_path)
                 );
                 report.full_tar.error = Some(reason);

@@ -280,6 +280,7 @@ fn sshd_killed_mid_tar_leaves_no_tar_and_no_rotation() {
     // The config came through; the tar did not: partial failure.
     assert_eq!(out.status.code(), Some(3), "{stderr}");
     assert!(stderr.contains("full tar failed"), "{stderr}");
+    assert!(stderr.contains("no full tar kept"), "{stderr}");
     assert!(stderr.contains("rotation skipped"), "{stderr}");
     assert_eq!(
         b.files(),
