@@ -406,15 +406,14 @@ fn fanotify_overflow_is_closed_by_a_rescan() {
 
 /// SIGKILL, changes while down (new files, a tree moved in whose files keep
 /// their old ctime), restart: the ctime rescan from the stamp logs them.
-#[test]
-fn changes_while_killed_are_logged_after_restart() {
+fn changes_while_killed_are_logged_after_restart(backend: &str) {
     let e = Env::new();
     let outside = e.sb.mkdir("outside");
     sh(&format!(
         "mkdir -p '{o}/album/2024' && echo p > '{o}/album/2024/p.jpg'",
         o = outside.display()
     ));
-    let t = e.start("inotify", &[]);
+    let t = e.start(backend, &[]);
     let first = e.ledger().full_sync_reasons().expect("reasons");
     assert_eq!(first.len(), 1, "first start has no stamp: marker");
     assert!(first[0].contains("no record"), "{first:?}");
@@ -427,7 +426,7 @@ fn changes_while_killed_are_logged_after_restart() {
         tree = e.tree.display(),
         o = outside.display()
     ));
-    let t = e.start("inotify", &[]);
+    let t = e.start(backend, &[]);
     t.stop();
     assert_logged(&e.logged(), &[b"while/down/f", b"top", b"album/2024/p.jpg"]);
     assert_eq!(
@@ -436,6 +435,16 @@ fn changes_while_killed_are_logged_after_restart() {
         "the restart closed the gap itself: no new marker"
     );
     assert!(e.metric("nfs_track_rescans_total") >= 1.0);
+}
+
+#[test]
+fn inotify_changes_while_killed_are_logged_after_restart() {
+    changes_while_killed_are_logged_after_restart("inotify");
+}
+
+#[test]
+fn fanotify_changes_while_killed_are_logged_after_restart() {
+    changes_while_killed_are_logged_after_restart("fanotify");
 }
 
 /// Not a mountpoint: paths are held and nothing is written under the bare
@@ -621,4 +630,49 @@ fn a_second_instance_is_busy() {
         String::from_utf8_lossy(&out.stderr)
     );
     t.stop();
+}
+
+#[test]
+fn auto_picks_fanotify_as_root_and_says_so_in_the_metrics() {
+    let e = Env::new();
+    let t = e.start("auto", &[]);
+    t.stop();
+    let text = std::fs::read_to_string(&e.metrics).expect("metrics");
+    assert!(
+        text.contains("nfs_track_up{backend=\"fanotify\"} 0"),
+        "root on a local filesystem should get fanotify; clean stop sets up=0:\n{text}"
+    );
+}
+
+#[test]
+fn watchdog_pings_when_systemd_asks() {
+    let e = Env::new();
+    let sock_path = e.sb.path().join("notify-wd");
+    let sock = UnixDatagram::bind(&sock_path).expect("bind");
+    sock.set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    let child = e
+        .cmd(&[], "inotify", &[])
+        .env("NOTIFY_SOCKET", &sock_path)
+        .env("WATCHDOG_USEC", "200000")
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 256];
+    while !seen.iter().any(|m: &String| m.contains("WATCHDOG=1")) {
+        let n = sock.recv(&mut buf).expect("a notification within 30 s");
+        seen.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+    assert!(seen[0].contains("READY=1"), "READY comes first: {seen:?}");
+    Running { child, _sock: sock }.stop();
+}
+
+#[test]
+fn cli_definition_is_consistent() {
+    use clap::CommandFactory;
+    nfs_track::Cli::command().debug_assert();
+    let out = Command::new(BIN).arg("--help").output().expect("help");
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(help.contains("Exit codes:") && help.contains("--require-mountpoint"));
 }
