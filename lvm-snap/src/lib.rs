@@ -473,6 +473,59 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
     res
 }
 
+/// For a command line clap rejects (exit 2): write the metrics file named
+/// by `--metrics-file` or `METRICS_FILE`, if any, so a unit run with a bad
+/// setting is reported like any failed run.
+pub fn write_usage_metrics(args: &[std::ffi::OsString]) {
+    let mut path = std::env::var_os("METRICS_FILE").filter(|v| !v.is_empty());
+    let mut it = args.iter().skip(1);
+    while let Some(a) = it.next() {
+        let a = a.to_string_lossy();
+        if a == "--metrics-file" {
+            path = it.next().cloned();
+        } else if let Some(p) = a.strip_prefix("--metrics-file=") {
+            path = Some(p.into());
+        }
+    }
+    let Some(path) = path else { return };
+    let mut m = Metrics::new();
+    let now = Local::now().timestamp() as f64;
+    let sub = args
+        .iter()
+        .skip(1)
+        .map(|a| a.to_string_lossy())
+        .find(|a| ["create", "list", "prune", "pool", "restore"].contains(&a.as_ref()));
+    let prefix = match sub.as_deref() {
+        Some("create") => Some("lvm_snapshot"),
+        Some("prune") => Some("lvm_snapshot_prune"),
+        Some("restore") => Some("lvm_snapshot_restore"),
+        _ => None,
+    };
+    if let Some(p) = prefix {
+        gauge(
+            &mut m,
+            &format!("{p}_last_run_timestamp"),
+            "When the last run ended, unix seconds",
+            now,
+        );
+        gauge(
+            &mut m,
+            &format!("{p}_last_status"),
+            "Last run: 0 ok, 1 partial, 2 aborted, refused or failed",
+            2.0,
+        );
+    }
+    gauge(
+        &mut m,
+        "lvm_snapshot_exit_code",
+        "Exit code of this run (see lvm-snap --help)",
+        f64::from(ExitCode::Usage.code()),
+    );
+    if let Err(e) = m.write_to(std::path::Path::new(&path)) {
+        backup_core::error!("cannot write metrics file: {e}");
+    }
+}
+
 fn dispatch(ctx: &Ctx, cmd: &Command, m: &mut Metrics) -> Result<ExitCode> {
     match cmd {
         Command::Create(a) => {

@@ -2,6 +2,16 @@
 use clap::Parser;
 
 fn main() {
-    let cli = lvm_snap::Cli::parse();
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let cli = match lvm_snap::Cli::try_parse_from(&args) {
+        Ok(cli) => cli,
+        Err(e) => {
+            // A bad flag or env value is still a run the metrics must show.
+            if e.use_stderr() {
+                lvm_snap::write_usage_metrics(&args);
+            }
+            e.exit()
+        }
+    };
     backup_core::exit::run_main("lvm-snap", || lvm_snap::run(cli));
 }

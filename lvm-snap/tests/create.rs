@@ -4,6 +4,7 @@
 
 mod common;
 
+use backup_tests::harness::Run;
 use common::{DAY, Host, T0, at, sample};
 
 const APP: &str = "vm-9999-pvc-0a01";
@@ -310,4 +311,23 @@ fn a_held_lock_exits_4_and_reports() {
     h.run(&["prune", &at(T0)]).fails_with(4);
     // Reading is not blocked.
     h.run(&["list"]).succeeds();
+}
+
+#[test]
+fn a_bad_setting_is_exit_2_and_still_reported() {
+    let h = host();
+    let r = Run::of(
+        h.cmd(&["create", &at(T0)])
+            .env("LVM_SNAP_MIN_FREE_PCT", "ten"),
+    );
+    r.fails_with(2)
+        .stderr_contains("--min-free-pct")
+        .stderr_contains("ten");
+    let m = h.metrics();
+    assert_eq!(m.get("lvm_snapshot_last_status"), Some(2.0));
+    assert_eq!(m.get("lvm_snapshot_exit_code"), Some(2.0));
+    h.run(&["create", &at(T0), "--min-free-pct", "150"])
+        .fails_with(2)
+        .stderr_contains("--min-free-pct 150");
+    assert!(h.emu.calls().is_empty());
 }

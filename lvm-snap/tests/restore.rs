@@ -377,3 +377,78 @@ fn an_open_luks_mapping_is_closed_before_deactivation() {
     assert!(pos(&calls, &["cryptsetup", "close", A]) < pos(&calls, &["lvchange", "-an"]));
     assert_eq!(file(&h, A, "f"), b"old");
 }
+
+#[test]
+fn pods_that_do_not_go_in_time_end_in_a_rollback() {
+    let (h, s) = scenario();
+    // Pods take a minute to terminate; the restore waits one second.
+    h.emu.set_kube_delay(std::time::Duration::from_secs(60));
+    let now = at(T0 + DAY);
+    let mut args = restore_args(A, &s, &now);
+    let i = args.iter().position(|a| *a == "30s").expect("wait timeout");
+    args[i] = "1s";
+    args.push("--yes");
+    h.run(&args)
+        .fails_with(1)
+        .stderr_contains("timed out after 1s waiting for the pods mounting app/data to go")
+        .stderr_contains("undone: [scaled deployment/web -n app from 2 to 0");
+    assert_rolled_back(&h, &s);
+    assert!(
+        !h.emu
+            .calls()
+            .iter()
+            .any(|c| c[0] == "lvrename" || c[0] == "lvchange"),
+        "no LV touched while pods were still running"
+    );
+}
+
+/// The typed confirmation on a terminal (a pty from util-linux `script`).
+#[test]
+fn on_a_terminal_only_a_typed_yes_goes_ahead() {
+    let (h, s) = scenario();
+    let now = at(T0 + DAY);
+    let on_tty = |answer: &str| {
+        let c = h.cmd(&restore_args(A, &s, &now));
+        let line = std::iter::once(c.get_program())
+            .chain(c.get_args())
+            .map(|a| format!("'{}'", a.to_string_lossy()))
+            .collect::<Vec<_>>()
+            .join(" ");
+        let mut script = std::process::Command::new("script");
+        script.args(["-q", "-e", "-c", &line, "/dev/null"]);
+        for (k, v) in c.get_envs() {
+            match v {
+                Some(v) => script.env(k, v),
+                None => script.env_remove(k),
+            };
+        }
+        let mut child = script
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("script (util-linux)");
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(format!("{answer}\n").as_bytes())
+            .expect("answer");
+        let out = child.wait_with_output().expect("script");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (code, out) = on_tty("no");
+    assert_eq!(code, Some(5), "{out}");
+    assert!(
+        out.contains("Type yes to go ahead") && out.contains("not confirmed"),
+        "{out}"
+    );
+    assert!(h.changing_calls().is_empty());
+    let (code, out) = on_tty("yes");
+    assert_eq!(code, Some(0), "{out}");
+    assert_eq!(file(&h, A, "state.txt"), b"v1");
+}
