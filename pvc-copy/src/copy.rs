@@ -118,30 +118,6 @@ fn kill_group(pgid: i32) {
     }
 }
 
-/// Decode rsync's `\#ooo` escapes (rsync escapes control bytes and a
-/// backslash that precedes `#`, so the decoding is exact).
-pub fn unescape_rsync(s: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(s.len());
-    let mut i = 0;
-    while i < s.len() {
-        if s[i] == b'\\'
-            && i + 5 <= s.len()
-            && s[i + 1] == b'#'
-            && s[i + 2..i + 5].iter().all(|c| (b'0'..=b'7').contains(c))
-        {
-            let v = (u32::from(s[i + 2] - b'0') << 6)
-                | (u32::from(s[i + 3] - b'0') << 3)
-                | u32::from(s[i + 4] - b'0');
-            out.push(v as u8);
-            i += 5;
-        } else {
-            out.push(s[i]);
-            i += 1;
-        }
-    }
-    out
-}
-
 /// What rsync's itemized output says about the new copy.
 #[derive(Debug, Default)]
 pub struct Itemized {
@@ -149,6 +125,9 @@ pub struct Itemized {
     pub changed: Vec<Vec<u8>>,
     /// Non-directory entries hardlinked unchanged from the link-dest copy.
     pub unchanged: Vec<Vec<u8>>,
+    /// Symlinks: rsync recreates them even when the link-dest copy has the
+    /// same one, so the caller compares targets ([`split_symlinks`]).
+    pub symlinks: Vec<Vec<u8>>,
     /// "Total file size" (apparent size of the copy).
     pub total_size: u64,
     /// "Total transferred file size".
@@ -170,6 +149,7 @@ fn stat_number(line: &str, prefix: &str) -> Option<u64> {
 /// Parse the `%i\t%n\t%L` lines and the `--stats` block.
 pub fn parse_itemized(out: &[u8]) -> Itemized {
     let mut r = Itemized::default();
+    let mut unchanged = std::collections::HashSet::new();
     for line in out.split(|b| *b == b'\n') {
         let mut f = line.splitn(3, |b| *b == b'\t');
         let (Some(item), Some(name)) = (f.next(), f.next()) else {
@@ -185,21 +165,57 @@ pub fn parse_itemized(out: &[u8]) -> Itemized {
         if item.len() < 3 || item[1] == b'd' || item[0] == b'*' {
             continue;
         }
-        let name = unescape_rsync(name);
+        let name = backup_core::rsync_items::unescape(name);
         if name.is_empty() {
             continue;
         }
-        // `hf` with no attribute change and no in-transfer link target is
-        // a link-dest match: the file is the previous copy's, unchanged.
-        let linked_unchanged =
-            item[0] == b'h' && item[2..].iter().all(|c| *c == b' ') && link.is_empty();
+        if item[1] == b'L' {
+            r.symlinks.push(name);
+            continue;
+        }
+        // `hf` with no attribute change is a link-dest match (the previous
+        // copy's file, unchanged), or an in-transfer hardlink (` => X`) to
+        // such a file, which rsync lists before its links.
+        let target = link
+            .strip_prefix(b" => ")
+            .map(backup_core::rsync_items::unescape);
+        let linked_unchanged = item[0] == b'h'
+            && item[2..].iter().all(|c| *c == b' ')
+            && target.as_ref().is_none_or(|t| unchanged.contains(t));
         if linked_unchanged {
+            unchanged.insert(name.clone());
             r.unchanged.push(name);
         } else {
             r.changed.push(name);
         }
     }
     r
+}
+
+/// Split symlinks into (changed, unchanged) by comparing each target with
+/// the same name in the link-dest copy.
+pub fn split_symlinks(
+    links: &[Vec<u8>],
+    new_root: &Path,
+    link_dest: Option<&Path>,
+) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
+    use std::os::unix::ffi::OsStrExt;
+    let (mut changed, mut same) = (Vec::new(), Vec::new());
+    for n in links {
+        let rel = Path::new(std::ffi::OsStr::from_bytes(n));
+        let unchanged = link_dest.is_some_and(|old| {
+            matches!(
+                (fs::read_link(new_root.join(rel)), fs::read_link(old.join(rel))),
+                (Ok(a), Ok(b)) if a == b
+            )
+        });
+        if unchanged {
+            same.push(n.clone());
+        } else {
+            changed.push(n.clone());
+        }
+    }
+    (changed, same)
 }
 
 /// Put a complete build directory in place of `dest`. With a previous
@@ -290,14 +306,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn escapes_decode_exactly() {
-        assert_eq!(unescape_rsync(b"new\\#012line"), b"new\nline");
-        assert_eq!(unescape_rsync(b"back\\#134#012slash"), b"back\\#012slash");
-        assert_eq!(unescape_rsync(b"plain\\x"), b"plain\\x");
-        assert_eq!(unescape_rsync(b"end\\#01"), b"end\\#01");
-    }
-
-    #[test]
     fn itemized_output_separates_links_from_changes() {
         // Captured from rsync 3.x with -ii --link-dest and this out-format.
         let out = b"created directory dst\n\
@@ -306,7 +314,9 @@ hf         \tback\\#134#012slash\t\n\
 >f..t......\tchg\t\n\
 cLc.t......\tlink\t -> /etc/passwd\n\
 >f+++++++++\tn2b\t\n\
+hf         \thl\t\n\
 hf         \tsame\t => hl\n\
+hf         \tchg-link\t => chg\n\
 cd..t......\td/\t\n\
 hf+++++++++\tn2\t => n2b\n\
 \n\
@@ -318,8 +328,10 @@ Total transferred file size: 56 bytes\n";
                 .map(|n| String::from_utf8_lossy(n).into_owned())
                 .collect::<Vec<_>>()
         };
-        assert_eq!(s(&r.unchanged), ["back\\#012slash"]);
-        assert_eq!(s(&r.changed), ["chg", "link", "n2b", "same", "n2"]);
+        assert_eq!(s(&r.unchanged), ["back\\#012slash", "hl", "same"]);
+        // A link to a changed file is a changed path too.
+        assert_eq!(s(&r.changed), ["chg", "n2b", "chg-link", "n2"]);
+        assert_eq!(s(&r.symlinks), ["link"]);
         assert_eq!((r.total_size, r.transferred), (1234, 56));
     }
 

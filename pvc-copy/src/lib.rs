@@ -792,6 +792,8 @@ fn copy_one(
         Err(e) => return fail(format!("cannot read rsync's output: {e}")),
     };
     let items = copy::parse_itemized(&out);
+    // Before the swap: a same-week link-dest is the copy being replaced.
+    let (links_changed, links_same) = copy::split_symlinks(&items.symlinks, &dest.partial(), link);
     if let Err(e) = copy::swap_in(&dest.partial(), &dest.dir()) {
         return fail(format!("cannot put the copy in place: {e}"));
     }
@@ -816,11 +818,16 @@ fn copy_one(
     let mut names: Vec<Vec<u8>> = Vec::new();
     let src_rel = format!("pvc-data/{week}/{ns}/.{name}.source");
     names.push(src_rel.into_bytes());
-    let pick = items.changed.iter().chain(if same_week {
-        [].iter()
-    } else {
-        items.unchanged.iter()
-    });
+    let pick = items
+        .changed
+        .iter()
+        .chain(&links_changed)
+        .chain(if same_week {
+            &[][..]
+        } else {
+            &items.unchanged[..]
+        })
+        .chain(if same_week { &[][..] } else { &links_same[..] });
     for n in pick {
         let mut full = prefix.as_bytes().to_vec();
         full.extend_from_slice(n);

@@ -8,10 +8,10 @@ use chrono::{DateTime, FixedOffset, Local, NaiveDateTime, TimeZone, Utc};
 use regex::Regex;
 use serde::{Deserialize, Serialize};
 
-/// The tag lvm-snap puts on the snapshots it creates (informational here:
-/// snapshots are recognised by name and origin, so the shell script's
-/// untagged ones still count).
-pub const SNAP_TAG: &str = "homelab-lvm-snap";
+/// The tag lvm-snap puts on the snapshots it creates (lvm-snap's
+/// `names::TAG`; informational here: snapshots are recognised by name and
+/// LVM origin, so the shell script's untagged ones still count).
+pub const SNAP_TAG: &str = "backup-pipeline.lvm-snap";
 
 /// One row of `lvs --reportformat json`.
 #[derive(Debug, Clone, Deserialize, Serialize, Default)]
@@ -441,7 +441,6 @@ mod tests {
         let s = newest_snapshot(&lvs, "vm-100-pvc-1111").expect("snapshot");
         // `_skip` has the right origin but not the naming scheme.
         assert_eq!(s.name, "vm-100-pvc-1111_snap_20261127_0300");
-        assert!(s.tagged);
     }
 
     #[test]

@@ -206,12 +206,11 @@ fn wrong_luks_key_old_snapshot_and_unresolvable_lv_are_counted_and_the_rest_is_c
 fn weekly_versions_hardlink_unchanged_files_and_the_ledger_gets_only_changes() {
     let env = Env::new();
     let big = vec![7u8; 300_000];
-    env.pvc(
-        "vm-7-pvc-cccc",
-        "media",
-        "lib",
-        &[("same.bin", &big), ("changing.txt", b"v1")],
-    );
+    let src = env.tree(&[("same.bin", &big), ("changing.txt", b"v1")]);
+    // Unchanged links must not reach the ledger every day either.
+    std::os::unix::fs::symlink("same.bin", src.path().join("alias")).expect("symlink");
+    fs::hard_link(src.path().join("same.bin"), src.path().join("same-hl.bin")).expect("hardlink");
+    env.pvc_from_dir("vm-7-pvc-cccc", "media", "lib", src.path(), false);
     env.run(NOW, &[]).succeeds();
     let d1 = env.dest(WEEK, "media", "lib");
     let ino_same = fs::metadata(d1.join("same.bin")).expect("same").ino();

@@ -12,7 +12,8 @@ use backup_tests::emu::EmuHost;
 use backup_tests::harness::{Run, Sandbox};
 
 pub const VG: &str = "pve";
-pub const TAG: &str = "homelab-lvm-snap";
+/// lvm-snap's tag (its `names::TAG`).
+pub const TAG: &str = "backup-pipeline.lvm-snap";
 /// Friday of ISO week 2026-W48; snapshots are taken at 03:00 that day.
 pub const NOW: &str = "2026-11-27T05:00:00Z";
 pub const SNAP_UNIX: i64 = 1_795_748_400; // 2026-11-27T03:00:00Z
