@@ -307,8 +307,16 @@ fn post_once(agent: &ureq::Agent, url: &str, body: &str, left: Duration) -> Resu
                 .unwrap_or_default()
                 .trim()
                 .replace('\n', " ");
+            // Typically a name that another group holds with another TYPE
+            // (e.g. untyped series left by the old shell scripts).
+            let hint = if text.contains("inconsistent with existing metrics") {
+                " (the same metric name has another type in another group: \
+                 delete the stale group with curl -X DELETE <gateway>/metrics/job/<job>)"
+            } else {
+                ""
+            };
             Err(PushError {
-                msg: format!("HTTP {code}: {text}"),
+                msg: format!("HTTP {code}: {text}{hint}"),
                 // The gateway refused this body (400): sending it again won't help.
                 retry: code >= 500 || code == 429,
             })

@@ -501,3 +501,44 @@ fn textfile_and_gateway_together() {
         .expect("textfile");
     assert_eq!(m.get("sqlite_dump_last_status"), Some(0.0));
 }
+
+/// The gateway refuses a body whose metric has another type in another
+/// group (as untyped series left by the old scripts would cause): exit 1
+/// at once (no pointless retries), a hint in the message, and the gateway
+/// records the failed push, which the BackupPushRejected alert reads.
+#[test]
+fn rejected_push_exits_1_with_a_hint() {
+    let pg = Pushgateway::start();
+    let dir = tempfile::tempdir().expect("tmp");
+    let typed = write(
+        dir.path(),
+        "typed.prom",
+        "# TYPE shared_bytes gauge\nshared_bytes 1\n",
+    );
+    Run::of(pm().args([
+        "--job",
+        "job-a",
+        "--status",
+        "0",
+        "--gateway",
+        &pg.url(),
+        "--file",
+        &typed,
+    ]))
+    .succeeds();
+    Run::of(pm().args(["--job", "job-b", "--status", "0", "--gateway", &pg.url()])).succeeds();
+    let r = Run::of(
+        pm().args(["--job", "job-b", "--status", "0", "--gateway", &pg.url()])
+            .args(["--metric", "shared_bytes=2", "--timeout", "30"]),
+    );
+    r.fails_with(1)
+        .stderr_contains("HTTP 400")
+        .stderr_contains("another type in another group")
+        .stderr_contains("after 1 attempt(s)");
+    assert_eq!(pg.value("job-b", "shared_bytes"), None);
+    let ok = pg.value("job-b", "push_time_seconds").expect("push time");
+    let failed = pg
+        .value("job-b", "push_failure_time_seconds")
+        .expect("failure time");
+    assert!(failed >= ok, "failure {failed} after success {ok}");
+}
