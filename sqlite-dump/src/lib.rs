@@ -171,7 +171,7 @@ struct DumpTotals {
     files_scanned: u64,
 }
 
-fn dump_metrics(t: &DumpTotals, started: Instant) -> anyhow::Result<Metrics> {
+fn dump_metrics(t: &DumpTotals) -> anyhow::Result<Metrics> {
     let mut m = Metrics::new();
     m.gauge(
         "sqlite_dump_databases_ok",
@@ -198,11 +198,6 @@ fn dump_metrics(t: &DumpTotals, started: Instant) -> anyhow::Result<Metrics> {
         "Regular files whose header was read",
         t.files_scanned as f64,
     )?;
-    m.gauge(
-        "sqlite_dump_duration_seconds",
-        "Wall time of this run",
-        started.elapsed().as_secs_f64(),
-    )?;
     Ok(m)
 }
 
@@ -210,9 +205,33 @@ fn run_dump(a: &DumpArgs, common: &Common) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
     let mut totals = DumpTotals::default();
     let res = dump_all(a, &mut totals);
-    // The metrics file is written on success and on failure alike.
-    let m = dump_metrics(&totals, started)?;
-    common.write_metrics(&m);
+    let code = match &res {
+        Ok(c) => *c,
+        Err(e) => backup_core::exit::code_of(e),
+    };
+    // The metrics file is written on success and on failure alike. A run
+    // that stopped before the end has no meaningful counts: only its exit
+    // code and duration are written, so "failed 0" never reads as success.
+    let m = if matches!(code, ExitCode::Ok | ExitCode::Partial) {
+        dump_metrics(&totals)?
+    } else {
+        Metrics::new()
+    };
+    let mut m = m;
+    m.gauge(
+        "sqlite_dump_exit_code",
+        "Exit code of this run (0 ok, 3 some databases failed, else the run stopped early)",
+        f64::from(code.code()),
+    )?;
+    m.gauge(
+        "sqlite_dump_duration_seconds",
+        "Wall time of this run",
+        started.elapsed().as_secs_f64(),
+    )?;
+    // A busy run must not overwrite the figures of the run holding the lock.
+    if code != ExitCode::Busy {
+        common.write_metrics(&m);
+    }
     res
 }
 

@@ -188,6 +188,7 @@ fn a_truncated_database_fails_and_keeps_the_previous_copy() {
     let m = Metrics::read(&metrics).expect("metrics");
     assert_eq!(m.get("sqlite_dump_databases_ok"), Some(1.0));
     assert_eq!(m.get("sqlite_dump_databases_failed"), Some(1.0));
+    assert_eq!(m.get("sqlite_dump_exit_code"), Some(3.0));
 }
 
 /// A truncated database seen for the first time: no file at all under
@@ -380,6 +381,18 @@ fn bad_input_is_refused_with_a_clear_message() {
         .arg(sb.path().join("d")))
     .fails_with(5)
     .stderr_contains("missing");
+    // A run that stopped early reports its exit code, never "0 failed".
+    let metrics = sb.path().join("early.prom");
+    run(tool(&sb)
+        .arg(sb.path().join("missing"))
+        .arg("--to")
+        .arg(sb.path().join("d"))
+        .arg("--metrics-file")
+        .arg(&metrics))
+    .fails_with(5);
+    let m = Metrics::read(&metrics).expect("metrics");
+    assert_eq!(m.get("sqlite_dump_exit_code"), Some(5.0));
+    assert_eq!(m.get("sqlite_dump_databases_failed"), None);
     run(tool(&sb).arg(&src))
         .fails_with(2)
         .stderr_contains("--to");
