@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# offsite-sync: the sandbox NAS is a real sshd on loopback with a directory
+# under $SANDBOX. The first run is a full pass (none on record); then new
+# entries arrive by the ledgers only, a run against an unreachable NAS
+# fails with every entry kept, and the next run delivers them. Ends with
+# the NAS trees and `offsite-sync coverage`. Sourced by scripts/demo with
+# $SANDBOX, $BIN, $PUSHGATEWAY_URL and $BACKUP_LOCK_DIR set; uses what
+# demo/50-nfs-mirror.sh left (backup root, NFS trees, skip list).
+set -euo pipefail
+
+backup="$SANDBOX/backup"
+nfs="$SANDBOX/srv/nfs"
+nfs_ssd="$SANDBOX/srv/nfs-ssd"
+skip="$SANDBOX/skip-list.conf"
+nas="$SANDBOX/nas"
+sd="$SANDBOX/nas-sshd"
+mkdir -p "$backup" "$nfs/immich" "$nfs_ssd" "$nas" "$sd" /run/sshd
+[ -f "$skip" ] || printf 'direct immich\nnever frigate\n' >"$skip"
+
+ssh-keygen -q -t ed25519 -N '' -f "$sd/host_key"
+ssh-keygen -q -t ed25519 -N '' -f "$sd/client_key"
+cp "$sd/client_key.pub" "$sd/authorized_keys"
+port=
+for _ in $(seq 50); do
+    p=$((20000 + RANDOM % 40000))
+    if ! ss -Hltn "sport = :$p" | grep -q .; then port=$p; break; fi
+done
+[ -n "$port" ] || { echo "   no free port" >&2; exit 1; }
+cat >"$sd/sshd_config" <<CFG
+ListenAddress 127.0.0.1
+HostKey $sd/host_key
+PidFile $sd/sshd.pid
+AuthorizedKeysFile $sd/authorized_keys
+StrictModes no
+UsePAM no
+PermitRootLogin prohibit-password
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+CFG
+/usr/sbin/sshd -D -e -f "$sd/sshd_config" -p "$port" 2>"$sd/sshd.log" &
+nas_pid=$!
+trap 'kill "$nas_pid" 2>/dev/null || true; wait "$nas_pid" 2>/dev/null || true' EXIT
+for _ in $(seq 100); do
+    grep -q "Server listening on" "$sd/sshd.log" && break
+    sleep 0.1
+done
+echo "[127.0.0.1]:$port $(cut -d' ' -f1,2 "$sd/host_key.pub")" >"$sd/known_hosts"
+echo "   NAS: sshd on 127.0.0.1:$port, storage $nas"
+
+osync() {
+    local sub=$1
+    shift
+    # The caller's flags come last: a repeated flag overrides the one before.
+    "$BIN/offsite-sync" "$sub" --remote root@127.0.0.1 --ssh-port "$port" \
+        --ssh-key "$sd/client_key" --known-hosts "$sd/known_hosts" \
+        --backup-root "$backup" --nfs-root "$nfs" --nfs-ssd-root "$nfs_ssd" \
+        --pve-dest "$nas/pve-backup" --nfs-dest "$nas/nfs" --nfs-ssd-dest "$nas/nfs-ssd" \
+        --skip-list "$skip" --keepalive 2s --io-timeout 20s --connect-timeout 5s \
+        --metrics-file "$SANDBOX/offsite-sync.prom" "$@"
+}
+push() {
+    "$BIN/push-metric" --job offsite-backup-sync --prefix offsite_sync --status "$1" \
+        --file "$SANDBOX/offsite-sync.prom" >/dev/null || true
+}
+
+echo "   first run (no full pass on record -> full pass, guarded):"
+osync all --max-delete off 2>/dev/null | sed 's/^/     /'
+push 0
+
+echo "   new entries by the ledgers; the NAS is unreachable:"
+echo "new config" >"$backup/pfsense-demo-$(date +%s).xml"
+new_leg1=$(cd "$backup" && ls pfsense-demo-*.xml | tail -n1)
+"$BIN/nfs-mirror" --source "$nfs" --dest "$backup" --skip-list "$skip" >/dev/null 2>&1 || true
+echo "new photo" >"$nfs/immich/upload/IMG_0002.jpg"
+printf '%s\n' "$new_leg1" >>"$backup/.changed-files"
+printf '%s\n' "$nfs/immich/upload/IMG_0002.jpg" "$nfs/immich/upload/gone.jpg" >>"$backup/.nfs-changes.log"
+set +e
+osync all --ssh-port 1 >/dev/null 2>"$SANDBOX/offsite.err"
+rc=$?
+set -e
+push 1
+echo "     exit $rc; pending: $(osync status --no-nas | grep -c 'inflight batch kept') ledger(s) kept for retry"
+osync all 2>/dev/null | sed 's/^/     /'
+push 0
+echo "   the NAS now holds:"
+# Names quoted (one may hold a newline, as tenants' names do).
+(cd "$nas" && find . -type f ! -path './pve-backup/.*' -print0 | sort -z |
+    xargs -0 /usr/bin/printf '     %q\n' | head -n 30)
+echo "   offsite-sync coverage:"
+osync coverage 2>&1 | sed 's/^/     /'
+echo "   offsite-sync status:"
+osync status 2>&1 | sed 's/^/     /'
