@@ -248,6 +248,10 @@ fn the_tree_is_searched_by_header_without_following_symlinks() {
     for (i, n) in names.iter().enumerate() {
         make_db(&src.join(n), &format!("row{i}"), 3);
     }
+    // A -wal sidecar that is a symlink to a file outside is not followed.
+    std::fs::write(outside.join("foreign-wal"), b"not ours").expect("write");
+    std::os::unix::fs::symlink(outside.join("foreign-wal"), src.join("frag#ment.db-wal"))
+        .expect("ln");
     let before = snapshot(&src);
     let dest = sb.path().join("dest");
     let metrics = sb.path().join("m.prom");
@@ -257,7 +261,8 @@ fn the_tree_is_searched_by_header_without_following_symlinks() {
         .arg(&dest)
         .arg("--metrics-file")
         .arg(&metrics))
-    .succeeds();
+    .succeeds()
+    .stderr_contains("frag#ment.db-wal is a symlink, not followed");
     assert_unchanged(&before, &src);
     let mut expected = names.clone();
     expected.sort();
@@ -268,8 +273,8 @@ fn the_tree_is_searched_by_header_without_following_symlinks() {
     let m = Metrics::read(&metrics).expect("metrics");
     assert_eq!(m.get("sqlite_dump_databases_ok"), Some(names.len() as f64));
     assert_eq!(m.get("sqlite_dump_databases_failed"), Some(0.0));
-    // The two symlinks.
-    assert_eq!(m.get("sqlite_dump_skipped"), Some(2.0));
+    // The three symlinks.
+    assert_eq!(m.get("sqlite_dump_skipped"), Some(3.0));
 }
 
 /// `--dry-run` lists what it found and writes nothing.
