@@ -12,6 +12,7 @@ pub mod lvm;
 pub mod names;
 pub mod prune;
 pub mod restore;
+pub mod signals;
 
 use std::path::PathBuf;
 use std::time::Duration;

@@ -110,11 +110,22 @@ struct Run<'a> {
     plan: &'a Plan,
     a: &'a RestoreArgs,
     done: Vec<Done>,
+    /// Once undoing, a signal no longer stops anything.
+    rolling_back: bool,
 }
 
 impl Run<'_> {
     fn poll(&self) -> Duration {
         Duration::from_millis(self.a.poll_ms.max(10))
+    }
+
+    /// Stop going forward once a signal arrived.
+    fn step(&self) -> Result<()> {
+        if self.rolling_back {
+            Ok(())
+        } else {
+            crate::signals::check()
+        }
     }
 
     fn describe(&self, d: &Done) -> String {
@@ -144,13 +155,19 @@ impl Run<'_> {
             &format!("the pods mounting {}/{} to go", p.namespace, p.claim),
             self.a.wait_timeout,
             self.poll(),
-            || Ok(k.pods_mounting(&p.namespace, &p.claim)?.is_empty()),
+            || {
+                self.step()?;
+                Ok(k.pods_mounting(&p.namespace, &p.claim)?.is_empty())
+            },
         )?;
         kube::wait_until(
             &format!("PV {} to be detached", p.pv),
             self.a.wait_timeout,
             self.poll(),
-            || Ok(k.attachments(&p.pv)?.is_empty()),
+            || {
+                self.step()?;
+                Ok(k.attachments(&p.pv)?.is_empty())
+            },
         )
     }
 
@@ -160,6 +177,7 @@ impl Run<'_> {
             self.a.ready_timeout,
             self.poll(),
             || {
+                self.step()?;
                 let (ready, observed) = self.ctx.kubectl.ready(w)?;
                 Ok(observed && ready >= w.replicas)
             },
@@ -197,6 +215,7 @@ impl Run<'_> {
         self.done.push(Done::CreatedScratch);
         info!("created {} from {}", p.scratch, p.snapshot);
         if let Some(w) = &p.workload {
+            self.step()?;
             ctx.kubectl.scale(w, 0)?;
             self.done.push(Done::ScaledDown(w.replicas));
             info!("scaled {} to 0", w.display());
@@ -204,10 +223,12 @@ impl Run<'_> {
         self.wait_gone()?;
         info!("pods gone, PV {} detached", p.pv);
         if p.lv_active {
+            self.step()?;
             self.close_luks()?;
             ctx.lvm.set_active(&p.lv, false)?;
             self.done.push(Done::Deactivated);
         }
+        self.step()?;
         ctx.lvm.rename(&p.lv, &p.pre_restore)?;
         self.done.push(Done::RenamedOrigin);
         ctx.lvm.rename(&p.scratch, &p.lv)?;
@@ -216,6 +237,7 @@ impl Run<'_> {
         ctx.lvm.add_tag(&p.pre_restore, names::TAG)?;
         self.done.push(Done::Tagged);
         if let Some(w) = &p.workload {
+            self.step()?;
             ctx.kubectl.scale(w, w.replicas)?;
             self.done.push(Done::ScaledUp);
             self.wait_ready(w)?;
@@ -226,6 +248,7 @@ impl Run<'_> {
 
     /// Undo in reverse order; returns (undone, not undone) descriptions.
     fn rollback(&mut self) -> (Vec<String>, Vec<String>) {
+        self.rolling_back = true;
         let (ctx, p) = (self.ctx, self.plan);
         let (mut undone, mut failed) = (Vec::new(), Vec::new());
         let done = std::mem::take(&mut self.done);
@@ -404,11 +427,14 @@ pub fn restore(ctx: &Ctx, a: &RestoreArgs, _m: &mut Metrics) -> Result<ExitCode>
     } else {
         confirm(&text)?;
     }
+    // From here on a signal means: stop at the next step and roll back.
+    crate::signals::catch();
     let mut run = Run {
         ctx,
         plan: &plan,
         a,
         done: Vec::new(),
+        rolling_back: false,
     };
     match run.forward() {
         Ok(()) => {

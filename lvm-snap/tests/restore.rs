@@ -460,3 +460,49 @@ fn on_a_terminal_only_a_typed_yes_goes_ahead() {
     assert_eq!(code, Some(0), "{out}");
     assert_eq!(file(&h, A, "state.txt"), b"v1");
 }
+
+/// SIGTERM while waiting for the pods (an operator's Ctrl-C, systemd's
+/// stop): the restore stops going forward and rolls back; it never leaves
+/// the workload at zero.
+#[test]
+fn sigterm_mid_restore_rolls_back() {
+    let (h, s) = scenario();
+    // Pods take 20 s to go: the signal lands while the restore waits.
+    h.emu.set_kube_delay(std::time::Duration::from_secs(20));
+    let now = at(T0 + DAY);
+    let mut args = restore_args(A, &s, &now);
+    args.push("--yes");
+    let mut child = h
+        .cmd(&args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    // Wait (no timing assumption beyond a generous bound) for the scale-down.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !h
+        .emu
+        .calls()
+        .iter()
+        .any(|c| c.iter().any(|a| a == "--replicas=0"))
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "restore never scaled down"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // SAFETY: signalling our own child.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+    let out = child.wait_with_output().expect("wait");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("interrupted by signal 15"), "{stderr}");
+    assert!(
+        stderr.contains("undone: [scaled deployment/web -n app from 2 to 0"),
+        "{stderr}"
+    );
+    assert_rolled_back(&h, &s);
+}
