@@ -472,7 +472,7 @@ fn sigterm_mid_restore_rolls_back() {
     let now = at(T0 + DAY);
     let mut args = restore_args(A, &s, &now);
     args.push("--yes");
-    let mut child = h
+    let child = h
         .cmd(&args)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
