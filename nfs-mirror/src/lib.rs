@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use backup_core::cmd::{Cmd, CmdError, RsyncResult};
+use backup_core::cmd::{Cmd, RsyncResult};
 use backup_core::exit::{Exit, ExitCode};
 use backup_core::ledger::{Ledger, PathKind};
 use backup_core::log::p;
@@ -146,8 +146,46 @@ fn save_entries(dest: &Path, set: &BTreeSet<Vec<u8>>) -> Result<()> {
     backup_core::fsutil::write_atomic(&f, &buf).with_context(|| p(&f))
 }
 
-/// One rsync for one tree. `items_file` receives the `%i %n` lines.
-#[allow(clippy::too_many_arguments)]
+/// The rsync arguments for one tree (`%i %n` lines on stdout).
+fn rsync_args(
+    src: &Path,
+    dst: &Path,
+    excludes: &[String],
+    delete_excluded: bool,
+    dry_run: bool,
+) -> Vec<OsString> {
+    let mut c: Vec<OsString> = Vec::new();
+    c.extend(
+        [
+            "-rltH",
+            "--delete",
+            // Contract 6: the source is live, compare times at full precision.
+            "--modify-window=-1",
+            rsync_items::OUT_FORMAT,
+        ]
+        .map(OsString::from),
+    );
+    if delete_excluded {
+        c.push("--delete-excluded".into());
+    }
+    if dry_run {
+        c.extend(["--dry-run", "-ii"].map(OsString::from));
+    }
+    for e in EXCLUDES
+        .iter()
+        .map(|e| e.to_string())
+        .chain(excludes.iter().cloned())
+    {
+        c.push(format!("--exclude={e}").into());
+    }
+    let mut s = src.as_os_str().to_os_string();
+    s.push("/");
+    let mut d = dst.as_os_str().to_os_string();
+    d.push("/");
+    c.extend(["--".into(), s, d]);
+    c
+}
+
 fn rsync_cmd(
     rsync: &OsStr,
     src: &Path,
@@ -157,33 +195,14 @@ fn rsync_cmd(
     dry_run: bool,
     timeout: Duration,
 ) -> Cmd {
-    let mut c = Cmd::new(rsync).args([
-        "-rltH",
-        "--delete",
-        // Contract 6: the source is live, compare times at full precision.
-        "--modify-window=-1",
-        rsync_items::OUT_FORMAT,
-    ]);
-    if delete_excluded {
-        c = c.arg("--delete-excluded");
-    }
-    if dry_run {
-        c = c.args(["--dry-run", "-ii"]);
-    }
-    for e in EXCLUDES {
-        c = c.arg(format!("--exclude={e}"));
-    }
-    for e in excludes {
-        c = c.arg(format!("--exclude={e}"));
-    }
-    let mut s = src.as_os_str().to_os_string();
-    s.push("/");
-    let mut d = dst.as_os_str().to_os_string();
-    d.push("/");
-    c.arg("--").arg(s).arg(d).timeout(timeout)
+    Cmd::new(rsync)
+        .args(rsync_args(src, dst, excludes, delete_excluded, dry_run))
+        .timeout(timeout)
 }
 
 /// Spool files of runs that died before their items reached the ledger.
+/// A spool still locked belongs to an rsync that is still running (its
+/// parent was killed): left for a later run.
 fn recover_spool(dest: &Path, ledger: &Ledger) -> Result<u64> {
     let dir = dest.join(STATE_DIR).join("spool");
     let Ok(rd) = std::fs::read_dir(&dir) else {
@@ -193,13 +212,31 @@ fn recover_spool(dest: &Path, ledger: &Ledger) -> Result<u64> {
     for e in rd.flatten() {
         let path = e.path();
         let fname = e.file_name();
-        // Spool files are named `<hex of the entry name>.items`.
-        let Some(hexname) = fname.to_str().and_then(|s| s.strip_suffix(".items")) else {
+        // Spool files are named `<hex of the entry name>.<pid>.items`.
+        let Some(hexname) = fname
+            .to_str()
+            .and_then(|s| s.strip_suffix(".items"))
+            .and_then(|s| s.split('.').next())
+        else {
             continue;
         };
         let Some(entry) = unhex(hexname) else {
             continue;
         };
+        let f = std::fs::File::open(&path).with_context(|| p(&path))?;
+        match f.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                warn!(
+                    "{}: an rsync of a killed run still writes it; left for the next run",
+                    p(&path)
+                );
+                continue;
+            }
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(e).with_context(|| p(&path));
+            }
+        }
         let data = std::fs::read(&path).with_context(|| p(&path))?;
         n += append_items(ledger, &entry, &data)?;
         std::fs::remove_file(&path).with_context(|| p(&path))?;
@@ -208,6 +245,93 @@ fn recover_spool(dest: &Path, ledger: &Ledger) -> Result<u64> {
         warn!("recovered {n} transferred file(s) of an interrupted run into the ledger");
     }
     Ok(n)
+}
+
+/// How a spooled rsync ended.
+enum Spooled {
+    Exited { code: i32, stderr: String },
+    Failed(String),
+}
+
+/// Run rsync with stdout into `spool`, which stays flocked for as long as
+/// any process of the rsync holds it open; rsync dies with us
+/// (PR_SET_PDEATHSIG), and its whole group on a timeout.
+fn run_spooled(
+    rsync: &OsStr,
+    args: &[OsString],
+    spool: &Path,
+    timeout: Duration,
+) -> Result<Spooled> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    use std::os::unix::process::CommandExt;
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(spool)
+        .with_context(|| p(spool))?;
+    f.lock().with_context(|| p(spool))?;
+    let mut c = std::process::Command::new(rsync);
+    c.args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(f.try_clone().with_context(|| p(spool))?)
+        .stderr(std::process::Stdio::piped())
+        .process_group(0);
+    // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        c.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    let mut child = match c.spawn() {
+        Ok(ch) => ch,
+        Err(e) => return Ok(Spooled::Failed(format!("cannot run rsync: {e}"))),
+    };
+    let pgid = child.id() as i32;
+    let err_thread = child.stderr.take().map(|mut s| {
+        std::thread::spawn(move || {
+            let mut v = Vec::new();
+            let _ = s.read_to_end(&mut v);
+            v
+        })
+    });
+    let deadline = std::time::Instant::now() + timeout;
+    let mut timed_out = false;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(st)) => break Some(st),
+            Ok(None) if std::time::Instant::now() >= deadline => {
+                timed_out = true;
+                // SAFETY: kill(2) on the process group we created.
+                unsafe { libc::kill(-pgid, libc::SIGKILL) };
+                break child.wait().ok();
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+            Err(_) => break None,
+        }
+    };
+    // SAFETY: as above; nothing of the group may outlive the run.
+    unsafe { libc::kill(-pgid, libc::SIGKILL) };
+    let stderr =
+        String::from_utf8_lossy(&err_thread.and_then(|t| t.join().ok()).unwrap_or_default())
+            .into_owned();
+    drop(f);
+    if timed_out {
+        return Ok(Spooled::Failed(format!(
+            "rsync timed out after {}s and was killed",
+            timeout.as_secs()
+        )));
+    }
+    match status.and_then(|s| s.code()) {
+        Some(code) => Ok(Spooled::Exited { code, stderr }),
+        None => Ok(Spooled::Failed(format!(
+            "rsync was killed by a signal: {}",
+            backup_core::log::escape_str(stderr.trim())
+        ))),
+    }
 }
 
 fn hex(b: &[u8]) -> String {
@@ -284,11 +408,15 @@ pub fn mirror(o: &MirrorOpts, metrics: &mut Metrics) -> Result<(ExitCode, Report
             p(&o.source)
         )));
     }
-    if o.require_mountpoint && !is_mountpoint(&o.source)? {
-        return Err(Exit::refused(format!(
-            "source {} is not a mountpoint (--require-mountpoint): nothing copied or deleted",
-            p(&o.source)
-        )));
+    // Both sides: an unmounted source looks empty (bug 3), an unmounted
+    // backup disk would fill the root filesystem.
+    for (what, dir) in [("source", &o.source), ("destination", &o.dest)] {
+        if o.require_mountpoint && !is_mountpoint(dir)? {
+            return Err(Exit::refused(format!(
+                "{what} {} is not a mountpoint (--require-mountpoint): nothing copied or deleted",
+                p(dir)
+            )));
+        }
     }
     let mut names: Vec<Vec<u8>> = std::fs::read_dir(&o.source)
         .with_context(|| format!("cannot list source {}", p(&o.source)))?
@@ -476,18 +604,12 @@ pub fn mirror(o: &MirrorOpts, metrics: &mut Metrics) -> Result<(ExitCode, Report
         }
         known.insert(pl.name.clone());
         save_entries(&o.dest, &known)?;
-        let spool = state.join("spool").join(format!("{}.items", hex(&pl.name)));
-        let cmd = rsync_cmd(
-            &o.rsync,
-            &pl.src,
-            &pl.dst,
-            &pl.excludes,
-            o.prune_skipped,
-            false,
-            o.timeout,
-        )
-        .stdout_file(&spool);
-        let res = cmd.run_any();
+        let spool =
+            state
+                .join("spool")
+                .join(format!("{}.{}.items", hex(&pl.name), std::process::id()));
+        let args = rsync_args(&pl.src, &pl.dst, &pl.excludes, o.prune_skipped, false);
+        let res = run_spooled(&o.rsync, &args, &spool, o.timeout)?;
         // Whatever happened, what rsync reported as sent goes into the ledger.
         let data = std::fs::read(&spool).unwrap_or_default();
         let n = append_items(&ledger, &pl.name, &data)?;
@@ -497,7 +619,7 @@ pub fn mirror(o: &MirrorOpts, metrics: &mut Metrics) -> Result<(ExitCode, Report
         let rep = &mut report.entries[idx];
         rep.transferred = n;
         match res {
-            Ok(out) => match RsyncResult::classify(out.code, &out.stderr) {
+            Spooled::Exited { code, stderr } => match RsyncResult::classify(code, &stderr) {
                 RsyncResult::Ok => {
                     rep.action = "mirrored".into();
                     ok += 1;
@@ -516,21 +638,17 @@ pub fn mirror(o: &MirrorOpts, metrics: &mut Metrics) -> Result<(ExitCode, Report
                     rep.action = "failed".into();
                     let m = format!(
                         "rsync exited {} ({}): {}",
-                        out.code,
-                        RsyncResult::describe(out.code),
-                        backup_core::log::escape_str(out.stderr.trim())
+                        code,
+                        RsyncResult::describe(code),
+                        backup_core::log::escape_str(stderr.trim())
                     );
                     error!("{}: {m}", rep.name);
                     rep.message = Some(m);
                     failed.push(rep.name.clone());
                 }
             },
-            Err(e) => {
+            Spooled::Failed(m) => {
                 rep.action = "failed".into();
-                let m = match &e {
-                    CmdError::Timeout { .. } => format!("{e}"),
-                    _ => e.to_string(),
-                };
                 error!("{}: {m}", rep.name);
                 rep.message = Some(m);
                 failed.push(rep.name.clone());

@@ -38,7 +38,7 @@ struct MirrorArgs {
     /// The leg-1 ledger (default DEST/.changed-files).
     #[arg(long)]
     ledger: Option<PathBuf>,
-    /// Refuse unless the source is a mountpoint.
+    /// Refuse unless the source and the destination are mountpoints.
     #[arg(long)]
     require_mountpoint: bool,
     /// Refuse the whole run when it would delete more than N items or P% of

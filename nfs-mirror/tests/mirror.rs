@@ -367,3 +367,104 @@ fn full_backup_disk_fails_and_ledgers_what_arrived() {
     assert!(missing.is_empty(), "arrived but not ledgered: {missing:?}");
     println!("arrived={} ledgered={}", arrived.len(), led.len());
 }
+
+/// SIGKILL of nfs-mirror at random instants (rsync dies with it), then a
+/// normal run: every file that reached the backup disk is in the ledger.
+#[test]
+fn sigkill_at_random_instants_loses_no_ledger_entry() {
+    use rand::Rng;
+    let t = setup();
+    let mut rng = rand::rng();
+    let mut kills = 0;
+    for round in 0..6 {
+        for svc in ["alpha", "beta", "gamma"] {
+            for i in 0..150 {
+                t.w(
+                    format!("{svc}/r{round}/f{i:03}").as_bytes(),
+                    &"y".repeat(2048),
+                );
+            }
+        }
+        let mut c = t.sb.cmd("nfs-mirror");
+        c.arg("--source")
+            .arg(&t.src)
+            .arg("--dest")
+            .arg(&t.dst)
+            .arg("--skip-list")
+            .arg(&t.skip)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        let mut child = c.spawn().expect("spawn");
+        std::thread::sleep(std::time::Duration::from_millis(rng.random_range(0..250)));
+        if child.try_wait().expect("try_wait").is_none() {
+            kills += 1;
+        }
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+        let _ = child.wait();
+    }
+    // A killed rsync may take a moment to go; the spool lock covers that.
+    let mut ok = false;
+    for _ in 0..10 {
+        if t.run(&[]).code == 0 {
+            ok = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+    assert!(ok, "the normal run after the kills failed");
+    // A spool still locked by a dying rsync is recovered by a later run.
+    t.run(&[]).succeeds();
+    let mut arrived = BTreeSet::new();
+    for svc in ["alpha", "beta", "gamma"] {
+        for f in walk(&t.dst.join(svc)) {
+            let mut v = svc.as_bytes().to_vec();
+            v.push(b'/');
+            v.extend_from_slice(&f);
+            arrived.insert(v);
+        }
+    }
+    let led = t.ledger();
+    let missing: Vec<_> = arrived.difference(&led).collect();
+    assert!(
+        missing.is_empty(),
+        "{} arrived files not in the ledger",
+        missing.len()
+    );
+    assert_eq!(arrived.len(), 3 * 6 * 150);
+    assert!(
+        t.dst
+            .join(".nfs-mirror/spool")
+            .read_dir()
+            .expect("spool")
+            .next()
+            .is_none()
+    );
+    println!(
+        "files={} sigkills={kills} ledger={} lost=0",
+        arrived.len(),
+        led.len()
+    );
+}
+
+fn walk(dir: &Path) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).expect("readdir").flatten() {
+            let p = e.path();
+            if e.file_type().expect("ft").is_dir() {
+                stack.push(p);
+            } else {
+                out.push(
+                    p.strip_prefix(dir)
+                        .expect("prefix")
+                        .as_os_str()
+                        .as_bytes()
+                        .to_vec(),
+                );
+            }
+        }
+    }
+    out
+}
