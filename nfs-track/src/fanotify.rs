@@ -22,8 +22,14 @@ pub struct Fanotify {
     roots: Vec<PathBuf>,
     /// An open directory on each marked filesystem, by fsid.
     mounts: HashMap<[u8; 8], OwnedFd>,
+    /// Directory (fsid + handle) to its path, or None when outside the
+    /// trees. Cleared on every directory rename anywhere on the marked
+    /// filesystems, the only thing that changes a directory's path.
+    cache: HashMap<Vec<u8>, Option<PathBuf>>,
     buf: Vec<u8>,
 }
+
+const CACHE_MAX: usize = 65_536;
 
 fn fsid_of(fd: RawFd) -> io::Result<[u8; 8]> {
     // SAFETY: statfs is plain data filled by fstatfs.
@@ -91,6 +97,7 @@ impl Fanotify {
             fd,
             roots: roots.to_vec(),
             mounts,
+            cache: HashMap::new(),
             buf: vec![0u8; 256 * 1024],
         })
     }
@@ -245,12 +252,28 @@ impl Fanotify {
             if name.is_empty() || name == b"." {
                 continue;
             }
-            let Some(dir) = self.resolve(fsid, handle) else {
+            if mask & libc::FAN_ONDIR != 0 && mask & libc::FAN_MOVED_TO != 0 {
+                self.cache.clear();
+            }
+            let key = [fsid, handle].concat();
+            let dir = match self.cache.get(&key) {
+                Some(d) => d.clone(),
+                None => match self.resolve(fsid, handle) {
+                    Some(p) => {
+                        let d = self.inside(&p).then_some(p);
+                        if self.cache.len() >= CACHE_MAX {
+                            self.cache.clear();
+                        }
+                        self.cache.insert(key, d.clone());
+                        d
+                    }
+                    // Gone or racing a rename: not cached, dropped.
+                    None => None,
+                },
+            };
+            let Some(dir) = dir else {
                 continue;
             };
-            if !self.inside(&dir) {
-                continue;
-            }
             let path = dir.join(OsStr::from_bytes(name));
             sink.counters.events += 1;
             if mask & libc::FAN_ONDIR != 0 {

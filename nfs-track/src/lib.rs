@@ -469,10 +469,11 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Scope::Nothing
         }
     };
-    match (&mut t.backend, scope) {
-        (Backend::Inotify(b), scope) => b.start(scope, &mut t.sink),
-        (Backend::Fanotify(b), Scope::Newer(from)) => b.rescan(from, &mut t.sink),
-        (Backend::Fanotify(_), _) => {}
+    // inotify needs the walk for its watches before it can be ready; the
+    // fanotify marks are complete already, so its rescan runs after READY
+    // (events meanwhile wait in the queue).
+    if let Backend::Inotify(b) = &mut t.backend {
+        b.start(scope, &mut t.sink);
     }
     info!(
         "watching {} with {} ({} {}), ledger {}",
@@ -490,13 +491,23 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         },
         p(t.ledger.path())
     );
-    t.flush(started, true);
+    // The stamp moves only once the gap is closed: after the rescan.
+    let rescan_after_ready = matches!(t.backend, Backend::Fanotify(_)) && scope != Scope::Nothing;
+    if !rescan_after_ready {
+        t.flush(started, true);
+    }
     t.write_metrics(true);
     sys::sd_notify(&format!(
         "READY=1\nSTATUS=watching {} trees with {}",
         plan.roots.len(),
         t.backend.name()
     ));
+    if let (Backend::Fanotify(b), Scope::Newer(from)) = (&mut t.backend, scope) {
+        b.rescan(from, &mut t.sink);
+    }
+    if rescan_after_ready {
+        t.flush(started, true);
+    }
 
     let watchdog = sys::watchdog_interval();
     let mut drained = started;
