@@ -3,7 +3,7 @@
 #
 # Leaves for the later demo steps (pvc-copy reuses them):
 #   $SANDBOX/emu       the emulated host's state (HOMELAB_EMU_STATE): thin pool
-#                      pve/data with 4 PVC LVs (ext4 images; vm-100-pvc-0a1b is
+#                      pve/data with 3 PVC LVs (ext4 images; vm-100-pvc-0a1b is
 #                      LUKS, key $SANDBOX/emu/luks.key) and today's snapshots
 #   $SANDBOX/emu-bin   lvs, lvcreate, lvremove, lvrename, lvchange, kubectl,
 #                      cryptsetup, blkid: symlinks to $BIN/homelab-emu; put it
@@ -21,18 +21,17 @@ for c in lvs lvcreate lvremove lvrename lvchange kubectl cryptsetup blkid \
     ln -sf "$BIN/homelab-emu" "$emubin/$c"
 done
 
-# --- The host: 4 PVC volumes with some files, and the cluster's PVs.
+# --- The host: 3 PVC volumes with some files, and the cluster's PVs.
 key="$emu/luks.key"
 printf 'demo key' >"$key"
 src="$SANDBOX/lvm-snap-src"
-mkdir -p "$src/vw/data" "$src/media/library/2026" "$src/notes" "$src/mysql"
+mkdir -p "$src/vw/data" "$src/media/library/2026" "$src/notes"
 sqlite3 "$src/vw/data/db.sqlite3" 'PRAGMA journal_mode=WAL; CREATE TABLE ciphers(id INTEGER PRIMARY KEY, data BLOB);
     INSERT INTO ciphers(data) SELECT randomblob(200) FROM generate_series(1, 300);' >/dev/null
 head -c 2000000 /dev/urandom >"$src/media/library/2026/movie.mkv"
 ln -f "$src/media/library/2026/movie.mkv" "$src/media/library/hardlink.mkv"
 ln -sfn /etc/shadow "$src/media/library/escape"
 echo "meeting notes" >"$src/notes/todo.txt"
-echo "ibdata" >"$src/mysql/ibdata1"
 mkimg() { # lv, source dir, luks|plain
     local img="$emu/images/pve/$1.img"
     if [ "$3" = luks ]; then
@@ -50,22 +49,20 @@ mkimg() { # lv, source dir, luks|plain
 mkimg vm-100-pvc-0a1b "$src/vw" luks
 mkimg vm-101-pvc-2c3d "$src/media" plain
 mkimg vm-102-pvc-4e5f "$src/notes" plain
-mkimg vm-103-pvc-6a7b "$src/mysql" plain
 now=$(date +%s)
 lv() { printf '"%s": {"pool": "data", "size": 33554432, "encrypted": %s, "time": %s}' "$1" "$2" $((now - 86400)); }
 cat >"$emu/lvm.json" <<EOF
 {"vgs": {"pve": {"pools": {"data": {"size": 4294967296, "time": $now}},
   "lvs": {$(lv vm-100-pvc-0a1b true), $(lv vm-101-pvc-2c3d false),
-          $(lv vm-102-pvc-4e5f false), $(lv vm-103-pvc-6a7b false)}}}}
+          $(lv vm-102-pvc-4e5f false)}}}}
 EOF
 pv() { printf '{"name": "pvc-%s", "driver": "csi.proxmox.sinextra.dev", "volume_handle": "homelab/pve1/local-lvm/vm-%s", "namespace": "%s", "claim": "%s"}' "$@"; }
 cat >"$emu/k8s.json" <<EOF
 {"pvs": [$(pv 0a1b 100-pvc-0a1b vaultwarden vaultwarden-data),
          $(pv 2c3d 101-pvc-2c3d media jellyfin-library),
-         $(pv 4e5f 102-pvc-4e5f notes notes-data),
-         $(pv 6a7b 103-pvc-6a7b dbaas data-mysql-0)]}
+         $(pv 4e5f 102-pvc-4e5f notes notes-data)]}
 EOF
-echo "   emulated host: 4 PVC LVs in pve/data (dbaas/data-mysql-0 is in an excluded namespace)"
+echo "   emulated host: 3 PVC LVs in thin pool pve/data, their PVs in the emulated cluster"
 
 snap() {
     HOMELAB_EMU_STATE="$emu" PATH="$emubin:$PATH" \
@@ -75,6 +72,10 @@ snap() {
 # --- Two earlier nights, replayed with the injected clock (--now).
 snap -q create --now "@$((now - 4 * 86400))"
 snap -q create --now "@$((now - 2 * 86400))"
+
+# --- Namespace exclusions (dbaas,monitoring by default), shown on a dry run.
+echo "   lvm-snap create --dry-run --exclude-namespace notes:"
+snap create --dry-run --exclude-namespace notes 2>&1 | grep -E 'excluded|would run' | sed 's/^/     /'
 
 # --- Tonight's run, pushed like the unit does (job lvm-pvc-snapshot).
 echo "   lvm-snap create:"
