@@ -163,6 +163,45 @@ fn describe(url: &str, e: &ureq::Error, timeout: Duration) -> String {
     }
 }
 
+/// Create (or truncate) a file readable by its owner only.
+fn private_file(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    Ok(f)
+}
+
+/// Write `data` to `path` atomically with mode 0600: config.xml holds
+/// password hashes and private keys. (core's `write_atomic` makes 0644
+/// files, right for metrics but not for secrets.)
+pub fn write_private_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let name = path
+        .file_name()
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "no file name"))?;
+    let mut tmp_name = std::ffi::OsString::from(".");
+    tmp_name.push(name);
+    tmp_name.push(format!(".tmp.{}", std::process::id()));
+    let tmp = path.with_file_name(tmp_name);
+    let res = (|| {
+        let mut f = private_file(&tmp)?;
+        f.write_all(data)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if res.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    res?;
+    backup_core::fsutil::sync_dir(path);
+    Ok(())
+}
+
 /// What a checked tar holds.
 #[derive(Debug, Clone, Copy, serde::Serialize)]
 pub struct TarInfo {
@@ -214,6 +253,9 @@ pub fn full_tar(
     timeout: Duration,
 ) -> Result<TarInfo, String> {
     let res = (|| {
+        // Created 0600 first (the stream only truncates it): the archive
+        // holds the firewall's keys and password hashes.
+        private_file(partial).map_err(|e| format!("cannot create {}: {e}", partial.display()))?;
         ssh.command(&tar_command(tar_root), timeout)
             .stdout_file(partial)
             .run()

@@ -610,7 +610,7 @@ fn pull(p: &Plan, deadline: &Deadline, report: &mut Report) -> anyhow::Result<Ex
             let old = previous.as_ref().and_then(|i| std::fs::read(&i.path).ok());
             std::fs::create_dir_all(&wdir)
                 .with_context(|| format!("cannot create {}", wdir.display()))?;
-            backup_core::fsutil::write_atomic(&p.config_path, &body)
+            fetch::write_private_atomic(&p.config_path, &body)
                 .with_context(|| format!("cannot write {}", p.config_path.display()))?;
             let c = &mut report.config;
             c.ok = true;

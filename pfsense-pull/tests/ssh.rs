@@ -35,6 +35,15 @@ fn sunday_pulls_the_config_and_a_checked_full_tar_into_the_week() {
         b.read("2026-W48/config-20261129.xml"),
         std::fs::read(fw.config_path()).expect("remote config")
     );
+    // Both hold the firewall's secrets: owner-only, whatever the umask.
+    for f in b.files() {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(b.dest().join(&f))
+            .expect("meta")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "{f}: mode {mode:o}");
+    }
     let names = tar_names(&b.dest().join("2026-W48/pfsense-full-20261129.tar.gz"));
     let root = fw.path().display().to_string();
     let root = root.trim_start_matches('/');
