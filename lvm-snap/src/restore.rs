@@ -268,9 +268,9 @@ impl Run<'_> {
                 Done::RenamedScratch => ctx.lvm.rename(&p.lv, &p.scratch),
                 Done::RenamedOrigin => ctx.lvm.rename(&p.pre_restore, &p.lv),
                 Done::Deactivated => ctx.lvm.set_active(&p.lv, true),
-                Done::ClosedLuks => Err(anyhow::anyhow!(
-                    "the CSI plugin reopens it when the volume is attached again"
-                )),
+                // Left closed on purpose: whoever opened it (the CSI node
+                // plugin, a copy job) opens it again when it needs it.
+                Done::ClosedLuks => Ok(()),
                 Done::ScaledDown(n) => match &p.workload {
                     Some(w) => ctx.kubectl.scale(w, *n),
                     None => Ok(()),
