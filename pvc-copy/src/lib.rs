@@ -61,19 +61,39 @@ pub enum Sub {
 #[derive(Debug, Args)]
 pub struct PreflightArgs {
     /// The exports file to check.
-    #[arg(long, default_value = "/etc/exports", value_name = "FILE")]
+    #[arg(
+        long,
+        env = "PVC_COPY_EXPORTS",
+        default_value = "/etc/exports",
+        value_name = "FILE"
+    )]
     pub exports: PathBuf,
     /// The NFS export root that must be exported (never with fsid=0).
-    #[arg(long, default_value = "/srv/nfs", value_name = "DIR")]
+    #[arg(
+        long,
+        env = "PVC_COPY_NFS_ROOT",
+        default_value = "/srv/nfs",
+        value_name = "DIR"
+    )]
     pub nfs_root: String,
     /// The systemd unit of the NFS server.
     #[arg(long, default_value = "nfs-server", value_name = "UNIT")]
     pub service: String,
     /// The systemctl program.
-    #[arg(long, default_value = "systemctl", value_name = "PROG")]
+    #[arg(
+        long,
+        env = "PVC_COPY_SYSTEMCTL",
+        default_value = "systemctl",
+        value_name = "PROG"
+    )]
     pub systemctl: String,
     /// The exportfs program.
-    #[arg(long, default_value = "exportfs", value_name = "PROG")]
+    #[arg(
+        long,
+        env = "PVC_COPY_EXPORTFS",
+        default_value = "exportfs",
+        value_name = "PROG"
+    )]
     pub exportfs: String,
     /// Print the checks as JSON on stdout.
     #[arg(long)]
