@@ -254,7 +254,10 @@ impl Run<'_> {
         let done = std::mem::take(&mut self.done);
         let mut stop = false;
         for d in done.iter().rev() {
-            let what = self.describe(d);
+            let mut what = self.describe(d);
+            if *d == Done::ClosedLuks {
+                what.push_str(" (left closed)");
+            }
             if stop {
                 failed.push(format!("{what} (rollback stopped earlier)"));
                 continue;
