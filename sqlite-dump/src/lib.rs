@@ -287,17 +287,23 @@ fn dump_all(a: &DumpArgs, t: &mut DumpTotals) -> anyhow::Result<ExitCode> {
     t.files_scanned = found.files_scanned;
     t.skipped = found.skipped.len() as u64;
     for s in &found.skipped {
-        info!("skipped: {}: {}", bytes_of(&s.rel), s.reason);
+        // Symlinks are common in PVCs; one line each only with -v.
+        if s.reason.starts_with("symlink") {
+            backup_core::debug!("skipped: {}: {}", bytes_of(&s.rel), s.reason);
+        } else {
+            info!("skipped: {}: {}", bytes_of(&s.rel), s.reason);
+        }
     }
     for e in &found.errors {
         error!("cannot scan {}: {}", bytes_of(&e.rel), e.error);
     }
     t.failed += found.errors.len() as u64;
     info!(
-        "found {} database(s) in {} file(s) under {}",
+        "found {} database(s) in {} file(s) under {}; {} entries skipped (symlinks are never followed, other filesystems never entered)",
         found.databases.len(),
         found.files_scanned,
-        p(&src)
+        p(&src),
+        found.skipped.len()
     );
 
     if a.dry_run {
