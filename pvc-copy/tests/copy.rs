@@ -420,3 +420,33 @@ fn current_week_names_the_iso_week() {
     r.succeeds();
     assert_eq!(r.stdout.trim(), "2026-W53");
 }
+
+#[test]
+fn an_xfs_snapshot_is_mounted_with_xfs_options() {
+    let env = Env::new();
+    env.pvc("vm-1-pvc-xfs0", "ns", "x", &[("placeholder", b"ext4")]);
+    // Turn the snapshot into an xfs filesystem (the emulator builds ext4):
+    // made and filled here in a private mount namespace of its own.
+    let img = env.host.fs_image(VG, "vm-1-pvc-xfs0_snap_20261127_0300");
+    fs::remove_file(&img).expect("rm");
+    fs::File::create(&img)
+        .expect("img")
+        .set_len(320 << 20)
+        .expect("size");
+    let mnt = env.sb.mkdir("xfs-fill");
+    let o = std::process::Command::new("sh")
+        .arg("-ec")
+        .arg("mkfs.xfs -q -f \"$1\"; unshare -m --propagation private sh -ec 'mount -o loop -t xfs \"$1\" \"$2\"; echo xfs data > \"$2/on-xfs.txt\"; umount \"$2\"' - \"$1\" \"$2\"")
+        .arg("-")
+        .arg(&img)
+        .arg(&mnt)
+        .output()
+        .expect("mkfs.xfs");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    env.run(NOW, &[]).succeeds();
+    assert_eq!(
+        fs::read(env.dest(WEEK, "ns", "x").join("on-xfs.txt")).expect("copied"),
+        b"xfs data\n"
+    );
+    env.assert_no_mounts();
+}

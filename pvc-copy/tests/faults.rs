@@ -210,3 +210,71 @@ fn a_backup_disk_filling_mid_copy_keeps_the_previous_copy_and_removes_the_partia
         "the backup image is still attached"
     );
 }
+
+#[test]
+fn a_failed_mount_is_retried_once_and_a_second_failure_counts() {
+    let env = Env::new();
+    env.pvc("vm-1-pvc-aaaa", "ns", "a", &[("f", b"a")]);
+    env.pvc("vm-2-pvc-bbbb", "ns", "b", &[("f", b"b")]);
+    // A stand-in `mount` first on PATH: fails the first attempt for `a`
+    // (as a mount hung on orphan cleanup would) and every attempt for `b`,
+    // then hands over to the real mount.
+    let d = env.sb.mkdir("flaky-bin");
+    let state = env.sb.path().join("mount-attempts");
+    let script = d.join("mount");
+    fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\ncase \"$*\" in *pvc-bbbb*) echo 'mount: wrong fs type' >&2; exit 32;; esac\n\
+             if [ ! -e '{s}' ]; then touch '{s}'; echo 'mount: timed out' >&2; exit 32; fi\n\
+             exec /usr/bin/mount \"$@\"\n",
+            s = state.display()
+        ),
+    )
+    .expect("script");
+    fs::set_permissions(&script, fs::Permissions::from_mode(0o755)).expect("chmod");
+    let path = std::env::join_paths(
+        std::iter::once(d.clone()).chain(std::env::split_paths(&env.host.path_env())),
+    )
+    .expect("PATH");
+    let r = Run::of(env.cmd(NOW).env("PATH", path));
+    r.fails_with(3)
+        .stderr_contains("retrying once")
+        .stderr_contains("succeeded on retry")
+        .stderr_contains("ns/b (vm-2-pvc-bbbb): mount failed twice");
+    assert_eq!(
+        fs::read(env.dest(WEEK, "ns", "a").join("f")).expect("a"),
+        b"a"
+    );
+    assert!(!env.dest(WEEK, "ns", "b").exists());
+    env.assert_no_mounts();
+}
+
+#[test]
+fn an_inactive_snapshot_is_activated_for_the_copy_and_deactivated_after() {
+    let env = Env::new();
+    env.pvc("vm-1-pvc-aaaa", "ns", "a", &[("f", b"a")]);
+    let snap = "vm-1-pvc-aaaa_snap_20261127_0300";
+    // lvm-snap may leave thin snapshots with activation skip, inactive.
+    let o = env
+        .host
+        .command("lvchange")
+        .args(["-an", &format!("{VG}/{snap}")])
+        .output()
+        .expect("lvchange");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(!env.host.lv_path(VG, snap).exists());
+    env.run(NOW, &[]).succeeds();
+    assert_eq!(
+        fs::read(env.dest(WEEK, "ns", "a").join("f")).expect("a"),
+        b"a"
+    );
+    let calls: Vec<String> = env
+        .host
+        .calls_of("lvchange")
+        .into_iter()
+        .map(|c| c.join(" "))
+        .collect();
+    assert!(calls.iter().any(|c| c.contains("-ay -K")), "{calls:?}");
+    assert!(!env.host.lv_path(VG, snap).exists(), "left active");
+}
