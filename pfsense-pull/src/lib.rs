@@ -539,7 +539,7 @@ fn dry_run(p: &Plan, json: bool) -> anyhow::Result<ExitCode> {
             api.ca_file
                 .as_ref()
                 .map(|c| c.display().to_string())
-                .unwrap_or_else(|| "system roots".into()),
+                .unwrap_or_else(|| "the built-in Mozilla roots".into()),
             p.config_path.display()
         ),
         _ => {}

@@ -253,6 +253,15 @@ impl Sshd {
             self.port.to_string(),
         ]
     }
+    /// The same options as one `ssh ...` command line, for `rsync -e`.
+    pub fn ssh_command(&self) -> String {
+        let mut s = String::from("ssh");
+        for a in self.ssh_args() {
+            s.push(' ');
+            s.push_str(&backup_core::cmd::shell_quote(a.as_ref()));
+        }
+        s
+    }
     /// The daemon's pid (of `ip netns exec`, which execs sshd in place).
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
@@ -343,6 +352,13 @@ mod tests {
             sshd.log_text()
         );
         assert_eq!(String::from_utf8_lossy(&out.stdout), "hello\n");
+        // The one-line form works through a shell, as rsync -e uses it.
+        let st = Command::new("sh")
+            .arg("-c")
+            .arg(format!("{} -- {} true", sshd.ssh_command(), sshd.target()))
+            .status()
+            .expect("sh");
+        assert!(st.success());
 
         // Another daemon's host key under the same name: strict checking refuses.
         let other = Sshd::start(SshdOpts::default());
