@@ -47,7 +47,9 @@ if [ -f "$dest/vaultwarden/vaultwarden-data/db.sqlite3" ]; then
         sqlite3 "$SANDBOX/main-only.db" 'SELECT count(*) FROM ciphers')
     # immutable=1: read the copy without creating -wal/-shm beside it.
     copy=$(sqlite3 "file:$dest/vaultwarden/vaultwarden-data/db.sqlite3?immutable=1" 'SELECT count(*) FROM ciphers')
-    echo "   vaultwarden rows: main file alone $main_only, verified copy $copy (the rest was only in the -wal)"
+    note=""
+    [ "$main_only" = "$copy" ] || note=" (the rest existed only in the -wal)"
+    echo "   vaultwarden rows: main file alone $main_only, verified copy $copy$note"
 fi
 echo "   ledger entries added: $(grep -c sqlite-backup "$backup/.changed-files" || true)"
 "$BIN/sqlite-dump" check -q "$(find "$dest" -type f | head -n1)" --metrics-file "$SANDBOX/sqlite-check.prom" &&
