@@ -557,8 +557,22 @@ fn copy_run(a: &RunArgs, report: &mut Report) -> anyhow::Result<ExitCode> {
             d.reason
         );
     }
+    let follow = store::follower_drops(root, store::SQLITE_BACKUP, &plan);
+    for w in &follow {
+        info!(
+            "{} {}/{w}: its pvc-data week is rotated away",
+            if a.dry_run {
+                "would delete"
+            } else {
+                "deleting"
+            },
+            store::SQLITE_BACKUP
+        );
+    }
     if !a.dry_run {
         report.rotated = store::apply_rotation(root, &plan).context("rotating weeks")?;
+        store::apply_follower(root, store::SQLITE_BACKUP, &follow)
+            .context("rotating sqlite-backup weeks")?;
     }
     report.rotation = Some(plan);
     Ok(ExitCode::Ok)

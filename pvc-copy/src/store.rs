@@ -16,6 +16,8 @@ pub const COMPLETE_MARKER: &str = ".pvc-copy-complete";
 /// A week being deleted is first renamed to this prefix, so a killed
 /// rotation never leaves a half-deleted week under a week name.
 pub const DELETING_PREFIX: &str = ".deleting-";
+/// sqlite-dump's copies of each week (rotated with pvc-data).
+pub const SQLITE_BACKUP: &str = "sqlite-backup";
 
 pub fn pvc_data(root: &Path) -> PathBuf {
     root.join("pvc-data")
@@ -52,6 +54,17 @@ pub fn newest_copy(root: &Path, ns: &str, name: &str) -> Option<PathBuf> {
 pub fn clean_leftovers(root: &Path) -> io::Result<usize> {
     let base = pvc_data(root);
     let mut n = 0;
+    for e in fs::read_dir(root.join(SQLITE_BACKUP))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        if e.file_name().to_string_lossy().starts_with(DELETING_PREFIX) {
+            warn!("removing {} left by an interrupted rotation", p(&e.path()));
+            crate::copy::remove_tree(&e.path())?;
+            n += 1;
+        }
+    }
     let Ok(rd) = fs::read_dir(&base) else {
         return Ok(0);
     };
@@ -163,6 +176,43 @@ pub fn apply_rotation(root: &Path, plan: &RotationPlan) -> io::Result<Vec<String
     Ok(done)
 }
 
+/// Weeks of a tree derived from pvc-data (`sqlite-backup/<week>/`, written
+/// by sqlite-dump from `pvc-data/<week>`) that are older than every week
+/// pvc-data keeps: they go with the pvc-data weeks they came from.
+pub fn follower_drops(root: &Path, dir: &str, plan: &RotationPlan) -> Vec<String> {
+    let Some(oldest) = plan
+        .decisions
+        .iter()
+        .filter(|d| d.keep)
+        .filter_map(|d| parse_week(&d.name))
+        .min()
+    else {
+        return Vec::new();
+    };
+    let mut v: Vec<String> = fs::read_dir(root.join(dir))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .filter_map(|e| parse_week(&e.file_name().to_string_lossy()))
+        .filter(|w| *w < oldest)
+        .map(|w| w.name)
+        .collect();
+    v.sort();
+    v
+}
+
+/// Delete weeks of a follower tree (rename aside, then remove).
+pub fn apply_follower(root: &Path, dir: &str, names: &[String]) -> io::Result<()> {
+    let base = root.join(dir);
+    for name in names {
+        let aside = base.join(format!("{DELETING_PREFIX}{name}"));
+        fs::rename(base.join(name), &aside)?;
+        crate::copy::remove_tree(&aside)?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -192,6 +242,13 @@ mod tests {
         apply_rotation(r, &plan).expect("apply");
         let left: Vec<String> = weeks(r).into_iter().map(|w| w.name).collect();
         assert_eq!(left, ["2026-W49", "2026-W48", "2026-W47"]);
+        for w in ["2026-43", "2026-W46", "2026-W47", "2026-W49"] {
+            fs::create_dir_all(r.join(SQLITE_BACKUP).join(w)).expect("sqlite week");
+        }
+        assert_eq!(
+            follower_drops(r, SQLITE_BACKUP, &plan),
+            ["2026-43", "2026-W46"]
+        );
     }
 
     #[test]

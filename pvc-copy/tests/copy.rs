@@ -280,6 +280,8 @@ fn rotation_keeps_the_newest_complete_weeks_old_names_included() {
         ("2026-W47", true),
     ] {
         fs::create_dir_all(pd.join(w).join("ns/p")).expect("week");
+        fs::create_dir_all(env.root.join("sqlite-backup").join(w).join("ns/p"))
+            .expect("sqlite week");
         if complete {
             fs::write(pd.join(w).join(".pvc-copy-complete"), "{}").expect("marker");
         }
@@ -295,6 +297,13 @@ fn rotation_keeps_the_newest_complete_weeks_old_names_included() {
         .collect();
     left.sort();
     assert_eq!(left, ["2026-W47", WEEK]);
+    // sqlite-dump's copies of the dropped weeks go with them.
+    let sq = env.root.join("sqlite-backup");
+    assert!(
+        sq.join("2026-W47").exists()
+            && !sq.join("2026-W45").exists()
+            && !sq.join("2026-44").exists()
+    );
     assert_eq!(env.metric("pvc_copy_weeks_rotated"), Some(3.0));
 }
 
