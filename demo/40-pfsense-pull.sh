@@ -74,7 +74,7 @@ printf '<!DOCTYPE html>\n<html><head><title>pfSense - Login</title></head></html
 tomorrow=$(date -d tomorrow +%F)
 rc=0
 pull --full-tar never --today "$tomorrow" 2>"$SANDBOX/pfsense-bad.log" || rc=$?
-echo "   bad reply on $tomorrow: exit $rc: $(grep -m1 'rejected' "$SANDBOX/pfsense-bad.log" | cut -c1-150)"
+echo "   bad reply on $tomorrow: exit $rc, $(grep -m1 'rejected' "$SANDBOX/pfsense-bad.log" | sed 's/.*rejected: /rejected: /')"
 newest=$(cd "$backup/pfsense" && find . -name 'config-*.xml' | sort -t- -k2 | tail -n1)
 echo "   newest config copy is still $newest"
 "$BIN/push-metric" --job pfsense-backup --prefix backup --status "$([ "$rc" = 0 ] && echo 0 || echo 1)" \
