@@ -244,6 +244,33 @@ mod tests {
         }
     }
 
+    /// Bug 22: the old `ls -t | tail` kept 4 files, i.e. 4 days of daily
+    /// configs. Retention now counts weeks: 4 weeks keep every day in them.
+    #[test]
+    fn bug22_retention_keeps_weeks_of_daily_configs_not_four_files() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let dest = dir.path();
+        let first = d(2026, 10, 26); // a Monday, week 44
+        for i in 0..35 {
+            let day = first + chrono::Duration::days(i);
+            let w = dest.join(week_key(day));
+            std::fs::create_dir_all(&w).expect("mkdir");
+            std::fs::write(w.join(config_name(day)), "x").expect("write");
+        }
+        let today = first + chrono::Duration::days(34);
+        let s = scan(dest).expect("scan");
+        assert_eq!(s.week_dirs.len(), 5);
+        let plan = plan_rotation(dest, &s, 4, today).expect("plan");
+        assert!(apply_rotation(&plan).is_empty());
+        let left = scan(dest).expect("rescan");
+        assert_eq!(left.items.len(), 28, "four whole weeks of daily configs");
+        assert_eq!(
+            left.week_dirs,
+            ["2026-W45", "2026-W46", "2026-W47", "2026-W48"]
+        );
+        assert!(!dest.join("2026-W44").exists());
+    }
+
     #[test]
     fn only_our_leftovers_count_as_partial() {
         for ours in [

@@ -209,7 +209,7 @@ fn an_unknown_host_key_is_refused_and_nothing_is_written() {
 }
 
 #[test]
-fn a_stalled_firewall_is_cut_off_by_the_run_timeout() {
+fn bug22_a_stalled_firewall_is_cut_off_by_the_run_timeout() {
     let fw = Firewall::new();
     let sshd = Sshd::start(SshdOpts::default());
     let b = Backup::new();
@@ -260,7 +260,7 @@ fn big_random_file(fw: &Firewall) {
 }
 
 #[test]
-fn sshd_killed_mid_tar_leaves_no_tar_and_no_rotation() {
+fn bug22_27_sshd_killed_mid_tar_leaves_no_tar_and_no_rotation() {
     let fw = Firewall::new();
     let mut sshd = Sshd::start(SshdOpts::default());
     let b = Backup::new();
@@ -310,7 +310,7 @@ fn sshd_killed_mid_tar_leaves_no_tar_and_no_rotation() {
 }
 
 #[test]
-fn a_killed_run_leaves_only_a_partial_that_the_next_run_replaces() {
+fn bug27_a_killed_run_leaves_only_a_partial_that_the_next_run_replaces() {
     let fw = Firewall::new();
     let sshd = Sshd::start(SshdOpts::default());
     let b = Backup::new();
