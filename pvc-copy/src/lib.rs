@@ -28,11 +28,39 @@ use serde::Serialize;
 use crate::copy::{Dest, SourceRecord};
 use crate::plan::{Item, Selector, Verdict};
 
+const LONG_ABOUT: &str = "\
+Copy the newest snapshot of every PVC, read-only, into weekly hardlinked versions on the backup disk.
+
+For every PVC origin LV (vm-<id>-pvc-<uuid>) in the volume group: its newest
+snapshot named <lv>_snap_YYYYMMDD_HHMM whose LVM origin is that LV; the PV
+whose CSI volume handle names the LV gives <ns>/<pvc> (kubectl get pv, else
+the mapping cache). The snapshot is mounted read-only (ext4 ro,noload; xfs
+ro,nouuid,norecovery; always nosuid,nodev,noexec) in a private mount
+namespace, LUKS snapshots opened read-only as pvc-copy-<hash>, and copied with
+rsync -aHAX --numeric-ids --delete --modify-window=-1 into
+BACKUP_ROOT/pvc-data/<ISO week>/<ns>/<pvc>/, hardlinking unchanged files
+against the newest earlier copy of that PVC. The copy is built in
+.<pvc>.partial beside it and exchanged atomically with the old one when
+complete; .<pvc>.source records the snapshot it came from.
+
+Failures are counted and listed, never skipped silently, and the run goes on
+with the other PVCs (exit 3): no snapshot, a newest snapshot older than
+--max-snapshot-age, an LV no PV names, a mount, LUKS or rsync failure. A PVC
+claimed by two LVs (a Released PV next to its replacement) never shares a
+destination: the Bound PV's copy is <pvc>, the other's <pvc>@<pv-name>.
+
+After a run where every PVC was copied or deliberately skipped, the week is
+marked complete and rotation keeps the newest --keep-weeks complete weeks
+(old YYYY-WW names count as complete), with their sqlite-backup/<week>.
+The ledger (BACKUP_ROOT/.changed-files) gets the paths this run added or
+changed; on a new week that is every path of the new week.";
+
 #[derive(Debug, Parser)]
 #[command(
     name = "pvc-copy",
     version,
     about = "Copy the newest snapshot of every PVC, read-only, into weekly hardlinked versions on the backup disk",
+    long_about = LONG_ABOUT,
     after_help = EXIT_CODE_HELP,
     args_conflicts_with_subcommands = true
 )]
