@@ -468,3 +468,19 @@ fn walk(dir: &Path) -> Vec<Vec<u8>> {
     }
     out
 }
+
+/// A tenant directory named like another job's tree is never mirrored into
+/// it: reported, the rest mirrored, exit 3.
+#[test]
+fn a_source_entry_named_like_another_jobs_tree_is_refused() {
+    let t = setup();
+    t.w(b"pvc-data/evil", "x");
+    t.w(b"nextcloud/a", "a");
+    neighbours(&t.dst);
+    t.run(&[])
+        .fails_with(3)
+        .stderr_contains("pvc-data (reserved name)");
+    assert!(t.dst.join("nextcloud/a").is_file());
+    assert!(!t.dst.join("pvc-data/evil").exists());
+    assert_neighbours(&t.dst);
+}

@@ -505,10 +505,15 @@ pub fn step1(cfg: &Config) -> Result<StepReport> {
     let mut plain = Vec::new();
     for r in rels {
         let comps: Vec<&OsStr> = r.iter().collect();
-        if comps.len() >= 3
+        if comps.len() >= 2
             && let Some(w) = comps[1].to_str().and_then(backup_core::weeks::parse_week)
         {
-            let rest: PathBuf = comps[2..].iter().collect();
+            // The week directory itself: all of it, still rooted there.
+            let rest: PathBuf = if comps.len() == 2 {
+                PathBuf::from(".")
+            } else {
+                comps[2..].iter().collect()
+            };
             weekly
                 .entry((PathBuf::from(comps[0]), w.name.clone()))
                 .or_default()

@@ -125,6 +125,14 @@ fn a_new_week_shares_unchanged_files_with_the_previous_week_on_the_nas() {
             .append([format!("pvc-data/2026-W48/ns/pvc/{f}")])
             .expect("append");
     }
+    // The week directory itself listed (a whole new week): still linked.
+    std::fs::create_dir_all(w.root.join("pvc-data/2026-W49/ns/pvc")).expect("mkdir");
+    std::fs::hard_link(
+        w.root.join("pvc-data/2026-W47/ns/pvc/a"),
+        w.root.join("pvc-data/2026-W49/ns/pvc/a"),
+    )
+    .expect("link");
+    w.leg1().append([b"pvc-data/2026-W49"]).expect("append");
     w.run("step1", &[]).succeeds();
     let ino = |week: &str, f: &str| {
         std::fs::metadata(w.pve().join(format!("pvc-data/{week}/ns/pvc/{f}")))
@@ -138,6 +146,7 @@ fn a_new_week_shares_unchanged_files_with_the_previous_week_on_the_nas() {
     );
     assert_eq!(ino("2026-W47", "b"), ino("2026-W48", "b"));
     assert_ne!(ino("2026-W47", "c"), ino("2026-W48", "c"));
+    assert_eq!(ino("2026-W47", "a"), ino("2026-W49", "a"));
     assert_eq!(
         std::fs::read(w.pve().join("pvc-data/2026-W48/ns/pvc/c")).expect("c"),
         vec![9u8; 256 * 1024]
