@@ -60,6 +60,7 @@ pub fn open(path: &Path, mode: Mode, deadline: Deadline) -> anyhow::Result<Conne
         // A relative name could start with "file:" and be read as a URI.
         bail!("internal error: SQLite path is not absolute");
     }
+    disable_uri_filenames();
     let mut flags = OpenFlags::SQLITE_OPEN_NO_MUTEX;
     flags |= match mode {
         Mode::ReadOnly => OpenFlags::SQLITE_OPEN_READ_ONLY,
@@ -70,6 +71,22 @@ pub fn open(path: &Path, mode: Mode, deadline: Deadline) -> anyhow::Result<Conne
     harden(&conn)?;
     conn.progress_handler(1000, Some(move || deadline.expired()));
     Ok(conn)
+}
+
+/// The bundled SQLite is built with SQLITE_USE_URI=1 (any filename that
+/// starts with `file:` is a URI). Turn that off process-wide before the
+/// first connection; absolute paths already rule it out, this is the
+/// second lock on the same door.
+fn disable_uri_filenames() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // SAFETY: sqlite3_config(SQLITE_CONFIG_URI, int) before the library
+        // is initialized (no connection opened yet in this process); if it
+        // already was, SQLite returns SQLITE_MISUSE and changes nothing.
+        let _ = unsafe {
+            rusqlite::ffi::sqlite3_config(rusqlite::ffi::SQLITE_CONFIG_URI, 0 as std::ffi::c_int)
+        };
+    });
 }
 
 /// The defensive settings (separate so tests can check them).
