@@ -17,7 +17,7 @@ use rusqlite::Connection;
 /// Bug 14: the old `.backup` fell back to a main-file-only `cp`, losing
 /// every transaction still in the WAL.
 #[test]
-fn rows_only_in_the_wal_reach_the_copy() {
+fn bug14_rows_only_in_the_wal_reach_the_copy() {
     let sb = Sandbox::new();
     let live = sb.mkdir("live");
     let src = sb.mkdir("src/ns/pvc/data");
@@ -144,7 +144,7 @@ fn a_hot_journal_is_rolled_back_in_the_copy_not_in_the_source() {
 /// A truncated database with an intact header fails, is counted and
 /// listed, and the earlier good copy under the final name stays as it was.
 #[test]
-fn a_truncated_database_fails_and_keeps_the_previous_copy() {
+fn bug14_a_truncated_database_fails_is_counted_and_keeps_the_previous_copy() {
     let sb = Sandbox::new();
     let src = sb.mkdir("src");
     make_db(&src.join("good.db"), "g", 50);
@@ -225,7 +225,7 @@ fn a_truncated_database_never_gets_a_final_name() {
 /// merely ends in `.db`; never through a symlink; hostile names copied as
 /// plain names (bug 14: they were spliced into a URI and a dot-command).
 #[test]
-fn the_tree_is_searched_by_header_without_following_symlinks() {
+fn bug14_the_tree_is_searched_by_header_at_any_depth_without_following_symlinks() {
     let sb = Sandbox::new();
     let src = sb.mkdir("src");
     let outside = sb.mkdir("outside");
@@ -294,7 +294,7 @@ fn dry_run_lists_and_writes_nothing() {
 /// Each written file goes into the ledger relative to --ledger-root (bug
 /// 14: sqlite-backup never entered the manifest).
 #[test]
-fn written_files_enter_the_ledger() {
+fn bug14_written_files_enter_the_ledger() {
     let sb = Sandbox::new();
     let src = sb.mkdir("pvc-data/2026-W48");
     make_db(&src.join("ns/pvc/a.db"), "a", 2);
