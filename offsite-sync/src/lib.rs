@@ -687,7 +687,8 @@ pub fn step2(cfg: &Config) -> Result<StepReport> {
         }
         let mk = |src: &Path, dst: &str, ex: &[String], dry: bool| {
             cfg.rsync_base()
-                .args(["--delete", "--mkpath"])
+                // Live source (contract 6): full-precision time comparison.
+                .args(["--delete", "--mkpath", "--modify-window=-1"])
                 .args(if dry { DRY.as_slice() } else { &[] })
                 .args(ex)
                 .arg("--")
@@ -777,6 +778,7 @@ pub fn step2(cfg: &Config) -> Result<StepReport> {
                 "--files-from=-",
                 "--ignore-missing-args",
                 "--mkpath",
+                "--modify-window=-1",
             ])
             .arg("--")
             .arg(dir_arg(root))

@@ -187,6 +187,26 @@ fn step2_sends_only_direct_paths_and_never_follows_a_symlink_out_of_the_tree() {
     );
     assert!(!w.nas_dir.join("nfs/immich/evil/secret").exists());
     assert_eq!(w.leg2().line_count().expect("count"), 0);
+
+    // A same-size rewrite within the same second is still sent (live
+    // source: the behaviour contract 6 asks for; the tool passes
+    // --modify-window=-1, rsync 3.5 here also compares nanoseconds itself).
+    let before = std::fs::metadata(&dash)
+        .expect("md")
+        .modified()
+        .expect("mtime");
+    std::fs::write(&dash, b"DASH").expect("rewrite");
+    std::fs::File::options()
+        .write(true)
+        .open(&dash)
+        .and_then(|h| h.set_modified(before + std::time::Duration::from_millis(1)))
+        .expect("set mtime");
+    w.leg2().append_paths([dash.as_path()]).expect("append");
+    w.run("step2", &[]).succeeds();
+    assert_eq!(
+        std::fs::read(w.nas_dir.join("nfs/immich/upload/-rf")).expect("nas"),
+        b"DASH"
+    );
 }
 
 #[test]
