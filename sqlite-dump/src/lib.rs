@@ -8,6 +8,7 @@
 
 pub mod discover;
 pub mod dump;
+pub mod signals;
 pub mod sqlite;
 
 use std::collections::HashSet;
@@ -330,6 +331,7 @@ fn dump_all(a: &DumpArgs, t: &mut DumpTotals) -> anyhow::Result<ExitCode> {
     }
 
     let _lock = backup_core::lock::acquire(TOOL)?;
+    signals::catch();
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode_0700()
@@ -367,7 +369,12 @@ fn dump_all(a: &DumpArgs, t: &mut DumpTotals) -> anyhow::Result<ExitCode> {
 
     let all: HashSet<PathBuf> = found.databases.iter().map(|c| c.rel.clone()).collect();
     let mut results = Vec::new();
+    let mut stopped = None;
     for (i, c) in found.databases.iter().enumerate() {
+        if let Some(sig) = signals::received() {
+            stopped = Some(sig);
+            break;
+        }
         let partial = dump::partial_rel(&c.rel, &all);
         let scratch_one = scratch.path().join(i.to_string());
         let job = dump::Job {
@@ -418,6 +425,19 @@ fn dump_all(a: &DumpArgs, t: &mut DumpTotals) -> anyhow::Result<ExitCode> {
         }
     }
     drop(scratch);
+    let stopped = stopped.or_else(signals::received);
+    if let Some(sig) = stopped {
+        // What was renamed into place is complete and verified; the rest
+        // was never started or was cleaned up.
+        return Err(Exit::err(
+            ExitCode::Failed,
+            format!(
+                "stopped by signal {sig} after {} of {} database(s)",
+                t.ok,
+                found.databases.len()
+            ),
+        ));
+    }
 
     let failed_names: Vec<String> = results
         .iter()

@@ -26,11 +26,16 @@ impl Deadline {
             budget,
         }
     }
+    /// True when the budget is used up or a stop signal arrived (the
+    /// progress handler then aborts the running statement).
     pub fn expired(&self) -> bool {
-        Instant::now() >= self.end
+        crate::signals::received().is_some() || Instant::now() >= self.end
     }
-    /// Fail with a "timed out" error when the budget is used up.
+    /// Fail when the budget is used up or a stop signal arrived.
     pub fn check(&self) -> anyhow::Result<()> {
+        if let Some(sig) = crate::signals::received() {
+            bail!("stopped by signal {sig}");
+        }
         if self.expired() {
             bail!("timed out after {}s", self.budget.as_secs());
         }
@@ -146,6 +151,9 @@ pub fn explain(err: anyhow::Error, deadline: &Deadline) -> anyhow::Error {
             .and_then(|e| e.sqlite_error_code())
             == Some(rusqlite::ErrorCode::OperationInterrupted)
     });
+    if let Some(sig) = crate::signals::received() {
+        return err.context(format!("stopped by signal {sig}"));
+    }
     if interrupted || deadline.expired() {
         return err.context(format!("timed out after {}s", deadline.budget().as_secs()));
     }

@@ -109,3 +109,60 @@ fn a_full_destination_fails_the_database_and_removes_the_partial() {
     assert_eq!(out["ok"], 1);
     assert_eq!(out["failed"], 1);
 }
+
+/// SIGTERM (systemd's stop or timeout) mid-run: the database in progress
+/// is abandoned cleanly (no `.partial`, no scratch left), what was already
+/// renamed into place is verified, the run exits 1 and says why.
+#[test]
+fn sigterm_mid_run_stops_cleanly() {
+    let sb = Sandbox::new();
+    let src = sb.mkdir("src");
+    for i in 0..3 {
+        make_db(&src.join(format!("db{i}.db")), "big", 25_000);
+    }
+    let before = snapshot(&src);
+    let dest = sb.path().join("dest");
+    let metrics = sb.path().join("m.prom");
+    let child = tool(&sb)
+        .arg(&src)
+        .arg("--to")
+        .arg(&dest)
+        .arg("--metrics-file")
+        .arg(&metrics)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let t = Instant::now();
+    while !std::fs::read_dir(&dest).is_ok_and(|rd| {
+        rd.flatten().any(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with(".sqlite-dump-scratch.")
+        })
+    }) {
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "the run never started"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let pid = rustix::process::Pid::from_child(&child);
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).expect("SIGTERM");
+    let out = child.wait_with_output().expect("wait");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("stopped by signal 15"), "{stderr}");
+    assert_unchanged(&before, &src);
+    for f in files(&dest) {
+        let name = f.to_string_lossy().into_owned();
+        assert!(
+            name.starts_with("db") && name.ends_with(".db"),
+            "debris left by the stopped run: {name}"
+        );
+        assert_eq!(integrity(&dest.join(&f)), "ok", "{name}");
+        assert_eq!(count(&dest.join(&f), "big"), 25_000, "{name}");
+    }
+    let m = backup_core::metrics::Metrics::read(&metrics).expect("metrics");
+    assert_eq!(m.get("sqlite_dump_exit_code"), Some(1.0));
+    assert_eq!(m.get("sqlite_dump_databases_failed"), None);
+}
