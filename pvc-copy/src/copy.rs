@@ -287,6 +287,47 @@ impl Dest {
     pub fn source(&self) -> PathBuf {
         self.ns_dir.join(format!(".{}.source", self.name))
     }
+    pub fn pending(&self) -> PathBuf {
+        self.ns_dir.join(format!(".{}.pending", self.name))
+    }
+}
+
+/// Ledger entries of a copy about to be swapped in, kept beside it until
+/// they are in the ledger: a run killed between the swap and the append
+/// leaves them for the next run ([`recover_pending`]). First line: the
+/// inode of the new copy's directory (a rename keeps it), so the next run
+/// can tell whether the swap happened; then one ledger-encoded entry per line.
+pub fn write_pending(dest: &Dest, dir_inode: u64, names: &[Vec<u8>]) -> io::Result<()> {
+    let mut buf = format!("{dir_inode}\n").into_bytes();
+    for n in names {
+        buf.extend_from_slice(&backup_core::ledger::encode(n));
+        buf.push(b'\n');
+    }
+    backup_core::fsutil::write_atomic(&dest.pending(), &buf)
+}
+
+/// A pending file left by a killed run: its entries when the copy it
+/// describes was swapped in, else nothing (the old copy is still there,
+/// nothing changed). Either way the caller then removes the file.
+pub fn pending_entries(pending: &Path, dir: &Path) -> io::Result<Vec<Vec<u8>>> {
+    use std::os::unix::fs::MetadataExt;
+    let data = fs::read(pending)?;
+    let mut lines = data.split(|b| *b == b'\n');
+    let ino: Option<u64> = lines
+        .next()
+        .and_then(|l| std::str::from_utf8(l).ok())
+        .and_then(|l| l.trim().parse().ok());
+    let swapped = match (ino, fs::metadata(dir)) {
+        (Some(i), Ok(m)) => m.ino() == i,
+        _ => false,
+    };
+    if !swapped {
+        return Ok(Vec::new());
+    }
+    Ok(lines
+        .filter(|l| !l.is_empty())
+        .filter_map(backup_core::ledger::decode)
+        .collect())
 }
 
 pub fn write_source(dest: &Dest, rec: &SourceRecord) -> io::Result<()> {
@@ -333,6 +374,36 @@ Total transferred file size: 56 bytes\n";
         assert_eq!(s(&r.changed), ["chg", "n2b", "chg-link", "n2"]);
         assert_eq!(s(&r.symlinks), ["link"]);
         assert_eq!((r.total_size, r.transferred), (1234, 56));
+    }
+
+    #[test]
+    fn pending_entries_count_only_when_the_swap_happened() {
+        use std::os::unix::fs::MetadataExt;
+        let t = tempfile::tempdir().expect("tmp");
+        let dest = Dest {
+            ns_dir: t.path().to_path_buf(),
+            name: "p".into(),
+        };
+        fs::create_dir(dest.partial()).expect("partial");
+        let ino = fs::metadata(dest.partial()).expect("meta").ino();
+        let names = vec![
+            b"pvc-data/w/ns/p/a\nb".to_vec(),
+            b"pvc-data/w/ns/p/c".to_vec(),
+        ];
+        write_pending(&dest, ino, &names).expect("pending");
+        // Killed before the swap: the old copy stands, nothing to record.
+        fs::create_dir(dest.dir()).expect("old copy");
+        assert!(
+            pending_entries(&dest.pending(), &dest.dir())
+                .expect("read")
+                .is_empty()
+        );
+        // Killed after the swap: the entries are due.
+        swap_in(&dest.partial(), &dest.dir()).expect("swap");
+        assert_eq!(
+            pending_entries(&dest.pending(), &dest.dir()).expect("read"),
+            names
+        );
     }
 
     #[test]

@@ -387,11 +387,18 @@ fn copy_run(a: &RunArgs, report: &mut Report) -> anyhow::Result<ExitCode> {
         )));
     }
 
+    let ledger = Ledger::new(
+        a.ledger
+            .clone()
+            .unwrap_or_else(|| root.join(".changed-files")),
+        PathKind::Relative,
+    );
     if !a.dry_run {
         for name in mount::close_stale_mappers(&a.mapper_dir, a.command_timeout) {
             warn!("stale LUKS mapping {name} could not be closed");
         }
-        store::clean_leftovers(root).context("removing leftovers of an interrupted run")?;
+        store::clean_leftovers(root, &ledger)
+            .context("removing leftovers of an interrupted run")?;
     }
 
     let lvs = list_lvs(a)?;
@@ -439,12 +446,6 @@ fn copy_run(a: &RunArgs, report: &mut Report) -> anyhow::Result<ExitCode> {
         .clone()
         .or_else(|| std::env::var_os("RUNTIME_DIRECTORY").map(PathBuf::from))
         .unwrap_or_else(std::env::temp_dir);
-    let ledger = Ledger::new(
-        a.ledger
-            .clone()
-            .unwrap_or_else(|| root.join(".changed-files")),
-        PathKind::Relative,
-    );
     let work = if a.dry_run {
         None
     } else {
@@ -856,11 +857,44 @@ fn copy_one(
     let items = copy::parse_itemized(&out);
     // Before the swap: a same-week link-dest is the copy being replaced.
     let (links_changed, links_same) = copy::split_symlinks(&items.symlinks, &dest.partial(), link);
+
+    // Same-week link-dest: unchanged files are already in the ledger's
+    // history under these very paths. A new week's paths are all new.
+    let same_week = link.is_some_and(|l| l.starts_with(store::pvc_data(root).join(week)));
+    let prefix = format!("pvc-data/{week}/{ns}/{name}/");
+    let mut names: Vec<Vec<u8>> = vec![format!("pvc-data/{week}/{ns}/.{name}.source").into_bytes()];
+    let none: &[Vec<u8>] = &[];
+    let pick = items
+        .changed
+        .iter()
+        .chain(&links_changed)
+        .chain(if same_week {
+            none
+        } else {
+            &items.unchanged[..]
+        })
+        .chain(if same_week { none } else { &links_same[..] });
+    for n in pick {
+        let mut full = prefix.as_bytes().to_vec();
+        full.extend_from_slice(n);
+        names.push(full);
+    }
+    let changed = names.len() - 1;
+
+    // The entries wait beside the copy until they are in the ledger, so a
+    // kill between the swap and the append loses none of them.
+    use std::os::unix::fs::MetadataExt;
+    let ino = match std::fs::metadata(dest.partial()) {
+        Ok(m) => m.ino(),
+        Err(e) => return fail(format!("cannot stat {}: {e}", p(&dest.partial()))),
+    };
+    if let Err(e) = copy::write_pending(&dest, ino, &names) {
+        return fail(format!("cannot write {}: {e}", p(&dest.pending())));
+    }
     if let Err(e) = copy::swap_in(&dest.partial(), &dest.dir()) {
+        let _ = std::fs::remove_file(dest.pending());
         return fail(format!("cannot put the copy in place: {e}"));
     }
-    use std::os::unix::fs::MetadataExt;
-    let ino = std::fs::metadata(dest.dir()).map(|m| m.ino()).unwrap_or(0);
     let rec = SourceRecord {
         snapshot: snap.name.clone(),
         origin: it.lv.clone(),
@@ -870,32 +904,7 @@ fn copy_one(
         copied_at: Utc::now().to_rfc3339(),
         dir_inode: ino,
     };
-    copy::write_source(&dest, &rec)
-        .map_err(|e| format!("copy in place, but cannot record its source: {e}"))?;
-
-    // Same-week link-dest: unchanged files are already in the ledger's
-    // history under these very paths. A new week's paths are all new.
-    let same_week = link.is_some_and(|l| l.starts_with(store::pvc_data(root).join(week)));
-    let prefix = format!("pvc-data/{week}/{ns}/{name}/");
-    let mut names: Vec<Vec<u8>> = Vec::new();
-    let src_rel = format!("pvc-data/{week}/{ns}/.{name}.source");
-    names.push(src_rel.into_bytes());
-    let pick = items
-        .changed
-        .iter()
-        .chain(&links_changed)
-        .chain(if same_week {
-            &[][..]
-        } else {
-            &items.unchanged[..]
-        })
-        .chain(if same_week { &[][..] } else { &links_same[..] });
-    for n in pick {
-        let mut full = prefix.as_bytes().to_vec();
-        full.extend_from_slice(n);
-        names.push(full);
-    }
-    let changed = names.len() - 1;
+    let recorded = copy::write_source(&dest, &rec);
     if let Err(e) = ledger.append(&names) {
         // The copy is good; make sure the offsite leg still picks it up.
         let reason = format!("pvc-copy could not append {} entries: {e}", names.len());
@@ -904,6 +913,10 @@ fn copy_one(
             .map_err(|e2| format!("copy in place, but neither the ledger ({e}) nor the full-sync flag ({e2}) could be written"))?;
         warn!("{reason}; asked for a full offsite sync instead");
     }
+    if let Err(e) = std::fs::remove_file(dest.pending()) {
+        warn!("cannot remove {}: {e}", p(&dest.pending()));
+    }
+    recorded.map_err(|e| format!("copy in place, but cannot record its source: {e}"))?;
     debug!(
         "{} ledger entries for {}",
         changed,

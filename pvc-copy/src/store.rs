@@ -5,6 +5,7 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
+use backup_core::ledger::Ledger;
 use backup_core::log::p;
 use backup_core::warn;
 use backup_core::weeks::{Decision, Style, Week, parse_week, retain};
@@ -51,7 +52,7 @@ pub fn newest_copy(root: &Path, ns: &str, name: &str) -> Option<PathBuf> {
 
 /// Remove what a killed run can leave: `.<pvc>.partial` build dirs in
 /// every week and `.deleting-*` weeks. Returns how many were removed.
-pub fn clean_leftovers(root: &Path) -> io::Result<usize> {
+pub fn clean_leftovers(root: &Path, ledger: &Ledger) -> io::Result<usize> {
     let base = pvc_data(root);
     let mut n = 0;
     for e in fs::read_dir(root.join(SQLITE_BACKUP))
@@ -86,6 +87,23 @@ pub fn clean_leftovers(root: &Path) -> io::Result<usize> {
             }
             for c in fs::read_dir(ns.path()).into_iter().flatten().flatten() {
                 let cn = c.file_name().to_string_lossy().into_owned();
+                if let Some(name) = cn
+                    .strip_prefix('.')
+                    .and_then(|c| c.strip_suffix(".pending"))
+                {
+                    let entries = crate::copy::pending_entries(&c.path(), &ns.path().join(name))?;
+                    if !entries.is_empty() {
+                        warn!(
+                            "an interrupted run swapped in {} but did not record its {} changed paths; adding them to the ledger",
+                            p(&ns.path().join(name)),
+                            entries.len()
+                        );
+                        ledger.append(&entries).map_err(io::Error::other)?;
+                    }
+                    fs::remove_file(c.path())?;
+                    n += 1;
+                    continue;
+                }
                 if cn.starts_with('.') && cn.ends_with(".partial") {
                     warn!(
                         "removing unfinished copy {} left by an interrupted run",
@@ -273,7 +291,11 @@ mod tests {
         let partial = pvc_data(r).join("2026-W47/ns/.p.partial/x");
         fs::create_dir_all(&partial).expect("mkdir");
         fs::create_dir_all(pvc_data(r).join(".deleting-2026-W40/a")).expect("mkdir");
-        assert_eq!(clean_leftovers(r).expect("clean"), 2);
+        let ledger = Ledger::new(
+            r.join(".changed-files"),
+            backup_core::ledger::PathKind::Relative,
+        );
+        assert_eq!(clean_leftovers(r, &ledger).expect("clean"), 2);
         assert!(pvc_data(r).join("2026-W47/ns/p").is_dir());
         assert!(!pvc_data(r).join("2026-W47/ns/.p.partial").exists());
     }

@@ -459,3 +459,37 @@ fn an_xfs_snapshot_is_mounted_with_xfs_options() {
     );
     env.assert_no_mounts();
 }
+
+#[test]
+fn entries_of_a_copy_swapped_in_by_a_killed_run_reach_the_ledger_on_the_next_run() {
+    let env = Env::new();
+    env.pvc("vm-1-pvc-aaaa", "ns", "a", &[("f", b"a")]);
+    env.run(NOW, &[]).succeeds();
+    let ns_dir = env.root.join(format!("pvc-data/{WEEK}/ns"));
+    let ino = fs::metadata(ns_dir.join("a")).expect("copy").ino();
+    // What a run killed right after its swap leaves: the pending entries
+    // naming the directory now in place, and (for the other PVC dir name)
+    // entries of a swap that never happened.
+    fs::write(
+        ns_dir.join(".a.pending"),
+        format!("{ino}\npvc-data/{WEEK}/ns/a/new\\nline\n"),
+    )
+    .expect("pending");
+    fs::create_dir_all(ns_dir.join("b")).expect("b");
+    fs::write(
+        ns_dir.join(".b.pending"),
+        format!("{}\npvc-data/{WEEK}/ns/b/never\n", ino + 1),
+    )
+    .expect("pending");
+    let before = env.ledger_lines().len();
+    env.run(NOW, &[])
+        .succeeds()
+        .stderr_contains("did not record its 1 changed paths");
+    let new = env.ledger_lines()[before..].to_vec();
+    assert!(
+        new.contains(&format!("pvc-data/{WEEK}/ns/a/new\\nline")),
+        "{new:?}"
+    );
+    assert!(!new.iter().any(|l| l.contains("never")), "{new:?}");
+    assert!(!ns_dir.join(".a.pending").exists() && !ns_dir.join(".b.pending").exists());
+}
