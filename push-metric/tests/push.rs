@@ -505,7 +505,7 @@ fn textfile_and_gateway_together() {
 /// The gateway refuses a body whose metric has another type in another
 /// group (as untyped series left by the old scripts would cause): exit 1
 /// at once (no pointless retries), a hint in the message, and the gateway
-/// records the failed push, which the BackupPushRejected alert reads.
+/// records the failed push, which the PushgatewayPushRejected alert reads.
 #[test]
 fn rejected_push_exits_1_with_a_hint() {
     let pg = Pushgateway::start();
