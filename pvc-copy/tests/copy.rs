@@ -493,3 +493,73 @@ fn entries_of_a_copy_swapped_in_by_a_killed_run_reach_the_ledger_on_the_next_run
     assert!(!new.iter().any(|l| l.contains("never")), "{new:?}");
     assert!(!ns_dir.join(".a.pending").exists() && !ns_dir.join(".b.pending").exists());
 }
+
+#[test]
+fn hostile_claim_names_never_become_paths() {
+    let env = Env::new();
+    env.pvc("vm-1-pvc-good", "ns", "ok", &[("f", b"ok")]);
+    env.host
+        .add_thin_lv(VG, "data", "vm-2-pvc-evil", 16 << 20, &[("f", b"evil")]);
+    env.snapshot("vm-2-pvc-evil", SNAP_UNIX);
+    env.host.add_pv_rec(backup_tests::emu::PvRec {
+        name: "pv-evil".into(),
+        driver: backup_tests::emu::CSI_DRIVER.into(),
+        volume_handle: "homelab/pve1/local-lvm/vm-2-pvc-evil".into(),
+        namespace: "../../..".into(),
+        claim: "etc".into(),
+        phase: "Bound".into(),
+        capacity: "1Gi".into(),
+        storage_class: "proxmox-lvm".into(),
+    });
+    env.run(NOW, &[])
+        .fails_with(3)
+        .stderr_contains("vm-2-pvc-evil: cannot resolve PVC name: PV pv-evil claims \"../../..\"/\"etc\", not a valid namespace/name");
+    let mut top: Vec<String> = fs::read_dir(&env.root)
+        .expect("root")
+        .map(|e| e.expect("e").file_name().to_string_lossy().into_owned())
+        .collect();
+    top.sort();
+    assert_eq!(
+        top,
+        [
+            ".changed-files",
+            ".changed-files.lock",
+            ".lv-pvc-mapping.json",
+            "pvc-data"
+        ]
+    );
+    assert!(!env.sb.path().join("etc").exists());
+}
+
+#[test]
+fn a_second_run_while_one_holds_the_lock_exits_busy() {
+    let env = Env::new();
+    env.pvc("vm-1-pvc-aaaa", "ns", "a", &[("f", b"a")]);
+    let lock = env.sb.lock_dir().join("pvc-copy.lock");
+    let mut holder = std::process::Command::new("flock")
+        .arg(&lock)
+        .args(["sleep", "30"])
+        .spawn()
+        .expect("flock");
+    // Wait until the holder has the lock (flock -n fails while it does).
+    let start = std::time::Instant::now();
+    while std::process::Command::new("flock")
+        .arg("-n")
+        .arg(&lock)
+        .arg("true")
+        .status()
+        .expect("flock -n")
+        .success()
+    {
+        assert!(
+            start.elapsed().as_secs() < 20,
+            "the holder never took the lock"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let r = env.run(NOW, &[]);
+    holder.kill().expect("kill");
+    holder.wait().expect("wait");
+    r.fails_with(4);
+    assert!(!env.root.join("pvc-data").exists());
+}
