@@ -215,6 +215,15 @@ pub fn build_body(
         body.extend(&m).map_err(|e| Exit::usage(e.to_string()))?;
     }
     let name = |s: &str| format!("{prefix}_{s}");
+    // The run metrics come from --status/--from-systemd and are always
+    // gauges (a series typed differently in another push is refused by the
+    // gateway), so a same-named series from a file or --metric gives way.
+    let reserved = [
+        name("last_run_timestamp"),
+        name("last_status"),
+        name("last_success_timestamp"),
+    ];
+    let mut body = without(&body, &reserved)?;
     body.sample(
         &name("last_run_timestamp"),
         "Unix time the last run ended",
@@ -239,6 +248,26 @@ pub fn build_body(
         )?;
     }
     Ok(body)
+}
+
+/// A copy of `m` without the families named in `drop`.
+fn without(m: &Metrics, drop: &[String]) -> Result<Metrics, MetricsError> {
+    let mut out = Metrics::new();
+    for f in m.families() {
+        if drop.contains(&f.name) {
+            debug!("{}: replaced by the run status metrics", f.name);
+            continue;
+        }
+        for s in &f.samples {
+            let l: Vec<(&str, &str)> = s
+                .labels
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect();
+            out.sample(&f.name, &f.help, f.kind, &l, s.value)?;
+        }
+    }
+    Ok(out)
 }
 
 /// The textfile for node_exporter: like a POST, the families in `body`
@@ -363,6 +392,9 @@ pub fn push(url: &str, body: &str, timeout: Duration) -> anyhow::Result<()> {
 /// Run push-metric; the exit code is 0 pushed/written, 1 not, 2 bad input.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     backup_core::log::init(cli.quiet, cli.verbose);
+    if cli.timeout.is_zero() {
+        return Err(Exit::usage("--timeout: must be more than 0 seconds"));
+    }
     if cli.job.is_empty() {
         return Err(Exit::usage("--job: must not be empty"));
     }
@@ -525,6 +557,25 @@ mod tests {
         let b = build_body(&[], &[], "job_x", 2, 100.0).expect("body");
         assert_eq!(b.get("job_x_last_status"), Some(2.0));
         assert_eq!(b.get("job_x_last_success_timestamp"), None);
+    }
+
+    #[test]
+    fn run_metrics_are_gauges_even_when_a_file_has_them_untyped() {
+        let b = build_body(
+            &[],
+            &["j_last_status=7".into(), "j_other=1".into()],
+            "j",
+            0,
+            5.0,
+        )
+        .expect("body");
+        assert_eq!(b.get("j_last_status"), Some(0.0));
+        assert!(
+            b.render().contains("# TYPE j_last_status gauge\n"),
+            "{}",
+            b.render()
+        );
+        assert_eq!(b.get("j_other"), Some(1.0));
     }
 
     #[test]

@@ -376,6 +376,16 @@ fn bad_input_exits_2() {
         vec![
             "--job",
             "j",
+            "--status",
+            "0",
+            "--timeout",
+            "0",
+            "--gateway",
+            "http://127.0.0.1:9",
+        ],
+        vec![
+            "--job",
+            "j",
             "--prefix",
             "9x",
             "--status",
