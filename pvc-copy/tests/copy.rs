@@ -535,31 +535,11 @@ fn hostile_claim_names_never_become_paths() {
 fn a_second_run_while_one_holds_the_lock_exits_busy() {
     let env = Env::new();
     env.pvc("vm-1-pvc-aaaa", "ns", "a", &[("f", b"a")]);
-    let lock = env.sb.lock_dir().join("pvc-copy.lock");
-    let mut holder = std::process::Command::new("flock")
-        .arg(&lock)
-        .args(["sleep", "30"])
-        .spawn()
-        .expect("flock");
-    // Wait until the holder has the lock (flock -n fails while it does).
-    let start = std::time::Instant::now();
-    while std::process::Command::new("flock")
-        .arg("-n")
-        .arg(&lock)
-        .arg("true")
-        .status()
-        .expect("flock -n")
-        .success()
-    {
-        assert!(
-            start.elapsed().as_secs() < 20,
-            "the holder never took the lock"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    // The test holds the run lock itself (the same flock the tool takes).
+    let lock = fs::File::create(env.sb.lock_dir().join("pvc-copy.lock")).expect("lock file");
+    lock.lock().expect("flock");
     let r = env.run(NOW, &[]);
-    holder.kill().expect("kill");
-    holder.wait().expect("wait");
+    lock.unlock().expect("unlock");
     r.fails_with(4);
     assert!(!env.root.join("pvc-data").exists());
 }
