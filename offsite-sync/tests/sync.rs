@@ -349,3 +349,41 @@ fn bad_input_is_a_one_line_usage_error() {
         .stderr_contains("--max-delete");
     w.run("step1", &["--full-every", "soon"]).fails_with(2);
 }
+
+#[test]
+fn full_every_decides_and_the_stamp_and_marker_change_only_after_success() {
+    let w = World::with_nas();
+    World::put(&w.root, b"svc/a", b"a");
+    let old = now() - 31 * 86_400;
+    for s in [1, 2] {
+        World::put(
+            &w.root,
+            format!(".offsite-sync/last-full-step{s}").as_bytes(),
+            format!("{old}\n").as_bytes(),
+        );
+    }
+    w.leg1().mark_full_sync("nfs-track gap").expect("mark");
+    let stamp =
+        || std::fs::read_to_string(w.root.join(".offsite-sync/last-full-step1")).expect("stamp");
+    // Due, but the NAS is unreachable: stamp and marker stay.
+    w.run("step1", &["--ssh-port", "1"]).fails_with(1);
+    assert_eq!(stamp().trim(), old.to_string());
+    assert!(w.leg1().full_sync_needed());
+    // --full never: an incremental run, nothing changes either.
+    w.run("step1", &["--full", "never"]).succeeds();
+    assert_eq!(stamp().trim(), old.to_string());
+    assert!(w.leg1().full_sync_needed());
+    // 31 days > --full-every 30d: a full pass, then the stamp moves on and
+    // the marker is gone.
+    w.run("step1", &[])
+        .succeeds()
+        .stdout_contains("full pass")
+        .stderr_contains("last full pass 31 days ago");
+    assert!(stamp().trim().parse::<u64>().expect("num") >= now() - 60);
+    assert!(!w.leg1().full_sync_needed());
+    assert!(w.pve().join("svc/a").is_file());
+    // Within --full-every now: incremental.
+    let r = w.run("step1", &[]);
+    r.succeeds();
+    assert!(!r.stdout.contains("full pass"), "{}", r.stdout);
+}
