@@ -379,3 +379,116 @@ fn test_file_parser_tells_firing_from_quiet_cases() {
         vec!["X", "Y"]
     );
 }
+
+/// `(alert name, expr)` of every alert in a rules file (block scalars too).
+fn alert_exprs(rules: &str) -> Vec<(String, String)> {
+    let lines: Vec<&str> = rules.lines().collect();
+    let indent = |l: &str| l.len() - l.trim_start().len();
+    let mut out = Vec::new();
+    let mut current: Option<String> = None;
+    for (i, l) in lines.iter().enumerate() {
+        let t = l.trim().trim_start_matches("- ").trim_start();
+        if let Some(a) = t.strip_prefix("alert:") {
+            current = Some(unquote(a));
+        } else if let (Some(v), Some(a)) = (t.strip_prefix("expr:"), &current) {
+            let v = v.trim();
+            let mut expr = String::new();
+            if v.starts_with('|') || v.starts_with('>') || v.is_empty() {
+                for n in &lines[i + 1..] {
+                    if !n.trim().is_empty() && indent(n) <= indent(l) {
+                        break;
+                    }
+                    expr.push_str(n.trim());
+                    expr.push(' ');
+                }
+            } else {
+                expr = unquote(v);
+            }
+            out.push((a.clone(), expr));
+        }
+    }
+    out
+}
+
+/// Every push-metric call in a unit parses (run with `--dry-run` exactly
+/// as the unit has it), and every job a unit pushes has alert rules that
+/// read it: a job nobody watches would fail silently. Stale alerts read
+/// success timestamps: a run that fails every night still has a fresh
+/// run timestamp.
+#[test]
+fn pushed_jobs_have_rules_and_stale_rules_read_success() {
+    let units = repo().join("units");
+    let alerts = units.join("alerts");
+    let mut problems = Vec::new();
+    for u in files(&units, &[".service"]) {
+        if name(&u).starts_with("TEMPLATE.") {
+            continue;
+        }
+        let s = settings(&std::fs::read_to_string(&u).expect("read"));
+        for v in s.get("ExecStopPost").into_iter().flatten() {
+            let Some((_, args)) = v.split_once("/usr/local/bin/push-metric") else {
+                continue;
+            };
+            let args: Vec<&str> = args.split_whitespace().collect();
+            let out = Command::new(backup_tests::harness::bin("push-metric"))
+                .args(&args)
+                .args(["--dry-run", "--gateway", "http://pushgateway.invalid:9091"])
+                .env("SERVICE_RESULT", "success")
+                .env("EXIT_CODE", "exited")
+                .env("EXIT_STATUS", "0")
+                .env_remove("PUSHGATEWAY_URL")
+                .output()
+                .expect("push-metric");
+            if !out.status.success() {
+                problems.push(format!(
+                    "units/{}: push-metric {}: {}",
+                    name(&u),
+                    args.join(" "),
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ));
+                continue;
+            }
+            let job = args
+                .iter()
+                .position(|a| *a == "--job")
+                .and_then(|i| args.get(i + 1))
+                .copied()
+                .unwrap_or_default();
+            let rules = alerts.join(format!("{job}.rules.yml"));
+            match std::fs::read_to_string(&rules) {
+                Ok(text) if text.contains(&format!("job=\"{job}\"")) => {}
+                Ok(_) => problems.push(format!(
+                    "units/{}: units/alerts/{job}.rules.yml never selects job=\"{job}\"",
+                    name(&u)
+                )),
+                Err(_) => problems.push(format!(
+                    "units/{}: pushes job {job} but units/alerts/{job}.rules.yml does not exist",
+                    name(&u)
+                )),
+            }
+        }
+    }
+    for r in files(&alerts, &[".rules.yml", ".rules.yaml"]) {
+        for (alert, expr) in alert_exprs(&std::fs::read_to_string(&r).expect("read")) {
+            if alert.contains("Stale") && expr.contains("_last_run_timestamp") {
+                problems.push(format!(
+                    "{}: {alert} reads a run timestamp; a stale rule must read *_last_success_timestamp",
+                    name(&r)
+                ));
+            }
+        }
+    }
+    assert!(problems.is_empty(), "\n{}", problems.join("\n"));
+}
+
+#[test]
+fn alert_expr_parser_reads_block_scalars() {
+    let r = "groups:\n  - rules:\n      - alert: AStale\n        expr: |\n          time() - a_last_run_timestamp\n            > 5\n        for: 5m\n      - alert: 'B'\n        expr: b == 1\n";
+    assert_eq!(
+        alert_exprs(r),
+        vec![
+            ("AStale".into(), "time() - a_last_run_timestamp > 5 ".into()),
+            ("B".into(), "b == 1".into())
+        ]
+    );
+}
