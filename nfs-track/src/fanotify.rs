@@ -195,8 +195,10 @@ impl Fanotify {
             if n == 0 {
                 break;
             }
-            let data = self.buf[..n as usize].to_vec();
-            overflow |= self.handle(&data, sink);
+            // Taken out and put back: handle() needs &mut self.
+            let buf = std::mem::take(&mut self.buf);
+            overflow |= self.handle(&buf[..n as usize], sink);
+            self.buf = buf;
         }
         Ok(overflow)
     }

@@ -120,7 +120,7 @@ impl Inotify {
         if let Added::Failed = self.add_watch(dir, sink) {
             return;
         }
-        let mut on_dir = |p: &Path, m: &std::fs::Metadata, parent: Scope| -> Option<Scope> {
+        let mut on_dir = |p: &Path, m: &std::fs::DirEntry, parent: Scope| -> Option<Scope> {
             let added = self.add_watch(p, sink);
             if let Added::Failed = added {
                 // Without a watch nothing below is seen later; still log
@@ -222,8 +222,10 @@ impl Inotify {
             if n == 0 {
                 break;
             }
-            let data = self.buf[..n as usize].to_vec();
-            overflow |= self.handle(&data, sink);
+            // Taken out and put back: handle() needs &mut self.
+            let buf = std::mem::take(&mut self.buf);
+            overflow |= self.handle(&buf[..n as usize], sink);
+            self.buf = buf;
         }
         // A MOVED_FROM whose MOVED_TO never came: the directory left the
         // trees.

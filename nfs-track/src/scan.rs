@@ -1,7 +1,7 @@
 //! Walking a tree without following symlinks, for the scans of new
 //! directories and the ctime rescans that close gaps.
 
-use std::fs::Metadata;
+use std::fs::{DirEntry, Metadata};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -27,33 +27,29 @@ pub fn ctime(m: &Metadata) -> SystemTime {
     }
 }
 
-/// A file worth logging: a regular file or a symlink (rsync copies both).
-pub fn loggable(m: &Metadata) -> bool {
-    let t = m.file_type();
-    t.is_file() || t.is_symlink()
-}
-
 impl Scope {
-    /// Whether a file with this metadata is logged under this scope.
-    pub fn wants(&self, m: &Metadata) -> bool {
+    /// Whether a file met in a walk is logged under this scope. The file
+    /// type comes from readdir; only `Newer` needs an lstat (for ctime).
+    pub fn wants(&self, e: &DirEntry) -> bool {
+        let loggable = e.file_type().is_ok_and(|t| t.is_file() || t.is_symlink());
         match self {
-            Scope::All => loggable(m),
-            Scope::Newer(t) => loggable(m) && ctime(m) >= *t,
+            Scope::All => loggable,
+            Scope::Newer(t) => loggable && e.metadata().is_ok_and(|m| ctime(&m) >= *t),
             Scope::Nothing => false,
         }
     }
 }
 
 /// Walk below `dir` (not including it), depth first, never following a
-/// symlink. `on_dir(path, meta)` is called for each subdirectory and
+/// symlink. `on_dir(path, entry, scope)` is called for each subdirectory and
 /// returns the scope for its contents, or `None` to skip it; `on_file` for
 /// every other entry with the scope of its directory. Entries that vanish
 /// or cannot be read are skipped: a concurrent delete is not an error.
 pub fn walk(
     dir: &Path,
     scope: Scope,
-    on_dir: &mut dyn FnMut(&Path, &Metadata, Scope) -> Option<Scope>,
-    on_file: &mut dyn FnMut(PathBuf, &Metadata, Scope),
+    on_dir: &mut dyn FnMut(&Path, &DirEntry, Scope) -> Option<Scope>,
+    on_file: &mut dyn FnMut(PathBuf, &DirEntry, Scope),
 ) {
     let mut stack: Vec<(PathBuf, Scope)> = vec![(dir.to_path_buf(), scope)];
     while let Some((d, scope)) = stack.pop() {
@@ -65,15 +61,16 @@ pub fn walk(
             }
         };
         for ent in rd.flatten() {
-            // DirEntry::metadata does not follow symlinks.
-            let Ok(m) = ent.metadata() else { continue };
+            // The type from readdir (d_type): no stat per entry, and a
+            // symlink is never taken for the directory it points to.
+            let Ok(ft) = ent.file_type() else { continue };
             let p = ent.path();
-            if m.is_dir() {
-                if let Some(s) = on_dir(&p, &m, scope) {
+            if ft.is_dir() {
+                if let Some(s) = on_dir(&p, &ent, scope) {
                     stack.push((p, s));
                 }
             } else {
-                on_file(p, &m, scope);
+                on_file(p, &ent, scope);
             }
         }
     }
@@ -82,10 +79,10 @@ pub fn walk(
 /// The scope of a subdirectory met during a gap rescan at `threshold`: a
 /// directory whose ctime is new may have been moved or renamed in, and a
 /// move keeps the old ctimes of everything inside, so all of it is logged.
-pub fn rescan_scope(parent: Scope, m: &Metadata, threshold: SystemTime, new_to_us: bool) -> Scope {
+pub fn rescan_scope(parent: Scope, e: &DirEntry, threshold: SystemTime, new_to_us: bool) -> Scope {
     match parent {
         Scope::All => Scope::All,
-        _ if new_to_us && ctime(m) >= threshold => Scope::All,
+        _ if new_to_us && e.metadata().is_ok_and(|m| ctime(&m) >= threshold) => Scope::All,
         _ => Scope::Newer(threshold),
     }
 }

@@ -48,9 +48,10 @@ impl Filter {
 
     /// The watched root a path lies under.
     pub fn root_of(&self, path: &Path) -> Option<&Path> {
+        let b = path.as_os_str().as_bytes();
         self.roots
             .iter()
-            .filter(|r| path.starts_with(r))
+            .filter(|r| under(b, r))
             .max_by_key(|r| r.as_os_str().len())
             .map(PathBuf::as_path)
     }
@@ -63,7 +64,11 @@ impl Filter {
         if self.excludes.is_match(path.as_os_str().as_bytes()) {
             return false;
         }
-        if self.own.iter().any(|o| path.starts_with(o)) {
+        if self
+            .own
+            .iter()
+            .any(|o| under(path.as_os_str().as_bytes(), o))
+        {
             return false;
         }
         if let Some((list, route)) = &self.skip {
@@ -74,6 +79,19 @@ impl Filter {
         }
         true
     }
+}
+
+/// `path` is `dir` or below it (byte comparison on a component boundary;
+/// cheaper than `Path::starts_with` on every event). Both are absolute and
+/// normalised (canonical roots, paths joined from them).
+fn under(path: &[u8], dir: &Path) -> bool {
+    let d = dir.as_os_str().as_bytes();
+    let d = if d.len() > 1 {
+        d.strip_suffix(b"/").unwrap_or(d)
+    } else {
+        d
+    };
+    path.starts_with(d) && (path.len() == d.len() || d == b"/" || path[d.len()] == b'/')
 }
 
 #[derive(Debug, Default, Clone)]
