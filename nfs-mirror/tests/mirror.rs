@@ -485,3 +485,26 @@ fn a_source_entry_named_like_another_jobs_tree_is_refused() {
     assert!(!t.dst.join("pvc-data/evil").exists());
     assert_neighbours(&t.dst);
 }
+
+/// The job's metrics file (behaviour.md 10.3 names; push-metric adds
+/// nfs_mirror_last_status and _last_run_timestamp) on success and refusal.
+#[test]
+fn metrics_file_on_success_and_on_refusal() {
+    use backup_core::metrics::Metrics;
+    let t = setup();
+    t.w(b"nextcloud/a", "abc");
+    t.w(b"nextcloud/b", "def");
+    let m = t.sb.path().join("nfs-mirror.prom");
+    let ms = m.to_str().expect("utf8");
+    t.run(&["--metrics-file", ms]).succeeds();
+    let got = Metrics::read(&m).expect("metrics");
+    assert!(got.get("nfs_mirror_bytes").expect("bytes") > 0.0);
+    assert_eq!(got.get("nfs_mirror_files_transferred"), Some(2.0));
+    assert_eq!(got.get("nfs_mirror_vanished_entries"), Some(0.0));
+    std::fs::remove_dir_all(&t.src).expect("rm");
+    std::fs::create_dir_all(&t.src).expect("mkdir");
+    t.run(&["--metrics-file", ms]).fails_with(5);
+    let got = Metrics::read(&m).expect("metrics");
+    assert!(got.get("nfs_mirror_bytes").expect("bytes on refusal") > 0.0);
+    assert_eq!(got.get("nfs_mirror_files_transferred"), None);
+}
