@@ -118,7 +118,11 @@ impl Fanotify {
             scan::walk(
                 r,
                 Scope::Newer(threshold),
-                &mut |_, m, parent| Some(scan::rescan_scope(parent, m, threshold, true)),
+                &mut |p, m, parent| {
+                    sink.filter
+                        .may_hold(p)
+                        .then(|| scan::rescan_scope(parent, m, threshold, true))
+                },
                 &mut |p, m, s| {
                     if s.wants(m) {
                         files.push(p)

@@ -117,10 +117,17 @@ impl Inotify {
         rescan_at: Option<SystemTime>,
         sink: &mut Sink,
     ) {
+        if !sink.filter.may_hold(dir) {
+            return;
+        }
         if let Added::Failed = self.add_watch(dir, sink) {
             return;
         }
         let mut on_dir = |p: &Path, m: &std::fs::DirEntry, parent: Scope| -> Option<Scope> {
+            // Another route of the skip list: not watched, not walked.
+            if !sink.filter.may_hold(p) {
+                return None;
+            }
             let added = self.add_watch(p, sink);
             if let Added::Failed = added {
                 // Without a watch nothing below is seen later; still log

@@ -56,6 +56,35 @@ impl Filter {
             .map(PathBuf::as_path)
     }
 
+    /// Whether anything below directory `dir` can be on the logged route,
+    /// so that a directory of another route is neither watched nor walked.
+    /// For each rule of the route that is deeper than `dir`, the path made
+    /// of `dir` plus the rest of that rule's pattern is looked up: if that
+    /// path is on the route, `dir` may hold such paths.
+    pub fn may_hold(&self, dir: &Path) -> bool {
+        let Some((list, route)) = &self.skip else {
+            return true;
+        };
+        let Some(root) = self.root_of(dir) else {
+            return false;
+        };
+        let rel = dir.strip_prefix(root).unwrap_or(Path::new(""));
+        let depth = rel.components().count();
+        if depth == 0 || list.route(rel) == *route {
+            return true;
+        }
+        list.rules()
+            .iter()
+            .filter(|r| r.route == *route && r.pattern.len() > depth)
+            .any(|r| {
+                let mut probe = rel.to_path_buf();
+                for c in &r.pattern[depth..] {
+                    probe.push(c);
+                }
+                list.route(&probe) == *route
+            })
+    }
+
     /// Whether a file path belongs in the ledger.
     pub fn accepts(&self, path: &Path) -> bool {
         let Some(root) = self.root_of(path) else {
@@ -208,13 +237,30 @@ mod tests {
 
     #[test]
     fn skip_list_route_is_relative_to_each_root() {
-        let f = f(Some("direct immich\nnever frigate\ndirect servarr/keep\n"));
+        let f = self::f(Some("direct immich\nnever frigate\ndirect servarr/keep\n"));
         assert!(f.accepts(Path::new("/srv/nfs/immich/a.jpg")));
         assert!(f.accepts(Path::new("/srv/nfs-ssd/immich/b.jpg")));
         assert!(f.accepts(Path::new("/srv/nfs/servarr/keep/x")));
         assert!(!f.accepts(Path::new("/srv/nfs/servarr/other/x")));
         assert!(!f.accepts(Path::new("/srv/nfs/frigate/x")));
         assert!(!f.accepts(Path::new("/srv/nfs/misc/x")));
+        for (d, want) in [
+            ("/srv/nfs", true),
+            ("/srv/nfs/immich", true),
+            ("/srv/nfs/immich/deep/er", true),
+            ("/srv/nfs-ssd/immich", true),
+            ("/srv/nfs/servarr", true),
+            ("/srv/nfs/servarr/keep", true),
+            ("/srv/nfs/servarr/other", false),
+            ("/srv/nfs/frigate", false),
+            ("/srv/nfs/misc", false),
+        ] {
+            assert_eq!(f.may_hold(Path::new(d)), want, "{d}");
+        }
+        let g = self::f(Some("direct */media\n"));
+        assert!(g.may_hold(Path::new("/srv/nfs/anything")));
+        assert!(g.may_hold(Path::new("/srv/nfs/anything/media/x")));
+        assert!(!g.may_hold(Path::new("/srv/nfs/anything/other")));
     }
 
     #[test]

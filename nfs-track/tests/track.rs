@@ -317,6 +317,10 @@ fn excludes_and_skip_list_route() {
         vec![b"immich/up/a.jpg".to_vec(), b"servarr/keep/k".to_vec()],
         "only direct-route files, excludes applied"
     );
+    // Only directories that can hold direct paths are watched: the root,
+    // immich, immich/up, immich/.Trash-0 and its files/, servarr (it holds
+    // servarr/keep), servarr/keep; not frigate, misc or servarr/other.
+    assert_eq!(e.metric("nfs_track_watches"), 7.0);
 }
 
 /// Lowers a global queue limit for as long as it lives. The kernel reads
