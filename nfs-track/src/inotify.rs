@@ -87,7 +87,7 @@ impl Inotify {
                             .map(|s| s.trim().to_string())
                             .unwrap_or_else(|_| "?".into());
                         backup_core::error!(
-                            "cannot watch {}: inotify watch limit reached ({} watches held); raise the sysctl {WATCH_SYSCTL} (now {now}) or use --backend fanotify; a full sync is requested",
+                            "cannot watch {}: inotify watch limit reached ({} watches held); raise the sysctl {WATCH_SYSCTL} (now {now}; in a container, user.max_inotify_watches) or use --backend fanotify; a full sync is requested",
                             backup_core::log::p(dir),
                             self.wds.len()
                         );

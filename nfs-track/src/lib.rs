@@ -237,6 +237,7 @@ struct Tracker {
     available: bool,
     last_write_error: Option<String>,
     last_stamp: Option<Instant>,
+    stamp_failing: bool,
 }
 
 fn unix(t: SystemTime) -> f64 {
@@ -308,8 +309,18 @@ impl Tracker {
             .is_none_or(|t| t.elapsed() >= Duration::from_secs(10));
         if wrote || due || force_stamp {
             match self.state.stamp(covered_to) {
-                Ok(()) => self.last_stamp = Some(Instant::now()),
-                Err(e) => warn!("cannot write {}: {e}", p(self.state.path())),
+                Ok(()) => {
+                    self.last_stamp = Some(Instant::now());
+                    self.stamp_failing = false;
+                }
+                Err(e) => {
+                    // Once per failure, not every flush; the next start
+                    // then rescans from the last stamp that was written.
+                    if !self.stamp_failing {
+                        warn!("cannot write {}: {e}", p(self.state.path()));
+                    }
+                    self.stamp_failing = true;
+                }
             }
         }
     }
@@ -446,6 +457,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         available: true,
         last_write_error: None,
         last_stamp: None,
+        stamp_failing: false,
     };
 
     // Close the gap since the tracker last watched: a ctime rescan from the

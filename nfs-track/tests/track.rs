@@ -680,3 +680,79 @@ fn cli_definition_is_consistent() {
     let help = String::from_utf8_lossy(&out.stdout);
     assert!(help.contains("Exit codes:") && help.contains("--require-mountpoint"));
 }
+
+/// The ledger's disk is full (a 64 KiB tmpfs in the tracker's private
+/// mount namespace): nothing is lost, the paths are held and written once
+/// space is freed, and the stamp does not move past them meanwhile.
+#[test]
+fn full_ledger_disk_holds_paths_until_space_is_freed() {
+    let mut e = Env::new();
+    let mnt = e.sb.mkdir("small");
+    e.log = mnt.join("nfs-changes.log");
+    // The tracker starts in its own namespace with the tmpfs already there.
+    let t = e.start_with(
+        &[
+            "unshare",
+            "-m",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            &format!(
+                "mount -t tmpfs -o size=64k tmpfs '{}' && exec \"$@\"",
+                mnt.display()
+            ),
+            "sh",
+        ],
+        "inotify",
+        &[],
+    );
+    let pid = t.child.id();
+    let in_ns = |script: &str| sh(&format!("nsenter -t {pid} -m sh -ec '{script}'"));
+    in_ns(&format!(
+        "dd if=/dev/zero of={}/filler bs=4k count=100 2>/dev/null || true",
+        mnt.display()
+    ));
+    let names: Vec<String> = (0..40)
+        .map(|i| format!("file-with-a-long-name-{i:03}"))
+        .collect();
+    for n in &names {
+        std::fs::write(e.tree.join(n), b"x").expect("write");
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !std::fs::read_to_string(&e.metrics)
+        .is_ok_and(|_| e.metric("nfs_track_pending_paths") >= names.len() as f64)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "paths not held while the disk is full"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    in_ns(&format!("rm {}/filler", mnt.display()));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::fs::read_to_string(&e.metrics)
+        .is_ok_and(|_| e.metric("nfs_track_pending_paths") > 0.0)
+    {
+        assert!(Instant::now() < deadline, "held paths never written");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Read the ledger inside the namespace before the tracker (and with it
+    // the tmpfs) goes away.
+    let out = Command::new("nsenter")
+        .args(["-t", &pid.to_string(), "-m", "cat"])
+        .arg(&e.log)
+        .output()
+        .expect("nsenter cat");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let out = t.stop();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot write the ledger"), "{err}");
+    for n in &names {
+        assert!(
+            text.lines()
+                .any(|l| l == e.tree.join(n).to_str().expect("utf8")),
+            "{n} lost after the disk was full:\n{text}"
+        );
+    }
+}
