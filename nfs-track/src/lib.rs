@@ -240,6 +240,19 @@ struct Tracker {
     stamp_failing: bool,
 }
 
+/// Bytes an unprivileged writer may still use on the ledger's filesystem.
+fn free_bytes(ledger: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = ledger.parent()?;
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    // SAFETY: statvfs is plain data filled by the call; c is a valid path.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return None;
+    }
+    Some(st.f_bavail as u64 * st.f_frsize as u64)
+}
+
 fn unix(t: SystemTime) -> f64 {
     t.duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs_f64())
@@ -283,6 +296,22 @@ impl Tracker {
                 self.sink.marker_owed.remove(0);
             }
             if !self.sink.pending.is_empty() {
+                // A write cut short by ENOSPC would leave a truncated path
+                // as a line of its own; check the room first.
+                let need: u64 = self
+                    .sink
+                    .pending
+                    .iter()
+                    .map(|p| 2 * p.len() as u64 + 1)
+                    .sum();
+                if let Some(free) = free_bytes(self.ledger.path())
+                    && free < need + 4096
+                {
+                    return Err(backup_core::ledger::LedgerError::Io {
+                        path: self.ledger.path().to_path_buf(),
+                        source: std::io::Error::from_raw_os_error(libc::ENOSPC),
+                    });
+                }
                 let n = self.ledger.append(self.sink.pending.iter())?;
                 self.sink.counters.logged += n as u64;
                 self.sink.pending.clear();
