@@ -38,8 +38,11 @@ demo: deps bins
 	scripts/demo
 
 # Speed comparisons against the standard tools (each script prints ratios).
+# BIN: the release binaries, wherever CARGO_TARGET_DIR puts them.
 bench: deps
 	$(CARGO) build --workspace --bins --release
 	@set -e; shopt -s nullglob; scripts=(bench/*.sh); \
+	export BIN="$$($(CARGO) metadata --format-version 1 --no-deps | \
+		sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')/release"; \
 	if [ $${#scripts[@]} -eq 0 ]; then echo "no bench/*.sh yet"; fi; \
 	for s in "$${scripts[@]}"; do echo "== $$s"; bash "$$s"; done
