@@ -748,11 +748,18 @@ fn full_ledger_disk_holds_paths_until_space_is_freed() {
     let out = t.stop();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("cannot write the ledger"), "{err}");
-    for n in &names {
+    let want: Vec<String> = names
+        .iter()
+        .map(|n| e.tree.join(n).display().to_string())
+        .collect();
+    for w in &want {
         assert!(
-            text.lines()
-                .any(|l| l == e.tree.join(n).to_str().expect("utf8")),
-            "{n} lost after the disk was full:\n{text}"
+            text.lines().any(|l| l == w),
+            "{w} lost after the disk was full:\n{text}"
         );
     }
+    assert!(
+        text.lines().all(|l| want.iter().any(|w| w == l)),
+        "a truncated or foreign line in the ledger:\n{text}"
+    );
 }
