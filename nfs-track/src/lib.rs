@@ -171,6 +171,14 @@ fn plan(cli: &Cli) -> anyhow::Result<Plan> {
         }
         roots.push(c);
     }
+    for (flag, d) in [
+        ("--flush-interval", cli.flush_interval),
+        ("--metrics-interval", cli.metrics_interval),
+    ] {
+        if d.is_zero() {
+            return Err(Exit::usage(format!("{flag} 0: expected at least 1s")));
+        }
+    }
     if !cli.log.is_absolute() {
         return Err(Exit::usage(format!(
             "--log {}: expected an absolute path",

@@ -619,6 +619,14 @@ fn bad_usage_is_refused_with_exit_2() {
         .output()
         .expect("run");
     assert_eq!(out.status.code(), Some(2));
+    let out = e
+        .cmd(&[], "inotify", &["--flush-interval", "0"])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--flush-interval 0: expected at least 1s")
+    );
     assert!(!e.log.exists(), "nothing written on bad usage");
 }
 
