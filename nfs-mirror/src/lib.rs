@@ -486,9 +486,21 @@ pub fn mirror(o: &MirrorOpts, metrics: &mut Metrics) -> Result<(ExitCode, Report
         });
         report.entries.push(rep);
     }
+    // A mirror removed by hand after its source vanished is forgotten.
+    let removed: Vec<Vec<u8>> = known
+        .iter()
+        .filter(|k| !present.contains(*k) && !o.dest.join(OsStr::from_bytes(k)).exists())
+        .cloned()
+        .collect();
+    if !removed.is_empty() && !o.dry_run {
+        for k in &removed {
+            known.remove(k);
+        }
+        save_entries(&o.dest, &known)?;
+    }
     // Mirrors whose source vanished: kept, reported.
     for k in &known {
-        if !present.contains(k) {
+        if !present.contains(k) && !removed.contains(k) {
             report.entries.push(EntryReport {
                 name: name_str(k),
                 route: skip.route(Path::new(OsStr::from_bytes(k))),

@@ -259,6 +259,11 @@ fn vanished_entry_keeps_its_mirror_and_prune_skipped_removes_rerouted_ones() {
     assert!(!t.dst.join("photos").exists());
     assert!(t.dst.join("keep/k").is_file());
     assert!(t.dst.join("oldsvc/a").is_file());
+    // Removed by hand: no longer reported.
+    std::fs::remove_dir_all(t.dst.join("oldsvc")).expect("rm");
+    let r = t.run(&[]);
+    r.succeeds();
+    assert!(!r.stdout.contains("vanished"), "{}", r.stdout);
 }
 
 #[test]
