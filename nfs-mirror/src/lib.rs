@@ -579,7 +579,7 @@ pub fn mirror(o: &MirrorOpts, metrics: &mut Metrics) -> Result<(ExitCode, Report
     if !refusals.is_empty() {
         metrics.gauge(
             "nfs_mirror_planned_deletions",
-            "Items the run would have deleted when a guard refused it.",
+            "Items the last run deleted in the mirrors, or would have when a guard refused it.",
             report.plan.deletions as f64,
         )?;
         return Err(Exit::refused(format!(

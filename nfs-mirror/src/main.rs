@@ -166,9 +166,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     "Source files that vanished during the last run (rsync 24).",
                     r.vanished_files as f64,
                 )?;
+                // Same name as on a refusal, so a success replaces the
+                // refused figure (the Pushgateway keeps names not pushed).
                 m.gauge(
-                    "nfs_mirror_deleted_items",
-                    "Items deleted in the mirrors by the last run (from the guard pass).",
+                    "nfs_mirror_planned_deletions",
+                    "Items the last run deleted in the mirrors, or would have when a guard refused it.",
                     r.plan.deletions as f64,
                 )?;
                 let vanished = r.entries.iter().filter(|e| e.action == "vanished").count();

@@ -506,6 +506,7 @@ fn metrics_file_on_success_and_on_refusal() {
     assert!(got.get("nfs_mirror_bytes").expect("bytes") > 0.0);
     assert_eq!(got.get("nfs_mirror_files_transferred"), Some(2.0));
     assert_eq!(got.get("nfs_mirror_vanished_entries"), Some(0.0));
+    assert_eq!(got.get("nfs_mirror_planned_deletions"), Some(0.0));
     std::fs::remove_dir_all(&t.src).expect("rm");
     std::fs::create_dir_all(&t.src).expect("mkdir");
     t.run(&["--metrics-file", ms]).fails_with(5);
