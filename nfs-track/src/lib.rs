@@ -458,6 +458,10 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let plan = plan(&cli)?;
     let _lock = backup_core::lock::acquire("nfs-track")?;
     let sigfd = sys::signal_fd().context("cannot set up signal handling")?;
+    if let Some(w) = sys::watchdog_interval() {
+        // Walks before READY and rescans later ping on their own.
+        sys::watchdog_arm(w / 2);
+    }
 
     let stamp = match plan.state.load() {
         Ok(s) => s,
@@ -622,7 +626,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         if let (Some(d), Some(w)) = (next_dog, watchdog)
             && now >= d
         {
-            sys::sd_notify("WATCHDOG=1");
+            sys::watchdog_tick();
             next_dog = Some(now + w);
         }
     }

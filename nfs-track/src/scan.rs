@@ -53,6 +53,7 @@ pub fn walk(
 ) {
     let mut stack: Vec<(PathBuf, Scope)> = vec![(dir.to_path_buf(), scope)];
     while let Some((d, scope)) = stack.pop() {
+        crate::sys::watchdog_tick();
         let rd = match std::fs::read_dir(&d) {
             Ok(rd) => rd,
             Err(e) => {

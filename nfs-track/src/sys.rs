@@ -99,3 +99,35 @@ pub fn watchdog_interval() -> Option<Duration> {
     }
     (usec > 0).then(|| Duration::from_micros(usec / 2))
 }
+
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+static EPOCH: OnceLock<Instant> = OnceLock::new();
+static DOG_PERIOD_MS: AtomicU64 = AtomicU64::new(0);
+static DOG_LAST_MS: AtomicU64 = AtomicU64::new(0);
+
+fn ms_now() -> u64 {
+    EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64
+}
+
+/// Arm [`watchdog_tick`] with the period systemd asked for.
+pub fn watchdog_arm(period: Duration) {
+    DOG_LAST_MS.store(ms_now(), Ordering::Relaxed);
+    DOG_PERIOD_MS.store(period.as_millis().max(1) as u64, Ordering::Relaxed);
+}
+
+/// Called from long walks (a rescan of a big tree can outlast
+/// WatchdogSec=): pings systemd when a period has passed. Cheap otherwise.
+pub fn watchdog_tick() {
+    let period = DOG_PERIOD_MS.load(Ordering::Relaxed);
+    if period == 0 {
+        return;
+    }
+    let now = ms_now();
+    if now.saturating_sub(DOG_LAST_MS.load(Ordering::Relaxed)) >= period {
+        DOG_LAST_MS.store(now, Ordering::Relaxed);
+        sd_notify("WATCHDOG=1");
+    }
+}
