@@ -216,6 +216,7 @@ fn full_pass_deletes_on_the_nas_only_from_a_sound_source() {
     World::put(&w.root, b"nextcloud/b", b"b");
     World::put(&w.root, b".changed-files.lock", b"");
     World::put(&w.nfs, b"immich/p1", b"p1");
+    World::put(&w.nfs, b"immich/thumbs-cache/t", b"never");
     World::put(&w.nfs, b"frigate/c", b"c");
     // No full pass on record: the first run is a full pass.
     w.run("all", &[]).succeeds().stdout_contains("full pass");
@@ -267,6 +268,7 @@ fn full_pass_deletes_on_the_nas_only_from_a_sound_source() {
 
     // Step 2: immich emptied or missing at the source -> nothing deleted.
     std::fs::remove_file(w.nfs.join("immich/p1")).expect("rm");
+    std::fs::remove_dir_all(w.nfs.join("immich/thumbs-cache")).expect("rm");
     w.run("step2", &["--full", "always"])
         .fails_with(5)
         .stderr_contains("is empty");
