@@ -552,3 +552,59 @@ fn rejected_push_exits_1_with_a_hint() {
         .expect("failure time");
     assert!(failed >= ok, "failure {failed} after success {ok}");
 }
+
+/// A Pushgateway restarting while a unit ends: push-metric keeps retrying
+/// inside its timeout and the result lands; the gateway's persistence keeps
+/// the earlier success timestamp across the restart.
+#[test]
+fn push_retries_until_the_gateway_is_back() {
+    use std::io::{BufRead, BufReader};
+    let mut pg = Pushgateway::start();
+    let url = pg.url();
+    Run::of(pm().args(["--job", "nfs-mirror", "--status", "0", "--gateway", &url])).succeeds();
+    let success = pg
+        .value("nfs-mirror", "nfs_mirror_last_success_timestamp")
+        .expect("success");
+    pg.stop();
+    let mut child = pm()
+        .args([
+            "-v",
+            "--job",
+            "nfs-mirror",
+            "--status",
+            "1",
+            "--gateway",
+            &url,
+        ])
+        .args(["--timeout", "60"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut stderr = BufReader::new(child.stderr.take().expect("stderr"));
+    // Wait for a failed attempt (the gateway is down), then bring it back.
+    let mut seen = String::new();
+    loop {
+        let mut line = String::new();
+        let n = stderr.read_line(&mut line).expect("read stderr");
+        assert!(n > 0, "push-metric ended before a failed attempt:\n{seen}");
+        seen.push_str(&line);
+        if line.contains("push attempt 1 ") && line.contains("failed") {
+            break;
+        }
+    }
+    pg.restart();
+    assert_eq!(pg.url(), url);
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut rest).expect("read stderr");
+    let status = child.wait().expect("wait");
+    assert_eq!(status.code(), Some(0), "{seen}{rest}");
+    assert!(
+        rest.contains("pushed job nfs-mirror status 1"),
+        "{seen}{rest}"
+    );
+    assert_eq!(pg.value("nfs-mirror", "nfs_mirror_last_status"), Some(1.0));
+    assert_eq!(
+        pg.value("nfs-mirror", "nfs_mirror_last_success_timestamp"),
+        Some(success)
+    );
+}

@@ -43,45 +43,7 @@ impl Pushgateway {
 
     /// Start a gateway on `persistence` (kept across restarts, as in production).
     pub fn start_with_persistence(persistence: &Path) -> Pushgateway {
-        let mut child = Command::new(PUSHGATEWAY_BIN)
-            .arg("--web.listen-address=127.0.0.1:0")
-            .arg(format!("--persistence.file={}", persistence.display()))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!("cannot start {PUSHGATEWAY_BIN} (Debian package prometheus-pushgateway; `make deps`): {e}")
-            });
-        let stderr = child.stderr.take().expect("stderr pipe");
-        let log = Arc::new(Mutex::new(String::new()));
-        let (tx, rx) = mpsc::channel();
-        let log2 = Arc::clone(&log);
-        // Keep draining the log after the address is found so the gateway
-        // never blocks on a full pipe.
-        std::thread::spawn(move || {
-            let mut sent = false;
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if !sent && let Some(addr) = listening_address(&line) {
-                    let _ = tx.send(addr);
-                    sent = true;
-                }
-                if let Ok(mut l) = log2.lock() {
-                    l.push_str(&line);
-                    l.push('\n');
-                }
-            }
-        });
-        let addr = match rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(a) => a,
-            Err(_) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                let l = log.lock().map(|l| l.clone()).unwrap_or_default();
-                panic!("{PUSHGATEWAY_BIN} did not log its address within 30 s; log:\n{l}");
-            }
-        };
+        let (child, addr, log) = spawn("127.0.0.1:0", persistence);
         Pushgateway {
             child: Some(child),
             addr,
@@ -89,6 +51,17 @@ impl Pushgateway {
             log,
             _dir: None,
         }
+    }
+
+    /// Start the gateway again on the same address and persistence file
+    /// (after [`Pushgateway::stop`], or killing the running one first):
+    /// what was pushed before is still there.
+    pub fn restart(&mut self) {
+        self.stop();
+        let (child, addr, log) = spawn(&self.addr, &self.persistence);
+        self.child = Some(child);
+        self.addr = addr;
+        self.log = log;
     }
 
     /// Base URL, e.g. `http://127.0.0.1:40123` (what PUSHGATEWAY_URL takes).
@@ -110,9 +83,21 @@ impl Pushgateway {
         self.log.lock().map(|l| l.clone()).unwrap_or_default()
     }
 
-    /// Kill the gateway (a gateway that is down); its URL then refuses connections.
+    /// Stop the gateway (a gateway that is down): SIGTERM, so it writes its
+    /// persistence file as in production, SIGKILL if it lingers. Its URL then
+    /// refuses connections.
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
+            if let Ok(pid) = i32::try_from(c.id()) {
+                // SAFETY: kill(2) on our own child's pid, not yet reaped.
+                unsafe { libc::kill(pid, libc::SIGTERM) };
+            }
+            for _ in 0..100 {
+                if matches!(c.try_wait(), Ok(Some(_))) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
             let _ = c.kill();
             let _ = c.wait();
         }
@@ -170,6 +155,52 @@ impl Pushgateway {
             }
         }
         out
+    }
+}
+
+/// Start `prometheus-pushgateway` on `listen` and wait for the address it
+/// logs (the port it picked for `:0`).
+fn spawn(listen: &str, persistence: &Path) -> (Child, String, Arc<Mutex<String>>) {
+    let mut child = Command::new(PUSHGATEWAY_BIN)
+        .arg(format!("--web.listen-address={listen}"))
+        .arg(format!("--persistence.file={}", persistence.display()))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot start {PUSHGATEWAY_BIN} (Debian package prometheus-pushgateway; `make deps`): {e}"
+            )
+        });
+    let stderr = child.stderr.take().expect("stderr pipe");
+    let log = Arc::new(Mutex::new(String::new()));
+    let (tx, rx) = mpsc::channel();
+    let log2 = Arc::clone(&log);
+    // Keep draining the log after the address is found so the gateway
+    // never blocks on a full pipe.
+    std::thread::spawn(move || {
+        let mut sent = false;
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if !sent && let Some(addr) = listening_address(&line) {
+                let _ = tx.send(addr);
+                sent = true;
+            }
+            if let Ok(mut l) = log2.lock() {
+                l.push_str(&line);
+                l.push('\n');
+            }
+        }
+    });
+    match rx.recv_timeout(Duration::from_secs(30)) {
+        Ok(addr) => (child, addr, log),
+        Err(_) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            let l = log.lock().map(|l| l.clone()).unwrap_or_default();
+            panic!("{PUSHGATEWAY_BIN} on {listen} did not log its address within 30 s; log:\n{l}");
+        }
     }
 }
 
