@@ -23,7 +23,8 @@ const STATUS_HELP: &str = "Status metric (P_last_status):
   0  the run succeeded (tool exit 0)
   1  the run failed: any non-zero exit of the tool, including 3 (partial),
      4 (busy: another run held the lock, so this one did nothing) and 5 (refused)
-  2  the run was aborted: killed by a signal, timed out, dumped core, watchdog
+  2  the run was aborted: killed by a signal (also systemctl stop), timed out,
+     dumped core, watchdog
 
 --from-systemd reads $SERVICE_RESULT, $EXIT_CODE and $EXIT_STATUS, which systemd
 sets for ExecStopPost= commands (systemd.exec(5)).";
@@ -94,6 +95,11 @@ pub fn status_from_systemd(
     // run (1) even when the unit counts it as success (SuccessExitStatus=3).
     let numeric = exit_status.and_then(|s| s.trim().parse::<i64>().ok());
     let exited_nonzero = exit_code == Some("exited") && numeric.is_some_and(|n| n != 0);
+    // systemd counts death by SIGTERM as a clean end (SERVICE_RESULT=success,
+    // e.g. `systemctl stop` during a run); for a backup run it is an abort.
+    if matches!(exit_code, Some("killed" | "dumped")) {
+        return (2, None);
+    }
     match service_result {
         Some("success") if exited_nonzero => (1, None),
         Some("success") => (0, None),
@@ -516,6 +522,8 @@ mod tests {
         assert_eq!(s(Some("core-dump"), Some("dumped"), Some("SEGV")), 2);
         assert_eq!(s(Some("watchdog"), Some("killed"), Some("ABRT")), 2);
         assert_eq!(s(None, Some("killed"), Some("TERM")), 2);
+        // `systemctl stop` mid-run: systemd says success, the run was cut short.
+        assert_eq!(s(Some("success"), Some("killed"), Some("TERM")), 2);
         assert_eq!(s(None, Some("exited"), Some("0")), 0);
         let (st, w) = status_from_systemd(None, None, None);
         assert_eq!(st, 1);
