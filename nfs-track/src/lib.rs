@@ -33,6 +33,9 @@ use crate::state::State;
 /// rescans start this much earlier (a few duplicates, never a miss).
 const MARGIN: Duration = Duration::from_secs(2);
 
+/// Pause after a busy read, so that a burst is read in batches.
+const BATCH_NAP: Duration = Duration::from_millis(5);
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum BackendKind {
     /// fanotify where the kernel and privileges allow it, else inotify.
@@ -583,7 +586,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         };
         // Everything before this instant is in the queue we now drain.
         let at = SystemTime::now();
+        let before = t.sink.counters.events;
         let overflow = t.backend.drain(&mut t.sink).context("reading events")?;
+        let busy = t.sink.counters.events != before;
         if overflow {
             t.sink.counters.overflows += 1;
             let from = drained.checked_sub(MARGIN).unwrap_or(UNIX_EPOCH);
@@ -606,6 +611,12 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 );
             }
             return Ok(ExitCode::Ok);
+        }
+        if busy && !overflow {
+            // During a burst, let events gather for a moment: one wake-up
+            // per batch instead of per event (the queue holds thousands; a
+            // few ms of a burst fit easily; the flush window is seconds).
+            std::thread::sleep(BATCH_NAP);
         }
         let now = Instant::now();
         if now >= next_flush || t.sink.pending.len() >= t.sink.max_pending {
