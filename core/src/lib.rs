@@ -9,6 +9,7 @@ pub mod ledger;
 pub mod lock;
 pub mod log;
 pub mod metrics;
+pub mod signals;
 pub mod skiplist;
 pub mod weeks;
 

@@ -12,7 +12,6 @@ pub mod lvm;
 pub mod names;
 pub mod prune;
 pub mod restore;
-pub mod signals;
 
 use std::path::PathBuf;
 use std::time::Duration;

@@ -124,7 +124,7 @@ impl Run<'_> {
         if self.rolling_back {
             Ok(())
         } else {
-            crate::signals::check()
+            backup_core::signals::check()
         }
     }
 
@@ -431,7 +431,7 @@ pub fn restore(ctx: &Ctx, a: &RestoreArgs, _m: &mut Metrics) -> Result<ExitCode>
         confirm(&text)?;
     }
     // From here on a signal means: stop at the next step and roll back.
-    crate::signals::catch();
+    backup_core::signals::catch();
     let mut run = Run {
         ctx,
         plan: &plan,

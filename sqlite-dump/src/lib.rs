@@ -8,7 +8,6 @@
 
 pub mod discover;
 pub mod dump;
-pub mod signals;
 pub mod sqlite;
 
 use std::collections::HashSet;
@@ -331,7 +330,7 @@ fn dump_all(a: &DumpArgs, t: &mut DumpTotals) -> anyhow::Result<ExitCode> {
     }
 
     let _lock = backup_core::lock::acquire(TOOL)?;
-    signals::catch();
+    backup_core::signals::catch();
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode_0700()
@@ -371,7 +370,7 @@ fn dump_all(a: &DumpArgs, t: &mut DumpTotals) -> anyhow::Result<ExitCode> {
     let mut results = Vec::new();
     let mut stopped = None;
     for (i, c) in found.databases.iter().enumerate() {
-        if let Some(sig) = signals::received() {
+        if let Some(sig) = backup_core::signals::received() {
             stopped = Some(sig);
             break;
         }
@@ -425,7 +424,7 @@ fn dump_all(a: &DumpArgs, t: &mut DumpTotals) -> anyhow::Result<ExitCode> {
         }
     }
     drop(scratch);
-    let stopped = stopped.or_else(signals::received);
+    let stopped = stopped.or_else(backup_core::signals::received);
     if let Some(sig) = stopped {
         // What was renamed into place is complete and verified; the rest
         // was never started or was cleaned up.

@@ -29,11 +29,11 @@ impl Deadline {
     /// True when the budget is used up or a stop signal arrived (the
     /// progress handler then aborts the running statement).
     pub fn expired(&self) -> bool {
-        crate::signals::received().is_some() || Instant::now() >= self.end
+        backup_core::signals::received().is_some() || Instant::now() >= self.end
     }
     /// Fail when the budget is used up or a stop signal arrived.
     pub fn check(&self) -> anyhow::Result<()> {
-        if let Some(sig) = crate::signals::received() {
+        if let Some(sig) = backup_core::signals::received() {
             bail!("stopped by signal {sig}");
         }
         if self.expired() {
@@ -151,7 +151,7 @@ pub fn explain(err: anyhow::Error, deadline: &Deadline) -> anyhow::Error {
             .and_then(|e| e.sqlite_error_code())
             == Some(rusqlite::ErrorCode::OperationInterrupted)
     });
-    if let Some(sig) = crate::signals::received() {
+    if let Some(sig) = backup_core::signals::received() {
         return err.context(format!("stopped by signal {sig}"));
     }
     if interrupted || deadline.expired() {

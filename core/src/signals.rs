@@ -1,7 +1,7 @@
-//! SIGINT/SIGTERM/SIGHUP during a restore: remembered, so the restore stops
-//! at the next step and rolls back instead of dying with the workload
-//! scaled to zero. (Commands run in their own process group, so a Ctrl-C
-//! on the terminal reaches only lvm-snap, never a half-done lvrename.)
+//! SIGINT/SIGTERM/SIGHUP remembered instead of killing the process, so a
+//! tool stops at its next check and cleans up (rolls a restore back,
+//! removes a `.partial`) instead of dying half-way. systemd's stop and
+//! timeout send SIGTERM first; SIGKILL still ends everything at once.
 
 use std::sync::atomic::{AtomicI32, Ordering};
 
@@ -38,5 +38,25 @@ pub fn check() -> anyhow::Result<()> {
     match received() {
         Some(s) => anyhow::bail!("interrupted by signal {s}"),
         None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_caught_signal_is_remembered_not_fatal() {
+        catch();
+        assert!(check().is_ok() || received().is_some());
+        // SAFETY: raising a signal whose handler we just installed.
+        unsafe {
+            libc::raise(libc::SIGHUP);
+        }
+        assert_eq!(received(), Some(libc::SIGHUP));
+        assert_eq!(
+            check().expect_err("interrupted").to_string(),
+            "interrupted by signal 1"
+        );
     }
 }
