@@ -309,6 +309,17 @@ fn dump_inner(
         let conn = sqlite::open(partial, Mode::ReadWrite, d).context("verifying the copy")?;
         conn.pragma_update(None, "locking_mode", "EXCLUSIVE")
             .context("verifying the copy")?;
+        // The copy is a self-contained file in rollback-journal mode: a
+        // WAL-mode copy would grow -wal/-shm sidecars whenever someone opens
+        // it (a check, a restore test) and offsite-sync would ship them.
+        // The application sets its own journal mode again when it opens a
+        // restored file.
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode=DELETE", [], |r| r.get(0))
+            .context("verifying the copy")?;
+        if !mode.eq_ignore_ascii_case("delete") {
+            bail!("cannot switch the copy to rollback-journal mode (still {mode})");
+        }
         sqlite::integrity_check(&conn).context("verifying the copy")?;
         conn.close()
             .map_err(|(_, e)| e)

@@ -65,6 +65,9 @@ fn bug14_rows_only_in_the_wal_reach_the_copy() {
     assert_eq!(count(&copy, "wal-only"), 300);
     assert_eq!(count(&copy, "checkpointed"), 20);
     assert_eq!(integrity(&copy), "ok");
+    // Reading the copy (as a restore test or `check` would) grows no
+    // -wal/-shm beside it: offsite-sync ships one file, not three.
+    assert_eq!(files(&dest), vec![PathBuf::from("ns/pvc/data/vault.db")]);
     let m = Metrics::read(&metrics).expect("metrics");
     assert_eq!(m.get("sqlite_dump_databases_ok"), Some(1.0));
     assert_eq!(m.get("sqlite_dump_databases_failed"), Some(0.0));
