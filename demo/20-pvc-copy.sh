@@ -86,7 +86,7 @@ echo "   ledger: $lines1 entries after the first copy"
 # Same snapshots again: every file is hardlinked to the copy just made, so
 # the ledger only gets the source records.
 run_copy -q || rc=$?
-echo "   second run: $(($(wc -l <"$backup/.changed-files") - lines1)) new ledger entries (nothing changed)"
+echo "   second run: $(($(wc -l <"$backup/.changed-files") - lines1)) new ledger entries (the .source records: no file changed)"
 mk=$(find "$backup/pvc-data/$week" -name '*.mkv' -printf '%n ' | head -c 20)
 echo "   link counts of the media files: $mk(unchanged files share one inode)"
 echo "   mounts left in this namespace: $(grep -c "$SANDBOX" /proc/self/mountinfo || true)"

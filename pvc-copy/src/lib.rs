@@ -749,6 +749,14 @@ fn copy_one(
     copy::remove_tree(&dest.partial())
         .map_err(|e| format!("cannot remove {}: {e}", p(&dest.partial())))?;
 
+    if !snap.tagged {
+        info!(
+            "{}: snapshot {} lacks lvm-snap's tag {} (made by the old script?); copied all the same",
+            label(it),
+            snap.name,
+            plan::SNAP_TAG
+        );
+    }
     let dev = PathBuf::from(&snap.path);
     let _activated = if snap.path.is_empty() || !dev.exists() {
         Cmd::new("lvchange")
