@@ -177,29 +177,9 @@ fn private_file(path: &Path) -> std::io::Result<std::fs::File> {
 }
 
 /// Write `data` to `path` atomically with mode 0600: config.xml holds
-/// password hashes and private keys. (core's `write_atomic` makes 0644
-/// files, right for metrics but not for secrets.)
+/// password hashes and private keys.
 pub fn write_private_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let name = path
-        .file_name()
-        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "no file name"))?;
-    let mut tmp_name = std::ffi::OsString::from(".");
-    tmp_name.push(name);
-    tmp_name.push(format!(".tmp.{}", std::process::id()));
-    let tmp = path.with_file_name(tmp_name);
-    let res = (|| {
-        let mut f = private_file(&tmp)?;
-        f.write_all(data)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if res.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    res?;
-    backup_core::fsutil::sync_dir(path);
-    Ok(())
+    backup_core::fsutil::write_atomic_mode(path, data, 0o600)
 }
 
 /// What a checked tar holds.
