@@ -222,8 +222,13 @@ impl Ledger {
                 buf.insert(0, b'\n');
             }
         }
-        f.write_all(&buf).map_err(io_err(&self.path))?;
-        f.sync_data().map_err(io_err(&self.path))?;
+        if let Err(e) = f.write_all(&buf).and_then(|()| f.sync_data()) {
+            // A write cut short (full disk) must not leave half a path that
+            // the next append would end and a consumer would trust: cut the
+            // file back to where it was, still under the lock.
+            let _ = f.set_len(len);
+            return Err(io_err(&self.path)(e));
+        }
         Ok(n)
     }
 
@@ -275,8 +280,12 @@ impl Ledger {
                         }
                     }
                     buf.extend_from_slice(&pending);
-                    f.write_all(&buf).map_err(io_err(&inflight))?;
-                    f.sync_data().map_err(io_err(&inflight))?;
+                    if let Err(e) = f.write_all(&buf).and_then(|()| f.sync_data()) {
+                        // Keep the ledger; cut the inflight file back so the
+                        // next attempt does not merge half a line.
+                        let _ = f.set_len(len);
+                        return Err(io_err(&inflight)(e));
+                    }
                     // Only once the merge is durable may the source go; a
                     // crash before this line leaves duplicates, never a loss.
                     std::fs::remove_file(&self.path).map_err(io_err(&self.path))?;
