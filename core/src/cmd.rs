@@ -179,6 +179,24 @@ impl Cmd {
             // Own process group: a timeout kills the child and everything
             // it started (ssh under rsync), not just the first process.
             .process_group(0);
+        // The child dies with us: a tool killed outside systemd (no cgroup
+        // kill) must not leave an rsync running on its own. Safe to enable
+        // always, because the spawning thread waits for the child below.
+        let parent = std::process::id() as libc::pid_t;
+        // SAFETY: only async-signal-safe calls (prctl, getppid) between
+        // fork and exec.
+        unsafe {
+            c.pre_exec(move || {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // The parent may have died before prctl took effect.
+                if libc::getppid() != parent {
+                    return Err(std::io::Error::other("parent exited before exec"));
+                }
+                Ok(())
+            });
+        }
         for (k, v) in &self.env {
             c.env(k, v);
         }
