@@ -20,8 +20,9 @@ build:
 bins:
 	$(CARGO) build --workspace --bins
 
+# --no-fail-fast: one run lists every failing test binary, not just the first.
 unit: bins
-	$(CARGO) test --workspace -- --test-threads=$(TEST_THREADS)
+	$(CARGO) test --workspace --no-fail-fast -- --test-threads=$(TEST_THREADS)
 
 lint:
 	$(CARGO) fmt --all -- --check
