@@ -3,11 +3,9 @@
 //! which files this run changed or added.
 
 use std::fs;
-use std::io::{self, Read};
-use std::os::unix::process::CommandExt;
+use std::io;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -52,69 +50,39 @@ pub struct RsyncRun {
     pub stderr: String,
 }
 
-/// Run rsync with its stdout in `out_file`. Unlike the core runner, the
-/// child gets `PR_SET_PDEATHSIG`: if this process is SIGKILLed, rsync dies
-/// too instead of writing on (and keeping the mount namespace alive)
-/// behind the next run's back. Call from the main thread (the death signal
-/// follows the thread that forked).
+/// Run rsync with its stdout (the itemized list, possibly long) in
+/// `out_file`, through the core runner: argv only, a timeout that kills the
+/// process group, and `PR_SET_PDEATHSIG`, so a SIGKILLed pvc-copy takes
+/// rsync with it instead of leaving it writing (and keeping the mount
+/// namespace alive) behind the next run's back.
 pub fn run_rsync(
     args: &[std::ffi::OsString],
     out_file: &Path,
     timeout: Duration,
 ) -> io::Result<RsyncRun> {
-    let out = fs::File::create(out_file)?;
-    let mut c = Command::new("rsync");
-    c.args(args)
-        .stdin(Stdio::null())
-        .stdout(out)
-        .stderr(Stdio::piped())
-        .process_group(0);
-    // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
-    unsafe {
-        c.pre_exec(|| {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let mut child = c.spawn()?;
-    let pgid = child.id() as i32;
-    let err_thread = child.stderr.take().map(|mut s| {
-        std::thread::spawn(move || {
-            let mut v = Vec::new();
-            let _ = s.read_to_end(&mut v);
-            v
-        })
-    });
-    let deadline = Instant::now() + timeout;
-    let mut timed_out = false;
-    let status = loop {
-        if let Some(st) = child.try_wait()? {
-            break st;
-        }
-        if Instant::now() >= deadline {
-            timed_out = true;
-            kill_group(pgid);
-            break child.wait()?;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    kill_group(pgid);
-    let err = err_thread.and_then(|t| t.join().ok()).unwrap_or_default();
-    // Keep the end: the last lines say why.
-    let err = String::from_utf8_lossy(&err[err.len().saturating_sub(8192)..]).into_owned();
-    Ok(RsyncRun {
-        code: status.code(),
-        timed_out,
-        stderr: err,
-    })
-}
-
-fn kill_group(pgid: i32) {
-    // SAFETY: kill(2) on the process group created for this child.
-    unsafe {
-        libc::kill(-pgid, libc::SIGKILL);
+    use backup_core::cmd::{Cmd, CmdError};
+    match Cmd::new("rsync")
+        .args(args)
+        .stdout_file(out_file)
+        .timeout(timeout)
+        .run_any()
+    {
+        Ok(o) => Ok(RsyncRun {
+            code: Some(o.code),
+            timed_out: false,
+            stderr: o.stderr,
+        }),
+        Err(CmdError::Timeout { stderr, .. }) => Ok(RsyncRun {
+            code: None,
+            timed_out: true,
+            stderr,
+        }),
+        Err(CmdError::Signalled { stderr, .. }) => Ok(RsyncRun {
+            code: None,
+            timed_out: false,
+            stderr,
+        }),
+        Err(e) => Err(io::Error::other(e.to_string())),
     }
 }
 
