@@ -213,6 +213,9 @@ pub fn build_body(
                     backup_core::log::p(f)
                 );
             }
+            Err(e @ MetricsError::Io { .. }) => {
+                return Err(Exit::usage(format!("cannot read metrics file {e}")));
+            }
             Err(e) => return Err(Exit::usage(format!("malformed metrics file: {e}"))),
         }
     }
