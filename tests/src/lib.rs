@@ -5,3 +5,4 @@ pub mod harness;
 pub mod pushgateway;
 pub mod sshd;
 pub mod nas;
+pub mod unitfile;
