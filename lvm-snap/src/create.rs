@@ -9,7 +9,7 @@ use backup_core::metrics::Metrics;
 use backup_core::{info, warn};
 use chrono::Local;
 
-use crate::kube::{self, PvInfo};
+use crate::kube::{self, Pv};
 use crate::lvm::Lv;
 use crate::names::{self, Kind};
 use crate::{CreateArgs, Ctx, PoolStatus, gauge, gauge_with};
@@ -26,7 +26,7 @@ pub enum MappingSource {
 /// The PV mapping: from kubectl (refreshing the cache), else from the
 /// cache, else none. Never fails: a PVC must not go unsnapshotted
 /// because Kubernetes was down.
-pub fn mapping(ctx: &Ctx, cache: &Path, write_cache: bool) -> (Vec<PvInfo>, MappingSource) {
+pub fn mapping(ctx: &Ctx, cache: &Path, write_cache: bool) -> (Vec<Pv>, MappingSource) {
     match ctx.kubectl.get_raw(&["pv"], None) {
         Ok((text, v)) => match kube::pv_list(&v) {
             Ok(list) => {
@@ -39,20 +39,19 @@ pub fn mapping(ctx: &Ctx, cache: &Path, write_cache: bool) -> (Vec<PvInfo>, Mapp
         },
         Err(e) => warn!("cannot list PVs: {e:#}"),
     }
-    let cached = std::fs::read(cache)
-        .map_err(anyhow::Error::from)
-        .and_then(|b| Ok(serde_json::from_slice::<serde_json::Value>(&b)?))
-        .and_then(|v| kube::pv_list(&v));
+    let cached = backup_core::k8s::load_mapping(cache).map(|c| {
+        let ours: Vec<Pv> = c.pvs.into_iter().filter(Pv::is_ours).collect();
+        (ours, c.written)
+    });
     match cached {
-        Ok(list) => {
-            let when = std::fs::metadata(cache)
-                .and_then(|m| m.modified())
+        Ok((list, written)) => {
+            let when = written
                 .map(|t| {
                     chrono::DateTime::<Local>::from(t)
                         .format("%Y-%m-%d %H:%M")
                         .to_string()
                 })
-                .unwrap_or_else(|_| "an unknown time".into());
+                .unwrap_or_else(|| "an unknown time".into());
             warn!(
                 "using the cached PV mapping {} (written {when}) to exclude namespaces",
                 backup_core::log::p(cache)
@@ -70,23 +69,16 @@ pub fn mapping(ctx: &Ctx, cache: &Path, write_cache: bool) -> (Vec<PvInfo>, Mapp
 }
 
 fn refresh_cache(cache: &Path, text: &str) {
-    // Only where the directory exists: /mnt/backup unmounted must not
-    // leave a cache on the root filesystem.
-    let dir_ok = cache
-        .parent()
-        .is_some_and(|d| d.as_os_str().is_empty() || d.is_dir());
-    if !dir_ok {
-        backup_core::debug!(
+    match backup_core::k8s::save_mapping(cache, text.as_bytes()) {
+        Ok(true) => {}
+        Ok(false) => backup_core::debug!(
             "not caching the PV mapping: {} has no directory",
             backup_core::log::p(cache)
-        );
-        return;
-    }
-    if let Err(e) = backup_core::fsutil::write_atomic(cache, text.as_bytes()) {
-        warn!(
+        ),
+        Err(e) => warn!(
             "cannot write the PV mapping cache {}: {e}",
             backup_core::log::p(cache)
-        );
+        ),
     }
 }
 
@@ -153,7 +145,7 @@ pub fn create(ctx: &Ctx, a: &CreateArgs, m: &mut Metrics) -> Result<ExitCode> {
         "Where namespaces came from: 0 kubectl, 1 cached mapping, 2 none (nothing excluded)",
         source as i32 as f64,
     );
-    let ns_of: BTreeMap<&str, &PvInfo> = pvs.iter().map(|p| (p.lv.as_str(), p)).collect();
+    let ns_of: BTreeMap<&str, &Pv> = pvs.iter().map(|p| (p.lv(), p)).collect();
 
     let (mut created, mut skipped, mut excluded_n) = (0usize, 0usize, 0usize);
     let mut failed: Vec<String> = bad_names.clone();

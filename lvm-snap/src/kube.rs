@@ -1,5 +1,6 @@
 //! Kubernetes through `kubectl ... -o json`: which PV (namespace, claim)
-//! an LV backs, which workload mounts a claim, scaling and waiting.
+//! an LV backs (read by `backup_core::k8s`, shared with pvc-copy), which
+//! workload mounts a claim, scaling and waiting.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -10,51 +11,16 @@ use serde_json::Value;
 
 use crate::names;
 
-/// The CSI driver whose volumes are PVC LVs on this host.
-pub const CSI_DRIVER: &str = "csi.proxmox.sinextra.dev";
+pub use backup_core::k8s::{CSI_DRIVER, Pv};
 
-/// One PV of our CSI driver.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct PvInfo {
-    pub pv: String,
-    pub lv: String,
-    pub namespace: String,
-    pub claim: String,
-}
-
-/// The LV a volume handle names: its last `/` segment (sinextra handles
-/// are `<region>/<zone>/<storage>/<lv>`), and after a `storage:` prefix
-/// for handles of the `local-lvm:<lv>` form.
-pub fn handle_lv(handle: &str) -> &str {
-    let last = handle.rsplit('/').next().unwrap_or(handle);
-    last.rsplit(':').next().unwrap_or(last)
-}
-
-/// PVs of our driver from a `kubectl get pv -o json` list.
-pub fn pv_list(v: &Value) -> Result<Vec<PvInfo>> {
-    let items = v["items"]
-        .as_array()
-        .context("the PV list has no \"items\" array")?;
-    let mut out = Vec::new();
-    for it in items {
-        let spec = &it["spec"];
-        if spec["csi"]["driver"].as_str() != Some(CSI_DRIVER) {
-            continue;
-        }
-        let Some(handle) = spec["csi"]["volumeHandle"].as_str() else {
-            continue;
-        };
-        out.push(PvInfo {
-            pv: it["metadata"]["name"].as_str().unwrap_or_default().into(),
-            lv: handle_lv(handle).into(),
-            namespace: spec["claimRef"]["namespace"]
-                .as_str()
-                .unwrap_or_default()
-                .into(),
-            claim: spec["claimRef"]["name"].as_str().unwrap_or_default().into(),
-        });
-    }
-    Ok(out)
+/// The PVs of our CSI driver (the only ones whose handles name PVC LVs
+/// here) from a parsed `kubectl get pv -o json` list.
+pub fn pv_list(v: &Value) -> Result<Vec<Pv>> {
+    Ok(backup_core::k8s::pv_list(v)
+        .map_err(anyhow::Error::msg)?
+        .into_iter()
+        .filter(Pv::is_ours)
+        .collect())
 }
 
 #[derive(Debug, Clone)]
@@ -334,16 +300,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn handles_name_their_lv_by_suffix() {
-        assert_eq!(
-            handle_lv("region-1/pve1/local-lvm/vm-9999-pvc-ab12"),
-            "vm-9999-pvc-ab12"
-        );
-        assert_eq!(handle_lv("local-lvm:vm-9999-pvc-ab12"), "vm-9999-pvc-ab12");
-        assert_eq!(handle_lv("vm-9999-pvc-ab12"), "vm-9999-pvc-ab12");
-    }
-
-    #[test]
     fn only_our_driver_counts() {
         let v = serde_json::json!({"items": [
             {"metadata": {"name": "pv-a"}, "spec": {"csi": {"driver": CSI_DRIVER,
@@ -354,15 +310,18 @@ mod tests {
             {"metadata": {"name": "pv-c"}, "spec": {"nfs": {}}}
         ]});
         let pvs = pv_list(&v).expect("list");
-        assert_eq!(
-            pvs,
-            [PvInfo {
-                pv: "pv-a".into(),
-                lv: "vm-1-pvc-aa".into(),
-                namespace: "dbaas".into(),
-                claim: "data-mysql-0".into()
-            }]
-        );
+        let got: Vec<(&str, &str, &str, &str)> = pvs
+            .iter()
+            .map(|p| {
+                (
+                    p.name.as_str(),
+                    p.lv(),
+                    p.namespace.as_str(),
+                    p.claim.as_str(),
+                )
+            })
+            .collect();
+        assert_eq!(got, [("pv-a", "vm-1-pvc-aa", "dbaas", "data-mysql-0")]);
         assert!(pv_list(&serde_json::json!({"kind": "Status"})).is_err());
     }
 }

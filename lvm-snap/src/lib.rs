@@ -116,11 +116,14 @@ pub enum Command {
 #[derive(Debug, Clone, Args)]
 pub struct CreateArgs {
     /// Namespace whose PVCs are not snapshotted (repeat, or comma-separated).
+    /// pvc-copy counts a PVC without a snapshot as failed: give it
+    /// `--skip NS/*` for each of these (units/daily-backup.service does for
+    /// the default).
     #[arg(
         long = "exclude-namespace",
         env = "LVM_SNAP_EXCLUDE_NS",
         value_delimiter = ',',
-        default_value = "dbaas,monitoring",
+        default_value = backup_core::k8s::DEFAULT_EXCLUDED_NAMESPACES,
         value_name = "NS"
     )]
     pub exclude_namespace: Vec<String>,
@@ -133,7 +136,7 @@ pub struct CreateArgs {
     #[arg(
         long,
         env = "LVM_SNAP_MAPPING_CACHE",
-        default_value = "/var/lib/backup-pipeline/lv-pvc-mapping.json",
+        default_value = backup_core::k8s::DEFAULT_MAPPING_CACHE,
         value_name = "PATH"
     )]
     pub mapping_cache: PathBuf,

@@ -383,7 +383,7 @@ pub fn make_plan(ctx: &Ctx, a: &RestoreArgs) -> Result<Plan> {
         }
     }
     let pvs = kube::pv_list(&ctx.kubectl.get(&["pv"], None)?)?;
-    let Some(pv) = pvs.into_iter().find(|p| p.lv == lv) else {
+    let Some(pv) = pvs.into_iter().find(|p| p.lv() == lv) else {
         return Err(Exit::refused(format!(
             "no PersistentVolume of driver {} has a volumeHandle ending in {lv}",
             kube::CSI_DRIVER
@@ -392,7 +392,7 @@ pub fn make_plan(ctx: &Ctx, a: &RestoreArgs) -> Result<Plan> {
     if !names::k8s_name(&pv.namespace) || !names::k8s_name(&pv.claim) {
         return Err(Exit::refused(format!(
             "PV {} is not bound to a claim (claimRef {:?}/{:?})",
-            pv.pv, pv.namespace, pv.claim
+            pv.name, pv.namespace, pv.claim
         )));
     }
     let workload = ctx.kubectl.find_workload(&pv.namespace, &pv.claim)?;
@@ -402,7 +402,7 @@ pub fn make_plan(ctx: &Ctx, a: &RestoreArgs) -> Result<Plan> {
         snapshot: snap.to_string(),
         scratch,
         pre_restore,
-        pv: pv.pv,
+        pv: pv.name,
         namespace: pv.namespace,
         claim: pv.claim,
         workload,
