@@ -17,6 +17,7 @@ use anyhow::Context;
 use backup_core::cli::{Common, parse_duration};
 use backup_core::cmd::Cmd;
 use backup_core::exit::{EXIT_CODE_HELP, Exit, ExitCode};
+use backup_core::k8s::CacheError;
 use backup_core::ledger::{Ledger, PathKind};
 use backup_core::log::p;
 use backup_core::metrics::Metrics;
@@ -623,29 +624,13 @@ fn dest_rel(week: &str, it: &Item) -> Option<String> {
 }
 
 fn list_lvs(a: &RunArgs) -> anyhow::Result<Vec<plan::Lv>> {
-    let out = Cmd::new("lvs")
-        .args([
-            "--reportformat",
-            "json",
-            "--units",
-            "b",
-            "--nosuffix",
-            "-o",
-            "lv_name,lv_path,origin,lv_tags,lv_time,pool_lv",
-            "--",
-            &a.vg,
-        ])
-        .env("LVM_SUPPRESS_FD_WARNINGS", "1")
-        .timeout(a.command_timeout)
-        .run()
-        .map_err(|e| {
-            if e.is_not_found() {
-                Exit::refused(format!("lvs is not installed: {e}"))
-            } else {
-                Exit::err(ExitCode::Failed, format!("cannot list LVs: {e}"))
-            }
-        })?;
-    plan::parse_lvs(&out.stdout).map_err(|e| Exit::err(ExitCode::Failed, e))
+    use backup_core::lvm::{LvsError, lvs_rows};
+    let rows = lvs_rows(&a.vg, a.command_timeout).map_err(|e| match e {
+        LvsError::Run(e) if e.is_not_found() => Exit::refused(format!("lvs is not installed: {e}")),
+        LvsError::Run(e) => Exit::err(ExitCode::Failed, format!("cannot list LVs: {e}")),
+        LvsError::Report(e) => Exit::err(ExitCode::Failed, e),
+    })?;
+    Ok(rows.into_iter().map(plan::Lv::from).collect())
 }
 
 /// The PV list from kubectl (saved as the new mapping cache), else from
@@ -663,18 +648,22 @@ fn pv_list(a: &RunArgs, root: &Path) -> anyhow::Result<Option<Vec<plan::Pv>>> {
         .and_then(|o| plan::parse_pvs(&o.stdout).map(|pvs| (pvs, o.stdout)));
     match live {
         Ok((pvs, raw)) => {
-            if !a.dry_run
-                && let Err(e) = backup_core::fsutil::write_atomic(&cache, &raw)
-            {
-                warn!("cannot update the mapping cache {}: {e}", p(&cache));
+            if !a.dry_run {
+                match backup_core::k8s::save_mapping(&cache, &raw) {
+                    Ok(true) => {}
+                    Ok(false) => warn!(
+                        "cannot update the mapping cache {}: its directory does not exist",
+                        p(&cache)
+                    ),
+                    Err(e) => warn!("cannot update the mapping cache {}: {e}", p(&cache)),
+                }
             }
             Ok(Some(pvs))
         }
-        Err(e) => match std::fs::read(&cache) {
-            Ok(raw) => {
-                let age = std::fs::metadata(&cache)
-                    .and_then(|m| m.modified())
-                    .ok()
+        Err(e) => match backup_core::k8s::load_mapping(&cache) {
+            Ok(cached) => {
+                let age = cached
+                    .written
                     .and_then(|t| t.elapsed().ok())
                     .map(|d| format!("{}h old", d.as_secs() / 3600))
                     .unwrap_or_else(|| "of unknown age".into());
@@ -682,13 +671,12 @@ fn pv_list(a: &RunArgs, root: &Path) -> anyhow::Result<Option<Vec<plan::Pv>>> {
                     "kubectl failed ({e}); using the mapping cache {} ({age})",
                     p(&cache)
                 );
-                plan::parse_pvs(&raw).map(Some).map_err(|e| {
-                    Exit::err(
-                        ExitCode::Failed,
-                        format!("mapping cache {}: {e}", p(&cache)),
-                    )
-                })
+                Ok(Some(cached.pvs.into_iter().map(plan::Pv::from).collect()))
             }
+            Err(CacheError::Invalid(ce)) => Err(Exit::err(
+                ExitCode::Failed,
+                format!("mapping cache {}: {ce}", p(&cache)),
+            )),
             Err(ce) => {
                 error!(
                     "kubectl failed ({e}) and there is no mapping cache ({}: {ce}): no PVC name can be resolved",

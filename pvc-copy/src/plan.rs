@@ -4,49 +4,53 @@
 
 use std::collections::BTreeMap;
 
-use chrono::{DateTime, FixedOffset, Local, NaiveDateTime, TimeZone, Utc};
+use chrono::{DateTime, FixedOffset, Local, Utc};
 use regex::Regex;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
-/// The tag lvm-snap puts on the snapshots it creates (lvm-snap's
-/// `names::TAG`; informational here: snapshots are recognised by name and
-/// LVM origin, so the shell script's untagged ones still count).
-pub const SNAP_TAG: &str = "backup-pipeline.lvm-snap";
+/// The tag lvm-snap puts on the snapshots it creates (informational
+/// here: snapshots are recognised by name and LVM origin, so the shell
+/// script's untagged ones still count).
+pub use backup_core::lvm::TAG as SNAP_TAG;
 
-/// One row of `lvs --reportformat json`.
-#[derive(Debug, Clone, Deserialize, Serialize, Default)]
+pub use backup_core::k8s::{handle_names_lv, valid_name as valid_k8s_name};
+
+/// The fields of an `lvs` report row planning reads (the report itself is
+/// parsed by `backup_core::lvm`).
+#[derive(Debug, Clone, Serialize, Default)]
 pub struct Lv {
     pub lv_name: String,
-    #[serde(default)]
     pub lv_path: String,
-    #[serde(default)]
     pub origin: String,
-    #[serde(default)]
     pub lv_tags: String,
-    #[serde(default)]
     pub lv_time: String,
-    #[serde(default)]
     pub pool_lv: String,
 }
 
-#[derive(Deserialize)]
-struct LvsReport {
-    report: Vec<LvsInner>,
-}
-#[derive(Deserialize)]
-struct LvsInner {
-    #[serde(default)]
-    lv: Vec<Lv>,
+impl From<backup_core::lvm::Row> for Lv {
+    fn from(r: backup_core::lvm::Row) -> Lv {
+        Lv {
+            lv_name: r.lv_name,
+            lv_path: r.lv_path,
+            origin: r.origin,
+            lv_tags: r.lv_tags,
+            lv_time: r.lv_time,
+            pool_lv: r.pool_lv,
+        }
+    }
 }
 
 /// Parse `lvs --reportformat json` output.
 pub fn parse_lvs(json: &[u8]) -> Result<Vec<Lv>, String> {
-    let r: LvsReport = serde_json::from_slice(json)
-        .map_err(|e| format!("lvs output is not the expected JSON report: {e}"))?;
-    Ok(r.report.into_iter().flat_map(|i| i.lv).collect())
+    Ok(backup_core::lvm::parse_rows(json)?
+        .into_iter()
+        .map(Lv::from)
+        .collect())
 }
 
-/// A PersistentVolume, reduced to what the mapping needs.
+/// A PersistentVolume, reduced to what the mapping needs (read by
+/// `backup_core::k8s`; every driver counts, as before: an LV is found by
+/// its handle alone).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pv {
     pub name: String,
@@ -55,55 +59,25 @@ pub struct Pv {
     pub phase: String,
 }
 
+impl From<backup_core::k8s::Pv> for Pv {
+    fn from(p: backup_core::k8s::Pv) -> Pv {
+        Pv {
+            claim: p
+                .claim_ref()
+                .map(|(ns, name)| (ns.to_string(), name.to_string())),
+            name: p.name,
+            handle: p.handle,
+            phase: p.phase,
+        }
+    }
+}
+
 /// Parse `kubectl get pv -o json`.
 pub fn parse_pvs(json: &[u8]) -> Result<Vec<Pv>, String> {
-    let v: serde_json::Value = serde_json::from_slice(json)
-        .map_err(|e| format!("not the JSON of `kubectl get pv -o json`: {e}"))?;
-    let items = v
-        .get("items")
-        .and_then(|i| i.as_array())
-        .ok_or("not the JSON of `kubectl get pv -o json`: no items list")?;
-    let s = |v: Option<&serde_json::Value>| v.and_then(|x| x.as_str()).unwrap_or("").to_string();
-    Ok(items
-        .iter()
-        .map(|it| {
-            let spec = it.get("spec");
-            let claim = spec.and_then(|sp| sp.get("claimRef"));
-            let ns = s(claim.and_then(|c| c.get("namespace")));
-            let name = s(claim.and_then(|c| c.get("name")));
-            Pv {
-                name: s(it.get("metadata").and_then(|m| m.get("name"))),
-                handle: s(spec
-                    .and_then(|sp| sp.get("csi"))
-                    .and_then(|c| c.get("volumeHandle"))),
-                claim: (!ns.is_empty() && !name.is_empty()).then_some((ns, name)),
-                phase: s(it.get("status").and_then(|st| st.get("phase"))),
-            }
-        })
+    Ok(backup_core::k8s::parse_pv_list(json)?
+        .into_iter()
+        .map(Pv::from)
         .collect())
-}
-
-/// True when a CSI volume handle names this LV: the whole handle, or its
-/// last `/` or `:` separated part (`local-lvm:vm-…`, `region/zone/storage/vm-…`).
-pub fn handle_names_lv(handle: &str, lv: &str) -> bool {
-    handle == lv
-        || handle
-            .rsplit(['/', ':'])
-            .next()
-            .is_some_and(|last| last == lv)
-}
-
-/// A Kubernetes namespace or PVC name that is safe as one path component
-/// (DNS-1123 subdomain: lowercase alphanumerics, `-`, `.`, alphanumeric at
-/// both ends; so never `.`, `..`, or a name starting with a dot).
-pub fn valid_k8s_name(s: &str) -> bool {
-    let b = s.as_bytes();
-    !b.is_empty()
-        && b.len() <= 253
-        && b.iter()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-' || *c == b'.')
-        && b[0].is_ascii_alphanumeric()
-        && b[b.len() - 1].is_ascii_alphanumeric()
 }
 
 /// A `NS/PVC` selector for `--skip`/`--only`; `NS/*` selects a namespace.
@@ -177,6 +151,10 @@ pub enum Verdict {
     Fail(String),
 }
 
+/// Looser than `backup_core::lvm::is_origin` (which wants lvm-snap's
+/// lowercase hex uuid): an LV lvm-snap would not snapshot still gets an
+/// item here and fails loudly for lack of a snapshot instead of vanishing
+/// from the report.
 fn origin_re() -> Regex {
     Regex::new(r"^vm-[0-9]+-pvc-[A-Za-z0-9-]+$").expect("static regex")
 }
@@ -190,11 +168,7 @@ pub fn parse_lv_time(s: &str) -> Option<DateTime<Utc>> {
 
 /// The time in a snapshot name (`…_snap_YYYYMMDD_HHMM`, host local time).
 pub fn name_time(stamp: &str) -> Option<DateTime<Utc>> {
-    let t = NaiveDateTime::parse_from_str(stamp, "%Y%m%d_%H%M").ok()?;
-    Local
-        .from_local_datetime(&t)
-        .earliest()
-        .map(|d| d.with_timezone(&Utc))
+    DateTime::from_timestamp(backup_core::lvm::parse_stamp(stamp, &Local)?, 0)
 }
 
 /// The inputs of planning besides the LVM and PV lists.
@@ -297,21 +271,16 @@ fn human(d: chrono::Duration) -> String {
 /// The newest snapshot of `origin` named by the snapshot scheme whose LVM
 /// origin is that LV (a name alone could be faked by any LV).
 pub fn newest_snapshot(lvs: &[Lv], origin: &str) -> Option<Snapshot> {
-    let prefix = format!("{origin}_snap_");
-    let stamp_re = Regex::new(r"^[0-9]{8}_[0-9]{4}$").expect("static regex");
     lvs.iter()
         .filter(|l| l.origin == origin)
         .filter_map(|l| {
-            let stamp = l.lv_name.strip_prefix(&prefix)?;
-            if !stamp_re.is_match(stamp) {
-                return None;
-            }
+            let stamp = backup_core::lvm::snapshot_stamp(&l.lv_name, origin)?;
             let created = parse_lv_time(&l.lv_time).or_else(|| name_time(stamp))?;
             Some(Snapshot {
                 name: l.lv_name.clone(),
                 path: l.lv_path.clone(),
                 created,
-                tagged: l.lv_tags.split(',').any(|t| t == SNAP_TAG),
+                tagged: backup_core::lvm::tags(&l.lv_tags).any(|t| t == SNAP_TAG),
             })
         })
         .max_by(|a, b| (a.created, &a.name).cmp(&(b.created, &b.name)))
