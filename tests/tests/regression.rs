@@ -1,0 +1,435 @@
+//! One regression test per past bug of behaviour.md section 15 (STYLE.md,
+//! after ripgrep's tests/regression.rs). Bugs whose behaviour a tool's own
+//! tests already pin down are listed here and not tested twice; the tests
+//! below cover the rest, mostly where two tools meet. Each runs the real
+//! binaries against real rsync and a real OpenSSH sshd on loopback playing
+//! the NAS (tests/src/nas.rs); no emulator is used in this file.
+//!
+//! | bug | already covered by |
+//! | --- | --- |
+//! | 1 nfs-mirror --delete wipes neighbours | nfs-mirror/tests/mirror.rs::mirrors_leg1_entries_only_and_ledgers_exactly_what_was_sent (vzdump/, devvm-home/, .changed-files.lock, .force-full-sync kept), ::max_delete_refuses_with_the_figures_and_copies_nothing |
+//! | 2 a losing second instance cleans up the winner | per tool: lvm-snap/tests/create.rs::a_held_lock_exits_4_and_reports, pvc-copy/tests/copy.rs::a_second_run_while_one_holds_the_lock_exits_busy, sqlite-dump/tests/dump.rs::a_second_instance_is_busy, nfs-track/tests/track.rs::a_second_instance_is_busy, pfsense-pull/tests/cli.rs::a_second_run_is_refused_while_the_first_holds_the_lock; against a real first run: [`bug02_a_second_instance_leaves_the_running_one_alone`] |
+//! | 3 an empty source causes mass deletion | nfs-mirror/tests/mirror.rs::bug3_empty_or_unmounted_source_deletes_nothing, offsite-sync/tests/sync.rs::full_pass_deletes_on_the_nas_only_from_a_sound_source |
+//! | 4 change-log consume/truncate race | offsite-sync/tests/faults.rs::appenders_racing_the_consumer_with_random_failures_lose_nothing, core/tests/ledger_property.rs |
+//! | 5 change log truncated when step 2 fails | [`bug05_change_log_kept_when_step2_fails`] (also, at random, offsite-sync/tests/faults.rs::appenders_racing_the_consumer_with_random_failures_lose_nothing) |
+//! | 6 NFS health-check failure discarded | pvc-copy/tests/unit.rs::a_failed_nfs_check_still_copies_everything_and_the_night_counts_as_failed |
+//! | 7 silent deaths without a metric | push-metric/tests/push.rs::killed_run_without_metrics_file_still_reports, ::from_systemd_timeout_reports_aborted; lvm-snap/tests/create.rs::a_held_lock_exits_4_and_reports; offsite-sync/tests/pushgateway.rs::success_failure_and_kill_reach_the_alerts_names |
+//! | 8 unresolvable LVs skipped with status 0 | pvc-copy/tests/copy.rs::wrong_luks_key_old_snapshot_and_unresolvable_lv_are_counted_and_the_rest_is_copied, ::kubectl_down_uses_the_mapping_cache_and_without_one_every_pvc_fails; lvm-snap/tests/create.rs::kubectl_down_without_cache_snapshots_everything_and_says_so |
+//! | 9 restore lookup, no rollback | lvm-snap/tests/restore.rs::a_snapshot_of_another_lv_is_refused, ::a_failed_second_rename_puts_the_names_back, ::never_ready_after_the_swap_undoes_everything, ::pre_restore... (lvm-snap/tests/decide.rs::pre_restore_copies_have_their_own_retention) |
+//! | 10 manifest truncation not locked | [`bug10_a_mirror_run_during_offsite_sync_loses_no_entry`] |
+//! | 11 a vanished manifest entry fails step 1 for good | offsite-sync/tests/sync.rs::step1_sends_the_ledger_drops_vanished_and_commits_only_after_success |
+//! | 12 newlines in names break the manifests | core/src/ledger.rs::hostile_names_round_trip_exactly (library), offsite-sync/tests/sync.rs::step2_sends_only_direct_paths_and_never_follows_a_symlink_out_of_the_tree (leg 2); across nfs-mirror and offsite-sync: [`bug12_newline_names_survive_the_ledger`] |
+//! | 13 a failed nfs-mirror run loses its delta | nfs-mirror/tests/mirror.rs::full_backup_disk_fails_and_ledgers_what_arrived, ::sigkill_at_random_instants_loses_no_ledger_entry |
+//! | 14 sqlite-backup never offsite, WAL lost, URI injection | sqlite-dump/tests/dump.rs::bug14_rows_only_in_the_wal_reach_the_copy, ::bug14_written_files_enter_the_ledger, ::bug14_the_tree_is_searched_by_header_at_any_depth_without_following_symlinks, ::bug14_a_truncated_database_fails_is_counted_and_keeps_the_previous_copy; end to end: tests/tests/nightly.rs |
+//! | 15 week-directory hazards | pvc-copy/tests/copy.rs::weekly_versions_hardlink_unchanged_files_and_the_ledger_gets_only_changes, ::a_claim_shared_by_two_lvs_never_shares_a_destination; offsite-sync/tests/sync.rs::a_new_week_shares_unchanged_files_with_the_previous_week_on_the_nas |
+//! | 16 success timestamp on failure; capacity gauges lost to mawk | push-metric/tests/push.rs::failure_after_success_keeps_success_timestamp, offsite-sync/tests/pushgateway.rs::success_failure_and_kill_reach_the_alerts_names; capacity figures past 2^31: [`bug16_capacity_gauges_are_exact_integers_past_2_pow_31`] |
+//! | 17 offsite target unreachable | offsite-sync/tests/faults.rs::link_cut_mid_transfer_fails_keeps_every_entry_and_the_next_run_completes, offsite-sync/tests/sync.rs::ledger_cap_marks_a_full_sync_and_status_reports_it |
+//! | 18 inotify gaps | nfs-track/tests/track.rs (overflow rescans, changes while killed, watch limit, held paths until the disk is mounted) |
+//! | 19 grep-while silent aborts | as 11 (a last listed file that vanished): offsite-sync/tests/sync.rs::step1_sends_the_ledger_drops_vanished_and_commits_only_after_success |
+//! | 20 lvm-snap details | lvm-snap/tests/create.rs::a_failing_lvs_is_a_failure_not_a_skipped_guard, ::pool_guard_refuses_on_low_metadata_space, ::kubectl_down_falls_back_to_the_cached_mapping, ::one_failed_lvcreate_is_a_partial_run, ::a_second_run_in_the_same_minute_is_a_no_op; lvm-snap/tests/decide.rs::only_tagged_names_of_our_scheme_are_ever_dropped |
+//! | 21 mount hygiene | pvc-copy/tests/copy.rs::copies_files_hardlinks_wal_and_symlinks_as_links_without_touching_the_snapshot, pvc-copy/tests/faults.rs::sigkill_mid_copy_leaves_no_mount_keeps_the_previous_copy_and_the_next_run_succeeds, pvc-copy/src/mount.rs::options_by_type |
+//! | 22 pfSense | pfsense-pull/tests/ssh.rs::bug22_a_stalled_firewall_is_cut_off_by_the_run_timeout, ::bug22_27_sshd_killed_mid_tar_leaves_no_tar_and_no_rotation, pfsense-pull/src/layout.rs::bug22_retention_keeps_weeks_of_daily_configs_not_four_files |
+//! | 23 symlinks followed | offsite-sync/tests/sync.rs::step2_sends_only_direct_paths_and_never_follows_a_symlink_out_of_the_tree, offsite-sync/src/resolve.rs::symlinks_on_the_way_are_never_followed |
+//! | 24 pushes fail silently | push-metric/tests/push.rs::gateway_down_exits_1_with_one_line_reason, ::push_retries_until_the_gateway_is_back |
+//! | 25 doc and code drift | not behaviour: settled in README/units (timers, retention flags) |
+//! | 26 argument injection | lvm-snap/tests/restore.rs::hostile_names_are_rejected_before_any_command_runs (no emulated LVM call made), pvc-copy/tests/copy.rs::hostile_claim_names_never_become_paths, lvm-snap/src/lvm.rs::operands_come_after_a_double_dash |
+//! | 27 partial transfers accepted | pvc-copy/tests/faults.rs::a_backup_disk_filling_mid_copy_keeps_the_previous_copy_and_removes_the_partial_one, pfsense-pull/tests/ssh.rs::bug27_a_killed_run_leaves_only_a_partial_that_the_next_run_replaces, nfs-mirror/tests/mirror.rs::full_backup_disk_fails_and_ledgers_what_arrived |
+
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use backup_core::ledger::{Ledger, PathKind};
+use backup_tests::harness::{Run, Sandbox};
+use backup_tests::nas::Nas;
+use backup_tests::pushgateway::Pushgateway;
+
+const SKIP: &str = "direct immich\nnever frigate\n";
+
+/// A backup root, NFS roots with the skip list, and a real sshd NAS.
+struct World {
+    sb: Sandbox,
+    root: PathBuf,
+    nfs: PathBuf,
+    nfs_ssd: PathBuf,
+    skip: PathBuf,
+    nas_dir: PathBuf,
+    nas: Nas,
+}
+
+impl World {
+    fn new() -> World {
+        let sb = Sandbox::new();
+        let root = sb.mkdir("mnt/backup");
+        let nfs = sb.mkdir("srv/nfs");
+        let nfs_ssd = sb.mkdir("srv/nfs-ssd");
+        let skip = sb.write("etc/backup-skip-list.conf", SKIP);
+        let nas_dir = sb.mkdir("nas");
+        let nas = Nas::start(&sb.path().join("sshd"));
+        World {
+            sb,
+            root,
+            nfs,
+            nfs_ssd,
+            skip,
+            nas_dir,
+            nas,
+        }
+    }
+
+    fn pve(&self) -> PathBuf {
+        self.nas_dir.join("pve-backup")
+    }
+
+    fn put(dir: &Path, rel: &[u8], data: &[u8]) -> PathBuf {
+        let p = dir.join(OsStr::from_bytes(rel));
+        std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+        std::fs::write(&p, data).expect("write");
+        p
+    }
+
+    /// nfs-mirror as its unit runs it (less --require-mountpoint: the
+    /// sandbox roots are plain directories).
+    fn mirror(&self) -> Command {
+        let mut c = self.sb.cmd("nfs-mirror");
+        c.arg("--source")
+            .arg(&self.nfs)
+            .arg("--dest")
+            .arg(&self.root)
+            .arg("--skip-list")
+            .arg(&self.skip)
+            .args(["--max-delete", "10%"]);
+        c
+    }
+
+    /// offsite-sync `sub` against the loopback NAS; no full pass unless
+    /// asked (`--full never`), so the ledgers alone decide what travels.
+    fn offsite(&self, sub: &str, extra: &[&str]) -> Command {
+        let mut c = self.sb.cmd("offsite-sync");
+        c.arg(sub)
+            .args(self.nas.flags())
+            .arg("--backup-root")
+            .arg(&self.root)
+            .arg("--nfs-root")
+            .arg(&self.nfs)
+            .arg("--nfs-ssd-root")
+            .arg(&self.nfs_ssd)
+            .arg("--pve-dest")
+            .arg(self.pve())
+            .arg("--nfs-dest")
+            .arg(self.nas_dir.join("nfs"))
+            .arg("--nfs-ssd-dest")
+            .arg(self.nas_dir.join("nfs-ssd"))
+            .arg("--skip-list")
+            .arg(&self.skip)
+            .args([
+                "--keepalive",
+                "2s",
+                "--io-timeout",
+                "30s",
+                "--full",
+                "never",
+            ])
+            .args(extra);
+        c
+    }
+
+    fn leg1_path(&self) -> PathBuf {
+        self.root.join(".changed-files")
+    }
+
+    fn leg2_path(&self) -> PathBuf {
+        self.root.join(".nfs-changes.log")
+    }
+
+    /// Lines of a ledger plus its inflight batch: what is still owed.
+    fn pending(ledger: &Path) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut inflight = ledger.as_os_str().to_owned();
+        inflight.push(".inflight");
+        for p in [ledger.to_path_buf(), PathBuf::from(inflight)] {
+            out.extend(
+                std::fs::read_to_string(p)
+                    .unwrap_or_default()
+                    .lines()
+                    .map(String::from),
+            );
+        }
+        out.sort();
+        out.dedup();
+        out
+    }
+
+    fn inflight_exists(ledger: &Path) -> bool {
+        let mut p = ledger.as_os_str().to_owned();
+        p.push(".inflight");
+        Path::new(&p).exists()
+    }
+
+    /// A slow step 1 (rsync --bwlimit) already past taking its batch.
+    fn slow_step1_in_flight(&self) -> Child {
+        let child = self
+            .offsite("step1", &["--bwlimit", "150"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn offsite-sync");
+        let start = Instant::now();
+        while !World::inflight_exists(&self.leg1_path()) {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "step 1 never took its batch"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        child
+    }
+}
+
+fn finish(child: Child) -> (i32, String) {
+    let out = child.wait_with_output().expect("wait");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Bug 2: the loser of the lock race removed the winner's pidfile (and in
+/// daily-backup unmounted its work). Now a second instance exits 4 at
+/// once, names the holder, and the running one finishes its work.
+#[test]
+fn bug02_a_second_instance_leaves_the_running_one_alone() {
+    let w = World::new();
+    World::put(&w.nfs, b"media/big.bin", &vec![7u8; 900 * 1024]);
+    Run::of(&mut w.mirror()).succeeds();
+    let first = w.slow_step1_in_flight();
+    let lock = w.sb.lock_dir().join("offsite-sync.lock");
+    assert!(lock.exists());
+
+    let second = Run::of(&mut w.offsite("all", &[]));
+    second.fails_with(4);
+    println!("second instance: {}", second.stderr);
+    assert!(
+        second.stderr.contains(&first.id().to_string()),
+        "the busy message does not name the holder (pid {}): {}",
+        first.id(),
+        second.stderr
+    );
+    // The loser left the winner's lock and batch alone.
+    assert!(lock.exists(), "the second instance removed the lock file");
+    assert!(World::inflight_exists(&w.leg1_path()));
+    assert_eq!(World::pending(&w.leg1_path()), vec!["media/big.bin"]);
+
+    let (code, stderr) = finish(first);
+    assert_eq!(code, 0, "the first run: {stderr}");
+    assert_eq!(
+        std::fs::read(w.pve().join("media/big.bin")).expect("on the NAS"),
+        vec![7u8; 900 * 1024]
+    );
+    assert!(World::pending(&w.leg1_path()).is_empty());
+    // And the lock is free again for the next night.
+    Run::of(&mut w.offsite("step1", &[])).succeeds();
+}
+
+/// Bug 5: the change log was truncated even when step 2 failed, so a NAS
+/// hiccup discarded the backlog. Now a failed step 2 keeps every entry
+/// (step 1's success does not commit leg 2) and the next run delivers.
+#[test]
+fn bug05_change_log_kept_when_step2_fails() {
+    let w = World::new();
+    let photos: Vec<PathBuf> = (0..4)
+        .map(|i| {
+            World::put(
+                &w.nfs,
+                format!("immich/upload/IMG_{i:04}.jpg").as_bytes(),
+                &[i as u8; 5000],
+            )
+        })
+        .collect();
+    // Appended as nfs-track does.
+    let leg2 = Ledger::new(w.leg2_path(), PathKind::Absolute);
+    leg2.append_paths(photos.iter().map(|p| p.as_path()))
+        .expect("append");
+    World::put(&w.nfs, b"nextcloud/doc.odt", b"leg 1");
+    Run::of(&mut w.mirror()).succeeds();
+    // The NAS cannot take step 2: its nfs/ destination is a plain file.
+    std::fs::write(w.nas_dir.join("nfs"), b"not a directory").expect("block");
+
+    let r = Run::of(&mut w.offsite("all", &[]));
+    assert_ne!(r.code, 0, "a failed step 2 reported success: {}", r.stderr);
+    let want: Vec<String> = photos.iter().map(|p| p.display().to_string()).collect();
+    assert_eq!(
+        World::pending(&w.leg2_path()),
+        want,
+        "change log entries lost"
+    );
+    // Step 1 went through and committed its own ledger only.
+    assert_eq!(
+        std::fs::read(w.pve().join("nextcloud/doc.odt")).expect("leg 1"),
+        b"leg 1"
+    );
+    assert!(World::pending(&w.leg1_path()).is_empty());
+
+    std::fs::remove_file(w.nas_dir.join("nfs")).expect("unblock");
+    Run::of(&mut w.offsite("all", &[])).succeeds();
+    for (i, p) in photos.iter().enumerate() {
+        let rel = p.strip_prefix(&w.nfs).expect("rel");
+        assert_eq!(
+            std::fs::read(w.nas_dir.join("nfs").join(rel)).expect("delivered"),
+            vec![i as u8; 5000]
+        );
+    }
+    assert!(World::pending(&w.leg2_path()).is_empty());
+}
+
+/// Bug 10: `> .changed-files` ran without the lock, so entries an
+/// overlapping nfs-mirror appended between rsync's read and the truncation
+/// were lost. Now nfs-mirror appends during a running step 1 and every
+/// entry it wrote is still owed afterwards, then delivered.
+#[test]
+fn bug10_a_mirror_run_during_offsite_sync_loses_no_entry() {
+    let w = World::new();
+    World::put(&w.nfs, b"media/big.bin", &vec![1u8; 900 * 1024]);
+    Run::of(&mut w.mirror()).succeeds();
+    let first = w.slow_step1_in_flight();
+
+    // nfs-mirror runs while offsite-sync holds its batch.
+    let news: Vec<String> = (0..5).map(|i| format!("docs/new-{i}.txt")).collect();
+    for n in &news {
+        World::put(&w.nfs, n.as_bytes(), n.as_bytes());
+    }
+    Run::of(&mut w.mirror()).succeeds();
+    let mut first = first;
+    assert!(
+        first.try_wait().expect("wait").is_none(),
+        "step 1 ended before nfs-mirror appended: no overlap tested"
+    );
+    let (code, stderr) = finish(first);
+    assert_eq!(code, 0, "{stderr}");
+
+    let owed = World::pending(&w.leg1_path());
+    for n in &news {
+        assert!(
+            owed.contains(n) || w.pve().join(n).is_file(),
+            "{n}: appended during the sync, then lost (owed: {owed:?})"
+        );
+    }
+    Run::of(&mut w.offsite("step1", &[])).succeeds();
+    for n in &news {
+        assert_eq!(
+            std::fs::read(w.pve().join(n)).expect("delivered"),
+            n.as_bytes()
+        );
+    }
+    assert!(World::pending(&w.leg1_path()).is_empty());
+}
+
+/// Bug 12: a newline in a tenant's file name split the line manifests, and
+/// a crafted second half became another path to send (another job's file,
+/// here vzdump/). Now the name travels whole from nfs-mirror's ledger to
+/// the NAS, and the decoy path never does. Leading/trailing blanks (the
+/// old `read -r` without `IFS=`) and a literal backslash survive too.
+#[test]
+fn bug12_newline_names_survive_the_ledger() {
+    let w = World::new();
+    World::put(&w.root, b"vzdump/vm-100.vma.zst", b"another job's image");
+    let names: [&[u8]; 4] = [
+        b"nextcloud/alice/x\nvzdump/vm-100.vma.zst",
+        b"nextcloud/alice/ padded name ",
+        b"nextcloud/alice/back\\nslash",
+        b"nextcloud/alice/tab\there",
+    ];
+    for (i, n) in names.iter().enumerate() {
+        World::put(&w.nfs, n, format!("content {i}").as_bytes());
+    }
+    Run::of(&mut w.mirror()).succeeds();
+    // One escaped line per name; the decoy is no line of its own.
+    let owed = World::pending(&w.leg1_path());
+    assert!(
+        owed.contains(&"nextcloud/alice/x\\nvzdump/vm-100.vma.zst".to_string()),
+        "{owed:?}"
+    );
+    assert!(
+        !owed.contains(&"vzdump/vm-100.vma.zst".to_string()),
+        "{owed:?}"
+    );
+    let r = Run::of(&mut w.offsite("step1", &[]));
+    r.succeeds();
+    for (i, n) in names.iter().enumerate() {
+        let p = w.pve().join(OsStr::from_bytes(n));
+        assert_eq!(
+            std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display())),
+            format!("content {i}").as_bytes()
+        );
+    }
+    assert!(
+        !w.pve().join("vzdump").exists(),
+        "the second half of a tenant's name was sent as a path"
+    );
+    assert!(!w.pve().join("nextcloud/alice/x").exists());
+    assert!(World::pending(&w.leg1_path()).is_empty());
+}
+
+/// Bug 16 (capacity half): the capacity gauges went through mawk, which
+/// prints 2^31 or more as `5.82542e+12`; a guard then dropped them, so they
+/// were never pushed. Now offsite-sync reports the NAS filesystem's size in
+/// exact bytes and the Pushgateway holds that figure.
+#[test]
+fn bug16_capacity_gauges_are_exact_integers_past_2_pow_31() {
+    let w = World::new();
+    let pg = Pushgateway::start();
+    World::put(&w.root, b"svc/a", b"a");
+    Ledger::new(w.leg1_path(), PathKind::Relative)
+        .append([b"svc/a"])
+        .expect("append");
+    std::fs::create_dir_all(w.pve()).expect("pve");
+    let prom = w.sb.path().join("offsite-sync.prom");
+    let mut c = w.offsite("step1", &[]);
+    c.arg("--metrics-file").arg(&prom);
+    Run::of(&mut c).succeeds();
+    let mut p = w.sb.cmd("push-metric");
+    p.args(["--job", "offsite-backup-sync", "--prefix", "offsite_sync"])
+        .args(["--status", "0", "--file"])
+        .arg(&prom)
+        .arg("--gateway")
+        .arg(pg.url());
+    Run::of(&mut p).succeeds();
+
+    // The same filesystem's size, as df itself reports it (1K blocks).
+    let o = Command::new("df")
+        .args(["-kP", "--"])
+        .arg(&w.nas_dir)
+        .output()
+        .expect("df");
+    let text = String::from_utf8_lossy(&o.stdout);
+    let kib: u64 = text
+        .lines()
+        .nth(1)
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("df output: {text}"));
+    let want = kib * 1024;
+    assert!(
+        want >= 1 << 31,
+        "this filesystem ({want} bytes) is too small to show the bug"
+    );
+    let pushed = pg
+        .value("offsite-backup-sync", "offsite_dest_size_bytes")
+        .expect("offsite_dest_size_bytes not pushed");
+    assert_eq!(pushed as u64, want, "pushed {pushed}, df says {want}");
+    let text = std::fs::read_to_string(&prom).expect("metrics");
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("offsite_dest_size_bytes "))
+        .expect("size line");
+    assert_eq!(line, format!("offsite_dest_size_bytes {want}"));
+    assert!(
+        pg.value(
+            "offsite-backup-sync",
+            "offsite_dest_capacity_timestamp_seconds"
+        )
+        .is_some_and(|t| t > 0.0)
+    );
+}
