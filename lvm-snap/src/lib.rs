@@ -132,7 +132,7 @@ pub struct CreateArgs {
     /// Cached `kubectl get pv -o json`, used when kubectl fails; refreshed
     /// (atomically) whenever kubectl works and the directory exists. On the
     /// host's own disk by default, so it is there when the backup disk is not
-    /// (point pvc-copy at the same file to share it).
+    /// (pvc-copy reads LVM_SNAP_MAPPING_CACHE too: one setting for both).
     #[arg(
         long,
         env = "LVM_SNAP_MAPPING_CACHE",

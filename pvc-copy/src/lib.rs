@@ -50,6 +50,15 @@ with the other PVCs (exit 3): no snapshot, a newest snapshot older than
 claimed by two LVs (a Released PV next to its replacement) never shares a
 destination: the Bound PV's copy is <pvc>, the other's <pvc>@<pv-name>.
 
+lvm-snap never snapshots the namespaces in LVM_SNAP_EXCLUDE_NS (default
+dbaas,monitoring), so their PVCs fail here for lack of a snapshot unless each
+such namespace is skipped with --skip NS/*. units/daily-backup.service passes
+--skip dbaas/* --skip monitoring/* in PVC_COPY_ARGS: change the two together.
+
+The mapping cache is the same file, in the same format (kubectl's JSON as
+printed), that lvm-snap keeps: set LVM_SNAP_MAPPING_CACHE once for both (the
+daily-backup unit uses lvm-snap's default, /var/lib/backup-pipeline/lv-pvc-mapping.json).
+
 After a run where every PVC was copied or deliberately skipped, the week is
 marked complete and rotation keeps the newest --keep-weeks complete weeks
 (old YYYY-WW names count as complete), with their sqlite-backup/<week>.
@@ -153,11 +162,14 @@ pub struct RunArgs {
         value_name = "FILE"
     )]
     pub luks_key: PathBuf,
-    /// Last good `kubectl get pv -o json`, used when kubectl fails
+    /// Last good `kubectl get pv -o json`, used when kubectl fails; the
+    /// file lvm-snap keeps too (same variable, same format)
     /// [default: BACKUP_ROOT/.lv-pvc-mapping.json].
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, env = "LVM_SNAP_MAPPING_CACHE", value_name = "FILE")]
     pub mapping_cache: Option<PathBuf>,
     /// Do not copy this PVC (NS/PVC, or NS/* for a whole namespace); counted as skipped. Repeatable.
+    /// Give NS/* for every namespace lvm-snap excludes (LVM_SNAP_EXCLUDE_NS, default
+    /// dbaas,monitoring): a PVC without a snapshot otherwise counts as failed.
     #[arg(long, value_name = "NS/PVC", value_parser = Selector::parse)]
     pub skip: Vec<Selector>,
     /// Copy only these PVCs (NS/PVC or NS/*). Repeatable. Disables rotation.
