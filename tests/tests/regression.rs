@@ -13,9 +13,9 @@
 //! | 4 change-log consume/truncate race | offsite-sync/tests/faults.rs::appenders_racing_the_consumer_with_random_failures_lose_nothing, core/tests/ledger_property.rs |
 //! | 5 change log truncated when step 2 fails | [`bug05_change_log_kept_when_step2_fails`] (also, at random, offsite-sync/tests/faults.rs::appenders_racing_the_consumer_with_random_failures_lose_nothing) |
 //! | 6 NFS health-check failure discarded | pvc-copy/tests/unit.rs::a_failed_nfs_check_still_copies_everything_and_the_night_counts_as_failed |
-//! | 7 silent deaths without a metric | push-metric/tests/push.rs::killed_run_without_metrics_file_still_reports, ::from_systemd_timeout_reports_aborted; lvm-snap/tests/create.rs::a_held_lock_exits_4_and_reports; offsite-sync/tests/pushgateway.rs::success_failure_and_kill_reach_the_alerts_names |
+//! | 7 silent deaths without a metric | offsite-sync's own exits (refused, busy, NAS down): [`bug07_every_offsite_run_that_does_nothing_still_reports_a_failure`]; push-metric/tests/push.rs::killed_run_without_metrics_file_still_reports, ::from_systemd_timeout_reports_aborted; lvm-snap/tests/create.rs::a_held_lock_exits_4_and_reports; offsite-sync/tests/pushgateway.rs::success_failure_and_kill_reach_the_alerts_names |
 //! | 8 unresolvable LVs skipped with status 0 | pvc-copy/tests/copy.rs::wrong_luks_key_old_snapshot_and_unresolvable_lv_are_counted_and_the_rest_is_copied, ::kubectl_down_uses_the_mapping_cache_and_without_one_every_pvc_fails; lvm-snap/tests/create.rs::kubectl_down_without_cache_snapshots_everything_and_says_so |
-//! | 9 restore lookup, no rollback | lvm-snap/tests/restore.rs::a_snapshot_of_another_lv_is_refused, ::a_failed_second_rename_puts_the_names_back, ::never_ready_after_the_swap_undoes_everything, ::pre_restore... (lvm-snap/tests/decide.rs::pre_restore_copies_have_their_own_retention) |
+//! | 9 restore lookup, no rollback | lvm-snap/tests/restore.rs::a_snapshot_of_another_lv_is_refused, ::a_failed_second_rename_puts_the_names_back, ::never_ready_after_the_swap_undoes_everything; lvm-snap/tests/decide.rs::pre_restore_copies_have_their_own_retention |
 //! | 10 manifest truncation not locked | [`bug10_a_mirror_run_during_offsite_sync_loses_no_entry`] |
 //! | 11 a vanished manifest entry fails step 1 for good | offsite-sync/tests/sync.rs::step1_sends_the_ledger_drops_vanished_and_commits_only_after_success |
 //! | 12 newlines in names break the manifests | core/src/ledger.rs::hostile_names_round_trip_exactly (library), offsite-sync/tests/sync.rs::step2_sends_only_direct_paths_and_never_follows_a_symlink_out_of_the_tree (leg 2); across nfs-mirror and offsite-sync: [`bug12_newline_names_survive_the_ledger`] |
@@ -431,5 +431,111 @@ fn bug16_capacity_gauges_are_exact_integers_past_2_pow_31() {
             "offsite_dest_capacity_timestamp_seconds"
         )
         .is_some_and(|t| t > 0.0)
+    );
+}
+
+/// Bug 7: offsite-sync exited without any metric when the lock was taken,
+/// when /mnt/backup was not mounted, or when the NAS was down, so only the
+/// 9-day staleness alert could notice. Now each of these ends with a
+/// non-zero exit, and the unit's ExecStopPost= push-metric (run here with
+/// the variables systemd sets) records status 1 and keeps the last success
+/// timestamp.
+#[test]
+fn bug07_every_offsite_run_that_does_nothing_still_reports_a_failure() {
+    const JOB: &str = "offsite-backup-sync";
+    let w = World::new();
+    let pg = Pushgateway::start();
+    let prom = w.sb.path().join("offsite-sync.prom");
+    let run_and_push = |extra: &[&str]| -> i32 {
+        let _ = std::fs::remove_file(&prom); // the unit's ExecStartPre=
+        let mut c = w.offsite("all", extra);
+        c.env("METRICS_FILE", &prom);
+        let r = Run::of(&mut c);
+        let mut p = w.sb.cmd("push-metric");
+        p.args([
+            "--from-systemd",
+            "--job",
+            JOB,
+            "--prefix",
+            "offsite_sync",
+            "--file",
+        ])
+        .arg(&prom)
+        .arg("--gateway")
+        .arg(pg.url())
+        .env(
+            "SERVICE_RESULT",
+            if r.code == 0 { "success" } else { "exit-code" },
+        )
+        .env("EXIT_CODE", "exited")
+        .env("EXIT_STATUS", r.code.to_string());
+        Run::of(&mut p).succeeds();
+        r.code
+    };
+    World::put(&w.root, b"svc/a", b"a");
+    Ledger::new(w.leg1_path(), PathKind::Relative)
+        .append([b"svc/a"])
+        .expect("append");
+    assert_eq!(run_and_push(&[]), 0);
+    // Before each case the gateway shows a success, so a missing push
+    // would leave status 0 there; after it, status 1 and that success's
+    // timestamp.
+    let success = || -> f64 {
+        let mut p = w.sb.cmd("push-metric");
+        p.args(["--job", JOB, "--prefix", "offsite_sync", "--status", "0"])
+            .arg("--gateway")
+            .arg(pg.url());
+        Run::of(&mut p).succeeds();
+        assert_eq!(pg.value(JOB, "offsite_sync_last_status"), Some(0.0));
+        pg.value(JOB, "offsite_sync_last_success_timestamp")
+            .expect("success timestamp")
+    };
+    let check = |what: &str, ok_ts: f64| {
+        assert_eq!(
+            pg.value(JOB, "offsite_sync_last_status"),
+            Some(1.0),
+            "{what}: status"
+        );
+        assert_eq!(
+            pg.value(JOB, "offsite_sync_last_success_timestamp"),
+            Some(ok_ts),
+            "{what}: success timestamp moved"
+        );
+    };
+    let ok_ts = success();
+    let refused = run_and_push(&["--require-mountpoint"]);
+    check("refused", ok_ts);
+    // The lock is held by another run (flock(2), as core's lock takes it).
+    let holder = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(w.sb.lock_dir().join("offsite-sync.lock"))
+        .expect("lock file");
+    holder.try_lock().expect("take the lock");
+    let ok_ts = success();
+    let busy = run_and_push(&[]);
+    drop(holder);
+    check("busy", ok_ts);
+    // The NAS does not answer while something is owed. (With nothing
+    // owed, offsite-sync exits 0 and only warns that the NAS capacity was
+    // unreadable; the capacity timestamp then goes stale.)
+    World::put(&w.root, b"svc/b", b"b");
+    Ledger::new(w.leg1_path(), PathKind::Relative)
+        .append([b"svc/b"])
+        .expect("append");
+    let ok_ts = success();
+    let down = run_and_push(&["--ssh-port", "1"]);
+    check("NAS down", ok_ts);
+    for (what, code, want) in [
+        ("refused", refused, 5),
+        ("busy", busy, 4),
+        ("NAS down", down, 1),
+    ] {
+        assert_eq!(code, want, "{what}: exit code");
+    }
+    assert!(
+        pg.get("/metrics").1.contains("offsite_sync_last_status{"),
+        "status missing from the exposition"
     );
 }
