@@ -29,7 +29,7 @@
 //! | 20 lvm-snap details | lvm-snap/tests/create.rs::a_failing_lvs_is_a_failure_not_a_skipped_guard, ::pool_guard_refuses_on_low_metadata_space, ::kubectl_down_falls_back_to_the_cached_mapping, ::one_failed_lvcreate_is_a_partial_run, ::a_second_run_in_the_same_minute_is_a_no_op; lvm-snap/tests/decide.rs::only_tagged_names_of_our_scheme_are_ever_dropped |
 //! | 21 mount hygiene | pvc-copy/tests/copy.rs::copies_files_hardlinks_wal_and_symlinks_as_links_without_touching_the_snapshot, pvc-copy/tests/faults.rs::sigkill_mid_copy_leaves_no_mount_keeps_the_previous_copy_and_the_next_run_succeeds, pvc-copy/src/mount.rs::options_by_type |
 //! | 22 pfSense | pfsense-pull/tests/ssh.rs::bug22_a_stalled_firewall_is_cut_off_by_the_run_timeout, ::bug22_27_sshd_killed_mid_tar_leaves_no_tar_and_no_rotation, pfsense-pull/src/layout.rs::bug22_retention_keeps_weeks_of_daily_configs_not_four_files |
-//! | 23 symlinks followed | offsite-sync/tests/sync.rs::step2_sends_only_direct_paths_and_never_follows_a_symlink_out_of_the_tree, offsite-sync/src/resolve.rs::symlinks_on_the_way_are_never_followed |
+//! | 23 symlinks followed | step 1 after a tenant swapped a directory for a symlink between two nfs-mirror runs: [`bug23_a_directory_swapped_for_a_symlink_never_leaks_through_step1`]; offsite-sync/tests/sync.rs::step2_sends_only_direct_paths_and_never_follows_a_symlink_out_of_the_tree, offsite-sync/src/resolve.rs::symlinks_on_the_way_are_never_followed |
 //! | 24 pushes fail silently | push-metric/tests/push.rs::gateway_down_exits_1_with_one_line_reason, ::push_retries_until_the_gateway_is_back |
 //! | 25 doc and code drift | not behaviour: settled in README/units (timers, retention flags) |
 //! | 26 argument injection | lvm-snap/tests/restore.rs::hostile_names_are_rejected_before_any_command_runs (no emulated LVM call made), pvc-copy/tests/copy.rs::hostile_claim_names_never_become_paths, lvm-snap/src/lvm.rs::operands_come_after_a_double_dash |
@@ -538,4 +538,78 @@ fn bug07_every_offsite_run_that_does_nothing_still_reports_a_failure() {
         pg.get("/metrics").1.contains("offsite_sync_last_status{"),
         "status missing from the exposition"
     );
+}
+
+/// Bug 23: `[ -f ]` and rsync's `--files-from` resolved symlinked
+/// intermediate directories on the root-run sender. A tenant swaps a
+/// listed directory for a symlink to someone else's data between two
+/// nfs-mirror runs (the old entry is still owed, the NAS was down in
+/// between); step 1 must not send what the symlink points at.
+#[test]
+fn bug23_a_directory_swapped_for_a_symlink_never_leaks_through_step1() {
+    let w = World::new();
+    World::put(&w.nfs, b"nextcloud/alice/photos/x.jpg", b"alice's photo");
+    World::put(&w.nfs, b"nextcloud/alice/notes.txt", b"notes");
+    // Enough other files that one deletion stays under --max-delete 10%.
+    for i in 0..30 {
+        World::put(&w.nfs, format!("nextcloud/bob/d{i}.txt").as_bytes(), b"d");
+    }
+    Run::of(&mut w.mirror()).succeeds();
+    assert!(World::pending(&w.leg1_path()).contains(&"nextcloud/alice/photos/x.jpg".to_string()));
+    // The tenant's swap, mirrored onto the backup disk by the next run.
+    let other = w.sb.mkdir("other-tenant");
+    std::fs::write(other.join("x.jpg"), b"bob's secret").expect("secret");
+    std::fs::remove_dir_all(w.nfs.join("nextcloud/alice/photos")).expect("rm");
+    std::os::unix::fs::symlink(&other, w.nfs.join("nextcloud/alice/photos")).expect("ln");
+    Run::of(&mut w.mirror()).succeeds();
+    let on_disk = w.root.join("nextcloud/alice/photos");
+    assert!(
+        std::fs::symlink_metadata(&on_disk)
+            .expect("mirrored")
+            .file_type()
+            .is_symlink(),
+        "nfs-mirror followed the tenant's symlink"
+    );
+
+    let r = Run::of(&mut w.offsite("step1", &[]));
+    assert!(r.code == 0 || r.code == 3, "step 1: {}", r.stderr);
+    // The operator is told which entry was held back, and why.
+    r.stdout_contains("1 unsafe")
+        .stderr_contains("nextcloud/alice/photos/x.jpg");
+    let leaked: Vec<PathBuf> = walk(&w.nas_dir)
+        .into_iter()
+        .filter(|p| std::fs::read(p).is_ok_and(|d| d == b"bob's secret"))
+        .collect();
+    assert!(
+        leaked.is_empty(),
+        "another tenant's file reached the NAS: {leaked:?}"
+    );
+    assert_eq!(
+        std::fs::read(w.pve().join("nextcloud/alice/notes.txt")).expect("notes"),
+        b"notes"
+    );
+    let nas_photos = w.pve().join("nextcloud/alice/photos");
+    if let Ok(m) = std::fs::symlink_metadata(&nas_photos) {
+        assert!(
+            m.file_type().is_symlink(),
+            "the NAS holds a directory where the source has a link"
+        );
+    }
+}
+
+/// Regular files under `dir` (symlinks not followed).
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let ft = e.file_type().expect("type");
+            if ft.is_dir() {
+                stack.push(e.path());
+            } else if ft.is_file() {
+                out.push(e.path());
+            }
+        }
+    }
+    out
 }
