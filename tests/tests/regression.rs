@@ -168,8 +168,10 @@ impl World {
         Path::new(&p).exists()
     }
 
-    /// A slow step 1 (rsync --bwlimit) already past taking its batch.
-    fn slow_step1_in_flight(&self) -> Child {
+    /// A step 1 that has taken its batch and whose rsync is stopped
+    /// (SIGSTOP) mid-transfer, so the test acts while the run is surely in
+    /// flight, whatever the machine's load. Resume with [`Paused::resume`].
+    fn step1_paused_mid_transfer(&self) -> Paused {
         let child = self
             .offsite("step1", &["--bwlimit", "150"])
             .stdout(Stdio::null())
@@ -177,15 +179,84 @@ impl World {
             .spawn()
             .expect("spawn offsite-sync");
         let start = Instant::now();
-        while !World::inflight_exists(&self.leg1_path()) {
+        let rsync = loop {
+            if let Some(pid) = child_named(child.id(), "rsync") {
+                break pid;
+            }
             assert!(
                 start.elapsed() < Duration::from_secs(30),
-                "step 1 never took its batch"
+                "step 1 never started rsync"
             );
-            std::thread::sleep(Duration::from_millis(20));
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        // SAFETY: kill(2) on a process this test started (offsite-sync's rsync).
+        unsafe { libc::kill(rsync, libc::SIGSTOP) };
+        assert!(
+            World::inflight_exists(&self.leg1_path()),
+            "rsync runs but the batch was not taken"
+        );
+        Paused {
+            child: Some(child),
+            rsync,
         }
-        child
     }
+}
+
+/// offsite-sync run whose rsync is stopped. A failing test leaves no
+/// stopped process behind (drop resumes rsync and kills the run).
+struct Paused {
+    child: Option<Child>,
+    rsync: i32,
+}
+
+impl Paused {
+    fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    fn still_running(&mut self) -> bool {
+        let c = self.child.as_mut().expect("running");
+        c.try_wait().expect("wait").is_none()
+    }
+
+    fn resume(mut self) -> (i32, String) {
+        // SAFETY: kill(2) on the rsync this test stopped.
+        unsafe { libc::kill(self.rsync, libc::SIGCONT) };
+        finish(self.child.take().expect("running"))
+    }
+}
+
+impl Drop for Paused {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // SAFETY: as above.
+            unsafe { libc::kill(self.rsync, libc::SIGCONT) };
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// The pid of a child of `parent` whose command name is `name`.
+fn child_named(parent: u32, name: &str) -> Option<i32> {
+    for e in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // pid (comm) state ppid ...
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let comm = &stat[open + 1..close];
+        let ppid = stat[close + 1..].split_whitespace().nth(1);
+        if comm == name && ppid == Some(&parent.to_string()) {
+            return Some(pid);
+        }
+    }
+    None
 }
 
 fn finish(child: Child) -> (i32, String) {
@@ -202,9 +273,9 @@ fn finish(child: Child) -> (i32, String) {
 #[test]
 fn bug02_a_second_instance_leaves_the_running_one_alone() {
     let w = World::new();
-    World::put(&w.nfs, b"media/big.bin", &vec![7u8; 900 * 1024]);
+    World::put(&w.nfs, b"media/big.bin", &vec![7u8; 300 * 1024]);
     Run::of(&mut w.mirror()).succeeds();
-    let first = w.slow_step1_in_flight();
+    let mut first = w.step1_paused_mid_transfer();
     let lock = w.sb.lock_dir().join("offsite-sync.lock");
     assert!(lock.exists());
 
@@ -212,21 +283,22 @@ fn bug02_a_second_instance_leaves_the_running_one_alone() {
     second.fails_with(4);
     println!("second instance: {}", second.stderr);
     assert!(
-        second.stderr.contains(&first.id().to_string()),
+        second.stderr.contains(&first.pid().to_string()),
         "the busy message does not name the holder (pid {}): {}",
-        first.id(),
+        first.pid(),
         second.stderr
     );
     // The loser left the winner's lock and batch alone.
     assert!(lock.exists(), "the second instance removed the lock file");
     assert!(World::inflight_exists(&w.leg1_path()));
     assert_eq!(World::pending(&w.leg1_path()), vec!["media/big.bin"]);
+    assert!(first.still_running());
 
-    let (code, stderr) = finish(first);
+    let (code, stderr) = first.resume();
     assert_eq!(code, 0, "the first run: {stderr}");
     assert_eq!(
         std::fs::read(w.pve().join("media/big.bin")).expect("on the NAS"),
-        vec![7u8; 900 * 1024]
+        vec![7u8; 300 * 1024]
     );
     assert!(World::pending(&w.leg1_path()).is_empty());
     // And the lock is free again for the next night.
@@ -291,9 +363,9 @@ fn bug05_change_log_kept_when_step2_fails() {
 #[test]
 fn bug10_a_mirror_run_during_offsite_sync_loses_no_entry() {
     let w = World::new();
-    World::put(&w.nfs, b"media/big.bin", &vec![1u8; 900 * 1024]);
+    World::put(&w.nfs, b"media/big.bin", &vec![1u8; 300 * 1024]);
     Run::of(&mut w.mirror()).succeeds();
-    let first = w.slow_step1_in_flight();
+    let mut first = w.step1_paused_mid_transfer();
 
     // nfs-mirror runs while offsite-sync holds its batch.
     let news: Vec<String> = (0..5).map(|i| format!("docs/new-{i}.txt")).collect();
@@ -301,12 +373,8 @@ fn bug10_a_mirror_run_during_offsite_sync_loses_no_entry() {
         World::put(&w.nfs, n.as_bytes(), n.as_bytes());
     }
     Run::of(&mut w.mirror()).succeeds();
-    let mut first = first;
-    assert!(
-        first.try_wait().expect("wait").is_none(),
-        "step 1 ended before nfs-mirror appended: no overlap tested"
-    );
-    let (code, stderr) = finish(first);
+    assert!(first.still_running());
+    let (code, stderr) = first.resume();
     assert_eq!(code, 0, "{stderr}");
 
     let owed = World::pending(&w.leg1_path());
