@@ -45,6 +45,9 @@ const PVCS: [(&str, &str, &str); 3] = [
     ("vm-102-pvc-4e5f", "notes", "notes-data"),
 ];
 
+/// In namespace dbaas: never snapshotted nor copied.
+const EXCLUDED: (&str, &str, &str) = ("vm-103-pvc-6a7b", "dbaas", "postgres-data");
+
 struct Lab {
     sb: Sandbox,
     host: EmuHost,
@@ -204,6 +207,14 @@ impl Lab {
             host.add_thin_lv_from_dir(VG, "data", lv, 32 << 20, dir);
             host.add_pv(ns, claim, lv);
         }
+        // A database PVC: lvm-snap's default exclusions and daily-backup's
+        // PVC_COPY_ARGS both leave it out (backed up by its own dumps).
+        let (lv, ns, claim) = EXCLUDED;
+        let pg_dir = src.join("pg");
+        std::fs::create_dir_all(&pg_dir).expect("mkdir");
+        std::fs::write(pg_dir.join("PG_VERSION"), b"16\n").expect("w");
+        host.add_thin_lv_from_dir(VG, "data", lv, 32 << 20, &pg_dir);
+        host.add_pv(ns, claim, lv);
 
         // --- The NFS trees: leg 1 (nextcloud, calibre), direct (immich on
         // both roots), never (frigate).
@@ -499,10 +510,24 @@ fn two_nights_of_the_pipeline_reach_the_nas_and_the_pushgateway() {
             .collect();
         assert_eq!(snaps, vec![format!("{lv}_snap_20261122_0300")]);
     }
+    let excluded_snaps = lab.host.lvm().vgs[VG]
+        .lvs
+        .values()
+        .filter(|l| l.origin == EXCLUDED.0)
+        .count();
+    assert_eq!(excluded_snaps, 0, "the dbaas PVC was snapshotted");
     let (copy, dump) = lab.daily_backup(NIGHT1_COPY, WEEK1);
     copy.succeeds();
     dump.succeeds();
     lab.offsite_sync().succeeds();
+    assert!(
+        !lab.pve()
+            .join("pvc-data")
+            .join(WEEK1)
+            .join(EXCLUDED.1)
+            .exists(),
+        "the dbaas PVC reached the NAS"
+    );
 
     // What an operator checks in the morning.
     lab.assert_pvcs_on_nas(WEEK1);
