@@ -827,7 +827,17 @@ pub fn run_steps(
         match capacity(cfg, &cfg.capacity_path) {
             Ok(c) => Some(c),
             Err(e) => {
-                warn!("{}", backup_core::exit::one_line(&e));
+                // With nothing sent, this ssh call was the only contact
+                // with the NAS: a NAS that cannot be reached must not be
+                // reported as a successful night (the old probe failed the
+                // run too). After a transfer it is only a capacity gap.
+                let contacted = reports.iter().any(|r| r.sent > 0 || r.full);
+                if code == ExitCode::Ok && !contacted {
+                    error!("NAS not reachable: {}", backup_core::exit::one_line(&e));
+                    code = ExitCode::Failed;
+                } else {
+                    warn!("{}", backup_core::exit::one_line(&e));
+                }
                 None
             }
         }

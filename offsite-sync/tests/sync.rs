@@ -76,6 +76,28 @@ fn step1_sends_the_ledger_drops_vanished_and_commits_only_after_success() {
     assert_eq!(w.leg1().line_count().expect("count"), 0);
 }
 
+/// With nothing owed, the capacity read is the night's only contact with
+/// the NAS: an unreachable NAS is a failed night, never a silent success.
+#[test]
+fn an_unreachable_nas_fails_the_run_even_with_nothing_to_send() {
+    let w = World::with_nas();
+    recent_full(&w);
+    let metrics = w.sb.path().join("m.prom");
+    w.run("all", &["--metrics-file", metrics.to_str().expect("utf8")])
+        .succeeds();
+    let m = Metrics::read(&metrics).expect("metrics");
+    assert_eq!(m.get("offsite_sync_last_status"), Some(0.0));
+
+    let mut c = w.cmd("all", &["--metrics-file", metrics.to_str().expect("utf8")]);
+    c.args(["--ssh-port", "1"]);
+    backup_tests::harness::Run::of(&mut c)
+        .fails_with(1)
+        .stderr_contains("NAS not reachable");
+    let m = Metrics::read(&metrics).expect("metrics");
+    assert_eq!(m.get("offsite_sync_last_status"), Some(1.0));
+    assert_eq!(m.get("backup_last_success_timestamp"), None);
+}
+
 fn now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
