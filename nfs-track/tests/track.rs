@@ -257,7 +257,13 @@ fn every_route_reaches_the_ledger(backend: &str) {
     );
     for l in &logged {
         let s = String::from_utf8_lossy(l);
-        assert!(!s.starts_with("old/"), "stale path after rename: {s}");
+        // `old/sub/keep` may be logged by the start-up ctime rescan (it was
+        // written within its margin, under that name); anything written
+        // after the rename must carry the new name.
+        assert!(
+            !s.starts_with("old/") || s == "old/sub/keep",
+            "stale path after rename: {s}"
+        );
         assert!(
             !s.contains("not-ours"),
             "a directory moved out is still logged: {s}"
