@@ -241,6 +241,11 @@ fn every_route_reaches_the_ledger(backend: &str) {
     t.stop();
 
     let logged = e.logged();
+    let rescans = e.metric("nfs_track_rescans_total");
+    println!(
+        "{backend}: {rescans} rescans, old/sub/keep logged: {}",
+        has(&logged, b"old/sub/keep")
+    );
     assert_logged(
         &logged,
         &[
@@ -257,12 +262,18 @@ fn every_route_reaches_the_ledger(backend: &str) {
     );
     for l in &logged {
         let s = String::from_utf8_lossy(l);
-        // `old/sub/keep` may be logged by the start-up ctime rescan (it was
-        // written within its margin, under that name); anything written
-        // after the rename must carry the new name.
+        // Events are resolved to the directory's current path, so only a
+        // rescan can log the old name: with no stamp there is none at
+        // start, but a kernel queue overflow (the mark covers the whole
+        // filesystem, and on a busy machine its queue may be the 256 events
+        // of `overflow_is_closed_by_a_rescan`) rescans from just before the
+        // start, and a walk that reads `old` before the `mv` logs
+        // `old/sub/keep` (written within its margin) under the name it had
+        // then. Nothing else under `old/` is possible, and not without a
+        // rescan; anything written after the rename carries the new name.
         assert!(
-            !s.starts_with("old/") || s == "old/sub/keep",
-            "stale path after rename: {s}"
+            !s.starts_with("old/") || (s == "old/sub/keep" && rescans >= 1.0),
+            "stale path after rename ({rescans} rescans): {s}"
         );
         assert!(
             !s.contains("not-ours"),
