@@ -139,6 +139,21 @@ fn assert_all_delivered(w: &World, tags: &BTreeSet<String>) {
     );
 }
 
+/// Run `all` until it succeeds: killed runs' orphaned rsyncs may still hold
+/// the NAS for a while. A generous deadline, not a fixed number of tries.
+fn until_a_run_succeeds(w: &World) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        if w.run("all", &[]).code == 0 {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
 #[test]
 fn sigterm_and_sigkill_at_random_instants_then_a_normal_run_loses_nothing() {
     let w = World::with_nas();
@@ -178,17 +193,12 @@ fn sigterm_and_sigkill_at_random_instants_then_a_normal_run_loses_nothing() {
             kills += 1;
         }
     }
-    // Orphaned rsyncs of killed runs may still hold the NAS; wait for the lock.
-    let mut ok = false;
-    for _ in 0..5 {
-        let r = w.run("all", &[]);
-        if r.code == 0 {
-            ok = true;
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    }
-    assert!(ok, "the normal run after the kills never succeeded");
+    // Orphaned rsyncs of killed runs may still hold the NAS; wait for the
+    // lock (on a loaded machine they can take seconds to notice).
+    assert!(
+        until_a_run_succeeds(&w),
+        "the normal run after the kills never succeeded"
+    );
     assert_all_delivered(&w, &tags);
     assert_eq!(w.leg1().line_count().expect("count"), 0);
     assert_eq!(w.leg2().line_count().expect("count"), 0);
@@ -252,15 +262,7 @@ fn appenders_racing_the_consumer_with_random_failures_lose_nothing() {
     for h in writers {
         tags.extend(h.join().expect("writer"));
     }
-    let mut ok = false;
-    for _ in 0..5 {
-        if w.run("all", &[]).code == 0 {
-            ok = true;
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    }
-    assert!(ok, "final run failed");
+    assert!(until_a_run_succeeds(&w), "final run failed");
     assert_all_delivered(&w, &tags);
     println!(
         "appended={} per ledger, consumer runs={runs} failed={failed} sigkilled={killed}, lost=0",
