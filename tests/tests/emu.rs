@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::thread::sleep;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use backup_tests::emu::{CONNECTION_REFUSED, EmuHost, FailRule};
 use serde_json::Value;
@@ -921,12 +921,24 @@ fn items(v: &Value) -> Vec<Value> {
     v["items"].as_array().cloned().expect("items")
 }
 
+/// Poll `cond` until it holds, with a deadline far above any load.
+fn until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !cond() {
+        assert!(Instant::now() < deadline, "waited 60 s for {what}");
+        sleep(Duration::from_millis(100));
+    }
+}
+
 #[test]
 fn kubectl_scale_down_then_pods_and_attachment_go_after_the_delay() {
     let (_d, h) = pve_host();
     let pv = h.add_pv("paperless", "data", "vm-9999-pvc-aaaa");
     h.add_deployment("paperless", "web", 2, "data");
-    h.set_kube_delay(Duration::from_millis(1000));
+    // Long enough for the checks right after each scale to see pods still
+    // terminating or still Pending on a loaded machine; the end of the
+    // delay is then waited for, not slept.
+    h.set_kube_delay(Duration::from_millis(3000));
 
     let pvs = kubectl_json(
         &h,
@@ -1034,21 +1046,18 @@ fn kubectl_scale_down_then_pods_and_attachment_go_after_the_delay() {
         .len(),
         1
     );
-    sleep(Duration::from_millis(1100));
-    assert!(
+    until("the pods and the volume attachment to go", || {
         items(&kubectl_json(
             &h,
-            &["get", "pods", "-n", "paperless", "-o", "json"]
+            &["get", "pods", "-n", "paperless", "-o", "json"],
         ))
         .is_empty()
-    );
-    assert!(
-        items(&kubectl_json(
-            &h,
-            &["get", "volumeattachments", "-o", "json"]
-        ))
-        .is_empty()
-    );
+            && items(&kubectl_json(
+                &h,
+                &["get", "volumeattachments", "-o", "json"],
+            ))
+            .is_empty()
+    });
 
     ok(
         &h,
@@ -1067,9 +1076,10 @@ fn kubectl_scale_down_then_pods_and_attachment_go_after_the_delay() {
     assert_eq!(pods.len(), 2);
     assert!(pods.iter().all(|p| p["status"]["phase"] == "Pending"));
     assert_eq!(h.replicas("paperless", "web"), Some(2));
-    sleep(Duration::from_millis(1100));
-    let dep = kubectl_json(&h, &["get", "deployments", "-n", "paperless", "-o", "json"]);
-    assert_eq!(items(&dep)[0]["status"]["readyReplicas"], 2);
+    until("both pods to be ready", || {
+        let dep = kubectl_json(&h, &["get", "deployments", "-n", "paperless", "-o", "json"]);
+        items(&dep)[0]["status"]["readyReplicas"] == 2
+    });
     let r = run(
         &h,
         "kubectl",
