@@ -53,6 +53,9 @@ fn signal(child: &mut std::process::Child, sig: i32) -> bool {
 #[test]
 fn link_cut_mid_transfer_fails_keeps_every_entry_and_the_next_run_completes() {
     let mut w = World::new();
+    // Detect the cut within seconds (keepalive x3, rsync idle timeout).
+    w.keepalive = "1s";
+    w.io_timeout = "5s";
     let pair = NetPair::new();
     w.nas = Some(Nas::start_with(
         &w.sb.path().join("sshd"),

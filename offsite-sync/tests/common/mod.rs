@@ -23,6 +23,11 @@ pub struct World {
     /// NAS storage as the NAS sees it.
     pub nas_dir: PathBuf,
     pub nas: Option<Nas>,
+    /// ssh keepalive and rsync I/O timeout: generous by default so a
+    /// starved machine never drops a healthy connection; the link-cut test
+    /// shortens them to detect the cut quickly.
+    pub keepalive: &'static str,
+    pub io_timeout: &'static str,
 }
 
 impl World {
@@ -41,6 +46,8 @@ impl World {
             skip,
             nas_dir,
             nas: None,
+            keepalive: "5s",
+            io_timeout: "30s",
         }
     }
 
@@ -80,9 +87,9 @@ impl World {
             "--skip-list".into(),
             self.skip.display().to_string(),
             "--keepalive".into(),
-            "1s".into(),
+            self.keepalive.into(),
             "--io-timeout".into(),
-            "5s".into(),
+            self.io_timeout.into(),
         ]);
         v
     }
