@@ -22,4 +22,4 @@ done
 W=$(mktemp -d /tmp/nfs-track-bench.XXXXXX)
 mount -t tmpfs -o size=4g,nr_inodes=2m none "$W"
 trap 'umount -l "$W" 2>/dev/null; rmdir "$W" 2>/dev/null || true' EXIT
-exec python3 "bench/nfs-track-bench.py" "$W" "$BIN/nfs-track" "${DIRS:-20000 100000}" "${FILES:-200000}"
+python3 "bench/nfs-track-bench.py" "$W" "$BIN/nfs-track" "${DIRS:-20000 100000}" "${FILES:-200000}"
