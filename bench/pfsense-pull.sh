@@ -44,28 +44,10 @@ while [ "$total" -lt $((MB * 1024 * 1024)) ]; do
 done
 echo "   tree: $i files, $((total / 1024 / 1024)) MiB"
 
-ssh-keygen -q -t ed25519 -N '' -f "$sd/host_key"
-ssh-keygen -q -t ed25519 -N '' -f "$sd/client_key"
-cp "$sd/client_key.pub" "$sd/authorized_keys"
-port=
-for _ in $(seq 50); do
-    p=$((20000 + RANDOM % 40000))
-    if ! ss -Hltn "sport = :$p" | grep -q .; then port=$p; break; fi
-done
-cat >"$sd/sshd_config" <<CFG
-ListenAddress 127.0.0.1
-HostKey $sd/host_key
-PidFile $sd/sshd.pid
-AuthorizedKeysFile $sd/authorized_keys
-StrictModes no
-UsePAM no
-PermitRootLogin prohibit-password
-PasswordAuthentication no
-CFG
-/usr/sbin/sshd -D -e -f "$sd/sshd_config" -p "$port" 2>"$sd/sshd.log" &
-sshd_pid=$!
-for _ in $(seq 100); do grep -q "Server listening on" "$sd/sshd.log" && break; sleep 0.1; done
-echo "[127.0.0.1]:$port $(cut -d' ' -f1,2 "$sd/host_key.pub")" >"$sd/known_hosts"
+# shellcheck source=scripts/lib/sshd.sh
+source scripts/lib/sshd.sh
+start_sshd "$sd"
+port=$SSHD_PORT sshd_pid=$SSHD_PID
 ssh_opts=(-o BatchMode=yes -o UserKnownHostsFile="$sd/known_hosts" -o StrictHostKeyChecking=yes -i "$sd/client_key" -p "$port")
 
 now() { date +%s.%N; }

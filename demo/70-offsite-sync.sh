@@ -17,34 +17,11 @@ sd="$SANDBOX/nas-sshd"
 mkdir -p "$backup" "$nfs/immich" "$nfs_ssd" "$nas" "$sd" /run/sshd
 [ -f "$skip" ] || printf 'direct immich\nnever frigate\n' >"$skip"
 
-ssh-keygen -q -t ed25519 -N '' -f "$sd/host_key"
-ssh-keygen -q -t ed25519 -N '' -f "$sd/client_key"
-cp "$sd/client_key.pub" "$sd/authorized_keys"
-port=
-for _ in $(seq 50); do
-    p=$((20000 + RANDOM % 40000))
-    if ! ss -Hltn "sport = :$p" | grep -q .; then port=$p; break; fi
-done
-[ -n "$port" ] || { echo "   no free port" >&2; exit 1; }
-cat >"$sd/sshd_config" <<CFG
-ListenAddress 127.0.0.1
-HostKey $sd/host_key
-PidFile $sd/sshd.pid
-AuthorizedKeysFile $sd/authorized_keys
-StrictModes no
-UsePAM no
-PermitRootLogin prohibit-password
-PasswordAuthentication no
-KbdInteractiveAuthentication no
-CFG
-/usr/sbin/sshd -D -e -f "$sd/sshd_config" -p "$port" 2>"$sd/sshd.log" &
-nas_pid=$!
+# shellcheck source=scripts/lib/sshd.sh
+source "$(dirname "${BASH_SOURCE[0]}")/../scripts/lib/sshd.sh"
+start_sshd "$sd"
+port=$SSHD_PORT nas_pid=$SSHD_PID
 trap 'kill "$nas_pid" 2>/dev/null || true; wait "$nas_pid" 2>/dev/null || true' EXIT
-for _ in $(seq 100); do
-    grep -q "Server listening on" "$sd/sshd.log" && break
-    sleep 0.1
-done
-echo "[127.0.0.1]:$port $(cut -d' ' -f1,2 "$sd/host_key.pub")" >"$sd/known_hosts"
 echo "   NAS: sshd on 127.0.0.1:$port, storage $nas"
 
 osync() {
