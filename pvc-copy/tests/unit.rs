@@ -7,7 +7,6 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -15,62 +14,8 @@ use std::process::Command;
 
 use backup_tests::harness::bin;
 use backup_tests::pushgateway::Pushgateway;
+use backup_tests::unitfile::{UnitFile, words};
 use common::*;
-
-fn unit_text() -> String {
-    fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../units/daily-backup.service"
-    ))
-    .expect("unit")
-}
-
-/// `Key=` values of the [Service] section, in order.
-fn settings(text: &str) -> BTreeMap<String, Vec<String>> {
-    let mut m: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for l in text.lines().map(str::trim) {
-        if l.starts_with('#') || l.starts_with('[') {
-            continue;
-        }
-        if let Some((k, v)) = l.split_once('=') {
-            m.entry(k.to_string()).or_default().push(v.to_string());
-        }
-    }
-    m
-}
-
-/// systemd's word splitting for the forms this unit uses: whitespace,
-/// single- and double-quoted words.
-fn words(s: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut cur = String::new();
-    let mut quote: Option<char> = None;
-    let mut started = false;
-    for c in s.chars() {
-        match quote {
-            Some(q) if c == q => quote = None,
-            Some(_) => cur.push(c),
-            None if c == '\'' || c == '"' => {
-                quote = Some(c);
-                started = true;
-            }
-            None if c.is_whitespace() => {
-                if started {
-                    out.push(std::mem::take(&mut cur));
-                    started = false;
-                }
-            }
-            None => {
-                cur.push(c);
-                started = true;
-            }
-        }
-    }
-    if started {
-        out.push(cur);
-    }
-    out
-}
 
 struct Outcome {
     status: i32,
@@ -84,13 +29,15 @@ fn run_unit(
     extra_env: &[(&str, String)],
     extra_args: &[String],
 ) -> Outcome {
-    let s = settings(&unit_text());
-    let ok_codes: Vec<i32> = s["SuccessExitStatus"]
+    let u = UnitFile::load("daily-backup.service");
+    let ok_codes: Vec<i32> = u
+        .values("SuccessExitStatus")
         .iter()
         .flat_map(|v| v.split_whitespace().map(|c| c.parse().expect("code")))
         .chain([0])
         .collect();
-    let default_args = s["Environment"]
+    let default_args = u
+        .values("Environment")
         .iter()
         .find_map(|v| {
             v.trim_matches('"')
@@ -138,7 +85,7 @@ fn run_unit(
     let mut stderr = String::new();
     let mut status = 0;
     let mut result = "success";
-    for line in &s["ExecStart"] {
+    for line in u.values("ExecStart") {
         let argv = subst(line);
         let out = base(&argv).output().expect("step");
         stderr.push_str(&String::from_utf8_lossy(&out.stderr));
@@ -148,7 +95,7 @@ fn run_unit(
             break;
         }
     }
-    for line in &s["ExecStopPost"] {
+    for line in u.values("ExecStopPost") {
         let argv = subst(line.trim_start_matches('-'));
         let out = base(&argv)
             .env("SERVICE_RESULT", result)
