@@ -178,32 +178,13 @@ impl Fanotify {
     }
 
     pub fn drain(&mut self, sink: &mut Sink) -> io::Result<bool> {
-        let mut overflow = false;
-        loop {
-            // SAFETY: buf is valid for its length.
-            let n = unsafe {
-                libc::read(
-                    self.fd.as_raw_fd(),
-                    self.buf.as_mut_ptr().cast(),
-                    self.buf.len(),
-                )
-            };
-            if n < 0 {
-                let e = io::Error::last_os_error();
-                match e.kind() {
-                    io::ErrorKind::WouldBlock => break,
-                    io::ErrorKind::Interrupted => continue,
-                    _ => return Err(e),
-                }
-            }
-            if n == 0 {
-                break;
-            }
-            // Taken out and put back: handle() needs &mut self.
-            let buf = std::mem::take(&mut self.buf);
-            overflow |= self.handle(&buf[..n as usize], sink);
-            self.buf = buf;
-        }
+        // Taken out and put back: handle() needs &mut self.
+        let mut buf = std::mem::take(&mut self.buf);
+        let read = crate::sys::drain_fd(self.fd.as_raw_fd(), &mut buf, |data| {
+            self.handle(data, sink)
+        });
+        self.buf = buf;
+        let overflow = read?;
         Ok(overflow)
     }
 

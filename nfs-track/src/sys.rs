@@ -68,6 +68,34 @@ pub fn poll_readable(fds: &[RawFd], timeout: Duration) -> io::Result<Vec<bool>> 
     Ok(p.iter().map(|x| x.revents != 0).collect())
 }
 
+/// Read a non-blocking event fd (inotify, fanotify) until it is empty,
+/// passing each batch read to `handle`. Returns true when any `handle`
+/// call did (both backends report a queue overflow that way).
+pub fn drain_fd(
+    fd: RawFd,
+    buf: &mut [u8],
+    mut handle: impl FnMut(&[u8]) -> bool,
+) -> io::Result<bool> {
+    let mut any = false;
+    loop {
+        // SAFETY: buf is valid for its length.
+        let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            match e.kind() {
+                io::ErrorKind::WouldBlock => break,
+                io::ErrorKind::Interrupted => continue,
+                _ => return Err(e),
+            }
+        }
+        if n == 0 {
+            break;
+        }
+        any |= handle(&buf[..n as usize]);
+    }
+    Ok(any)
+}
+
 /// sd_notify(3): a no-op when NOTIFY_SOCKET is unset.
 pub fn sd_notify(msg: &str) {
     use std::os::linux::net::SocketAddrExt;
