@@ -195,7 +195,7 @@ struct ReportPart {
 
 /// One row as `lvs --reportformat json --units b --nosuffix` prints it:
 /// every value a string, empty when not applicable or not asked for.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, serde::Serialize)]
 #[serde(default)]
 pub struct Row {
     pub lv_name: String,

@@ -642,7 +642,7 @@ fn list_lvs(a: &RunArgs) -> anyhow::Result<Vec<plan::Lv>> {
         LvsError::Run(e) => Exit::err(ExitCode::Failed, format!("cannot list LVs: {e}")),
         LvsError::Report(e) => Exit::err(ExitCode::Failed, e),
     })?;
-    Ok(rows.into_iter().map(plan::Lv::from).collect())
+    Ok(rows)
 }
 
 /// The PV list from kubectl (saved as the new mapping cache), else from

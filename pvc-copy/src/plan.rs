@@ -15,38 +15,10 @@ pub use backup_core::lvm::TAG as SNAP_TAG;
 
 pub use backup_core::k8s::{handle_names_lv, valid_name as valid_k8s_name};
 
-/// The fields of an `lvs` report row planning reads (the report itself is
-/// parsed by `backup_core::lvm`).
-#[derive(Debug, Clone, Serialize, Default)]
-pub struct Lv {
-    pub lv_name: String,
-    pub lv_path: String,
-    pub origin: String,
-    pub lv_tags: String,
-    pub lv_time: String,
-    pub pool_lv: String,
-}
-
-impl From<backup_core::lvm::Row> for Lv {
-    fn from(r: backup_core::lvm::Row) -> Lv {
-        Lv {
-            lv_name: r.lv_name,
-            lv_path: r.lv_path,
-            origin: r.origin,
-            lv_tags: r.lv_tags,
-            lv_time: r.lv_time,
-            pool_lv: r.pool_lv,
-        }
-    }
-}
-
+/// An `lvs` report row, as `backup_core::lvm` parses it.
+pub use backup_core::lvm::Row as Lv;
 /// Parse `lvs --reportformat json` output.
-pub fn parse_lvs(json: &[u8]) -> Result<Vec<Lv>, String> {
-    Ok(backup_core::lvm::parse_rows(json)?
-        .into_iter()
-        .map(Lv::from)
-        .collect())
-}
+pub use backup_core::lvm::parse_rows as parse_lvs;
 
 /// A PersistentVolume, reduced to what the mapping needs (read by
 /// `backup_core::k8s`; every driver counts, as before: an LV is found by
@@ -377,6 +349,7 @@ mod tests {
             lv_tags: SNAP_TAG.into(),
             lv_time: time.into(),
             pool_lv: "data".into(),
+            ..Lv::default()
         }
     }
     fn pv(name: &str, handle: &str, ns: &str, pvc: &str, phase: &str) -> Pv {
