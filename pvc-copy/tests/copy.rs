@@ -391,7 +391,7 @@ fn guards_refuse_before_doing_anything() {
             .cmd("pvc-copy")
             .envs(env.host.env())
             .arg("--backup-root")
-            .arg(&env.root)
+            .arg(env.sb.mkdir("unmounted-backup"))
             .args(["--now", NOW]),
     );
     r.fails_with(5).stderr_contains("is not a mount point");
@@ -411,8 +411,8 @@ fn dry_run_prints_the_plan_and_changes_nothing() {
     assert_eq!(v["items"][0]["result"], "planned");
     assert_eq!(v["items"][0]["dest"], format!("pvc-data/{WEEK}/ns/a"));
     assert_eq!(
-        fs::read_dir(&env.root).expect("root").count(),
-        0,
+        env.root_entries(),
+        Vec::<String>::new(),
         "dry run wrote something"
     );
     assert!(env.host.calls_of("cryptsetup").is_empty());
@@ -514,13 +514,8 @@ fn hostile_claim_names_never_become_paths() {
     env.run(NOW, &[])
         .fails_with(3)
         .stderr_contains("vm-2-pvc-evil: cannot resolve PVC name: PV pv-evil claims \"../../..\"/\"etc\", not a valid namespace/name");
-    let mut top: Vec<String> = fs::read_dir(&env.root)
-        .expect("root")
-        .map(|e| e.expect("e").file_name().to_string_lossy().into_owned())
-        .collect();
-    top.sort();
     assert_eq!(
-        top,
+        env.root_entries(),
         [
             ".changed-files",
             ".changed-files.lock",

@@ -28,9 +28,45 @@ pub fn bin(name: &str) -> PathBuf {
     p
 }
 
-/// A temporary directory plus a private lock dir, removed on drop.
+/// A temporary directory plus a private lock dir, removed on drop, and
+/// the filesystems mounted inside it (unmounted on drop, before the
+/// directory is removed).
 pub struct Sandbox {
     pub dir: tempfile::TempDir,
+    mounts: std::sync::Mutex<Vec<PathBuf>>,
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        // Newest first: a mount inside another comes off before it.
+        let mounts = std::mem::take(self.mounts.get_mut().unwrap_or_else(|e| e.into_inner()));
+        for m in mounts.into_iter().rev() {
+            unmount(&m);
+        }
+    }
+}
+
+/// Run a set-up command; panic with its stderr when it fails.
+fn must(c: &mut Command) {
+    let o = c.output().unwrap_or_else(|e| panic!("{c:?}: {e}"));
+    assert!(
+        o.status.success(),
+        "{c:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+/// Unmount `p`; a mount still busy (a child that outlived its test) is
+/// detached so it goes once the last user does.
+fn unmount(p: &Path) {
+    let Ok(c) = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()) else {
+        return;
+    };
+    // SAFETY: c is a valid NUL-terminated path; umount2 only reads it.
+    if unsafe { libc::umount2(c.as_ptr(), 0) } != 0 {
+        // SAFETY: as above.
+        unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+    }
 }
 
 impl Default for Sandbox {
@@ -46,7 +82,40 @@ impl Sandbox {
             .tempdir()
             .expect("tempdir");
         std::fs::create_dir_all(dir.path().join("run")).expect("lock dir");
-        Sandbox { dir }
+        Sandbox {
+            dir,
+            mounts: Default::default(),
+        }
+    }
+
+    /// A fresh ext4 filesystem of `size` bytes (a sparse image inside the
+    /// sandbox on a loop device) mounted at `<sandbox>/<rel>`, unmounted
+    /// when the sandbox drops. A test's backup disk is its own filesystem,
+    /// as on the host: free-space guards then measure it, never the
+    /// machine's /tmp (a CI machine with a nearly full /tmp once made every
+    /// pvc-copy test refuse with exit 5).
+    pub fn mount_ext4(&self, rel: &str, size: u64) -> PathBuf {
+        let img = self.path().join(format!("{}.ext4", rel.replace('/', "_")));
+        std::fs::File::create(&img)
+            .and_then(|f| f.set_len(size))
+            .expect("disk image");
+        must(
+            Command::new("mkfs.ext4")
+                .args(["-q", "-F", "-m", "0"])
+                .arg(&img),
+        );
+        let dir = self.mkdir(rel);
+        must(
+            Command::new("mount")
+                .args(["-o", "loop", "-t", "ext4"])
+                .arg(&img)
+                .arg(&dir),
+        );
+        self.mounts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(dir.clone());
+        dir
     }
 
     pub fn path(&self) -> &Path {

@@ -10,9 +10,13 @@
 //! (stands for the cluster's PV -> namespace/claim mapping); the CI kernel
 //! has no device-mapper and there is no cluster.
 //!
+//! The backup root is a real ext4 filesystem on a loop device, so the
+//! backup-disk guards (pvc-copy's mount and free-space checks, nfs-track's
+//! `--require-mountpoint`) run as on the host.
+//!
 //! Sandbox deviations from the units, each because the host piece is absent:
-//! `--require-mountpoint` is dropped (the sandbox backup root and NFS roots
-//! are plain directories); daily-backup's `pvc-copy preflight` line is not
+//! nfs-mirror's and offsite-sync's `--require-mountpoint` is dropped (they
+//! also require the NFS roots to be mount points, plain directories here); daily-backup's `pvc-copy preflight` line is not
 //! run (no NFS server; pvc-copy's own unit test covers it with stand-ins);
 //! the night's instant is injected with the tools' `--now`.
 
@@ -131,7 +135,8 @@ impl Lab {
         let sb = Sandbox::new();
         let host = EmuHost::new(sb.path().join("emu"));
         host.add_pool(VG, "data", 4 << 30);
-        let root = sb.mkdir("mnt/backup");
+        // The backup disk: its own ext4 filesystem, as on the host.
+        let root = sb.mount_ext4("mnt/backup", 1 << 30);
         let nfs = sb.mkdir("srv/nfs");
         let nfs_ssd = sb.mkdir("srv/nfs-ssd");
         let rt = sb.mkdir("run/backup-pipeline");
@@ -329,7 +334,6 @@ impl Lab {
         self.emu(&mut c);
         c.arg("--backup-root")
             .arg(&self.root)
-            .arg("--allow-unmounted-root")
             .arg("--mapper-dir")
             .arg(self.host.mapper_dir())
             .arg("--work-dir")
@@ -403,7 +407,6 @@ impl Lab {
     fn start_tracker(&self) -> Tracker {
         let unit = UnitFile::load("nfs-track.service");
         let words = unit.command_of("ExecStart", "nfs-track");
-        let words = without(&words, "--require-mountpoint", true);
         let words = with_value(&words, "--metrics-interval", "1s");
         let mut c = self.unit_cmd(&unit, &words);
         c.args(["--flush-interval", "1s"])

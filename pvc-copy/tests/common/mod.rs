@@ -25,7 +25,8 @@ pub struct Env {
     pub host: EmuHost,
     pub root: PathBuf,
     pub key: PathBuf,
-    /// The backup root is a real mount point (set up by the test).
+    /// The backup root is a real mount point (the default; a test that
+    /// points it at a plain directory clears this).
     pub root_is_mount: bool,
 }
 
@@ -34,7 +35,8 @@ impl Env {
         let sb = Sandbox::new();
         let host = EmuHost::new(sb.path().join("emu"));
         host.add_pool(VG, "data", 4 << 30);
-        let root = sb.mkdir("backup");
+        // The backup disk is its own filesystem, as on the host.
+        let root = sb.mount_ext4("backup", 1 << 30);
         let key = sb.write("luks.key", KEY);
         sb.mkdir("work");
         Env {
@@ -42,7 +44,7 @@ impl Env {
             host,
             root,
             key,
-            root_is_mount: false,
+            root_is_mount: true,
         }
     }
 
@@ -165,12 +167,30 @@ impl Env {
             .collect()
     }
 
+    /// The names at the top of the backup root, sorted; the filesystem's
+    /// own `lost+found` left out.
+    pub fn root_entries(&self) -> Vec<String> {
+        let mut top: Vec<String> = std::fs::read_dir(&self.root)
+            .expect("root")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .filter(|n| n != "lost+found")
+            .collect();
+        top.sort();
+        top
+    }
+
     /// Nothing of this sandbox is mounted in the test's (the host's) mount
     /// namespace, and no LUKS mapping is left open.
     pub fn assert_no_mounts(&self) {
         let info = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
         let me = self.sb.path().to_string_lossy().into_owned();
-        let leaked: Vec<&str> = info.lines().filter(|l| l.contains(&me)).collect();
+        let disk = self.root.to_string_lossy().into_owned();
+        // Field 5 of a mountinfo line is the mount point; the backup disk
+        // the test mounted itself is not a leak.
+        let leaked: Vec<&str> = info
+            .lines()
+            .filter(|l| l.contains(&me) && l.split(' ').nth(4) != Some(disk.as_str()))
+            .collect();
         assert!(
             leaked.is_empty(),
             "mounts leaked into the host namespace: {leaked:?}"
