@@ -236,7 +236,7 @@ fn controller(obj: &Value) -> Option<(String, String)> {
     ))
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum WorkloadKind {
     Deployment,
     StatefulSet,
@@ -257,7 +257,7 @@ impl WorkloadKind {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Workload {
     pub kind: WorkloadKind,
     pub namespace: String,

@@ -49,6 +49,17 @@ pub struct Cli {
     /// `@UNIX_SECONDS`, RFC 3339, or `YYYY-MM-DD HH:MM` local time.
     #[arg(long, global = true, hide = true, value_name = "TIME")]
     pub now: Option<String>,
+    /// Where a restore keeps its journal (on the host's own disk, so a
+    /// restore cut short, even by SIGKILL or a power cut, can be undone
+    /// with `lvm-snap restore --recover`).
+    #[arg(
+        long,
+        global = true,
+        env = "LVM_SNAP_STATE_DIR",
+        default_value = "/var/lib/backup-pipeline",
+        value_name = "DIR"
+    )]
+    pub state_dir: PathBuf,
     #[command(subcommand)]
     pub cmd: Command,
 }
@@ -185,11 +196,16 @@ pub struct PoolArgs {
 #[derive(Debug, Clone, Args)]
 pub struct RestoreArgs {
     /// The PVC LV to replace (vm-<id>-pvc-<uuid>).
-    #[arg(value_name = "PVC_LV")]
-    pub pvc_lv: String,
+    #[arg(value_name = "PVC_LV", required_unless_present = "recover")]
+    pub pvc_lv: Option<String>,
     /// The snapshot to restore (<PVC_LV>_snap_<YYYYMMDD>_<HHMM>).
-    #[arg(value_name = "SNAPSHOT_LV")]
-    pub snapshot_lv: String,
+    #[arg(value_name = "SNAPSHOT_LV", required_unless_present = "recover")]
+    pub snapshot_lv: Option<String>,
+    /// Undo a restore that was cut short (SIGKILL, power cut, a rollback
+    /// that failed), as recorded in its journal under --state-dir: names
+    /// back, scratch volume removed, replicas back.
+    #[arg(long, conflicts_with_all = ["pvc_lv", "snapshot_lv"])]
+    pub recover: bool,
     /// Print the plan; change nothing.
     #[arg(long)]
     pub dry_run: bool,
@@ -214,6 +230,7 @@ pub struct Ctx {
     pub lvm: Lvm,
     pub kubectl: Kubectl,
     pub now: DateTime<Local>,
+    pub state_dir: PathBuf,
 }
 
 impl Ctx {
@@ -393,6 +410,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             lvm: Lvm::new(&cli.target.vg),
             kubectl: Kubectl::new(&cli.target.kubectl),
             now,
+            state_dir: cli.state_dir.clone(),
         };
         dispatch(&ctx, &cli.cmd, &mut m)
     });
@@ -533,6 +551,18 @@ fn dispatch(ctx: &Ctx, cmd: &Command, m: &mut Metrics) -> Result<ExitCode> {
     match cmd {
         Command::Create(a) => {
             check_guard(&a.guard)?;
+            // A volume a cut-short restore left under its pre-restore name
+            // is not an origin and gets no snapshot: say so every night.
+            let interrupted = restore::interrupted(&ctx.state_dir);
+            if let Some(msg) = &interrupted {
+                backup_core::warn!("{msg}");
+            }
+            gauge(
+                m,
+                "lvm_snapshot_restore_interrupted",
+                "1 while a restore cut short awaits `lvm-snap restore --recover`",
+                if interrupted.is_some() { 1.0 } else { 0.0 },
+            );
             create::create(ctx, a, m)
         }
         Command::List(a) => list(ctx, a, m),

@@ -6,8 +6,16 @@
 //! something is journalled; a failure after the first change undoes the
 //! journal in reverse (names, activation, replica count) and the error
 //! lists what was done and what was undone.
+//!
+//! The journal is also on disk (`<state dir>/lvm-snap-restore.journal.json`,
+//! rewritten atomically before and after every change), so a restore that
+//! was SIGKILLed, lost its host to a power cut, or could not finish its
+//! own rollback is undone by `restore --recover`. Recovery reads the names
+//! from the journal but decides from what LVM reports now, because the run
+//! may have died between a command and its record.
 
 use std::io::{BufRead, IsTerminal, Write};
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -21,7 +29,7 @@ use crate::names::{self, Kind};
 use crate::{Ctx, RestoreArgs};
 
 /// Everything decided before the first change.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Plan {
     pub vg: String,
     pub lv: String,
@@ -93,7 +101,7 @@ impl Plan {
 }
 
 /// A change made, so it can be undone.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 enum Done {
     CreatedScratch,
     ScaledDown(u32),
@@ -105,6 +113,87 @@ enum Done {
     ScaledUp,
 }
 
+/// The journal's file name under the state directory.
+pub const JOURNAL: &str = "lvm-snap-restore.journal.json";
+
+/// The restore in progress, as kept on disk.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct Journal {
+    /// What this file is, for whoever finds it.
+    about: String,
+    plan: Plan,
+    /// Changes made, in order.
+    done: Vec<Done>,
+    /// A change begun and maybe made: the run may have died before it
+    /// could record the outcome.
+    pending: Option<Done>,
+}
+
+impl Journal {
+    /// The workload was (maybe) scaled down at some point.
+    fn touched_workload(&self) -> bool {
+        self.done
+            .iter()
+            .chain(self.pending.iter())
+            .any(|d| matches!(d, Done::ScaledDown(_)))
+    }
+}
+
+pub fn journal_path(state_dir: &Path) -> PathBuf {
+    state_dir.join(JOURNAL)
+}
+
+/// The journal of a restore cut short, if one is there.
+fn read_journal(path: &Path) -> Result<Option<Journal>> {
+    let data = match std::fs::read(path) {
+        Ok(d) => d,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => {
+            return Err(e)
+                .with_context(|| format!("reading the restore journal {}", path.display()));
+        }
+    };
+    let j: Journal = serde_json::from_slice(&data).map_err(|e| {
+        Exit::refused(format!(
+            "restore journal {}: expected the JSON lvm-snap writes ({e}); nothing changed, check it by hand",
+            path.display()
+        ))
+    })?;
+    Ok(Some(j))
+}
+
+/// One line for the log when a restore was cut short and not recovered:
+/// its volume may be under the pre-restore name, so it is not snapshotted.
+pub fn interrupted(state_dir: &Path) -> Option<String> {
+    let path = journal_path(state_dir);
+    match read_journal(&path) {
+        Ok(None) => None,
+        Ok(Some(j)) => Some(format!(
+            "a restore of {}/{} from {} was cut short (journal {}); {} may be named {} now: run `lvm-snap restore --recover`",
+            j.plan.vg,
+            j.plan.lv,
+            j.plan.snapshot,
+            path.display(),
+            j.plan.lv,
+            j.plan.pre_restore
+        )),
+        Err(e) => Some(format!("{e:#}")),
+    }
+}
+
+fn remove_journal(path: &Path) -> Result<()> {
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            return Err(e)
+                .with_context(|| format!("removing the restore journal {}", path.display()));
+        }
+    }
+    backup_core::fsutil::sync_dir(path);
+    Ok(())
+}
+
 struct Run<'a> {
     ctx: &'a Ctx,
     plan: &'a Plan,
@@ -112,9 +201,34 @@ struct Run<'a> {
     done: Vec<Done>,
     /// Once undoing, a signal no longer stops anything.
     rolling_back: bool,
+    journal: PathBuf,
 }
 
 impl Run<'_> {
+    /// Write the journal: the changes made and the one begun.
+    fn record(&self, pending: Option<&Done>) -> Result<()> {
+        let j = Journal {
+            about: "lvm-snap restore in progress; undo with: lvm-snap restore --recover".into(),
+            plan: self.plan.clone(),
+            done: self.done.clone(),
+            pending: pending.cloned(),
+        };
+        let data = serde_json::to_vec_pretty(&j)?;
+        backup_core::fsutil::write_atomic_mode(&self.journal, &data, 0o600)
+            .with_context(|| format!("writing the restore journal {}", self.journal.display()))
+    }
+
+    /// Before a change: on disk first, so a kill during it is recoverable.
+    fn begin(&self, d: &Done) -> Result<()> {
+        self.record(Some(d))
+    }
+
+    /// After a change.
+    fn did(&mut self, d: Done) -> Result<()> {
+        self.done.push(d);
+        self.record(None)
+    }
+
     fn poll(&self) -> Duration {
         Duration::from_millis(self.a.poll_ms.max(10))
     }
@@ -200,24 +314,26 @@ impl Run<'_> {
         if status.code != 0 {
             return Ok(());
         }
+        self.begin(&Done::ClosedLuks)?;
         Cmd::new("cryptsetup")
             .args(["close", "--", lv])
             .timeout(Duration::from_secs(60))
             .run()
             .with_context(|| format!("closing LUKS mapping {lv}"))?;
-        self.done.push(Done::ClosedLuks);
-        Ok(())
+        self.did(Done::ClosedLuks)
     }
 
     fn forward(&mut self) -> Result<()> {
         let (ctx, p) = (self.ctx, self.plan);
+        self.begin(&Done::CreatedScratch)?;
         ctx.lvm.snapshot(&p.snapshot, &p.scratch, None)?;
-        self.done.push(Done::CreatedScratch);
+        self.did(Done::CreatedScratch)?;
         info!("created {} from {}", p.scratch, p.snapshot);
         if let Some(w) = &p.workload {
             self.step()?;
+            self.begin(&Done::ScaledDown(w.replicas))?;
             ctx.kubectl.scale(w, 0)?;
-            self.done.push(Done::ScaledDown(w.replicas));
+            self.did(Done::ScaledDown(w.replicas))?;
             info!("scaled {} to 0", w.display());
         }
         self.wait_gone()?;
@@ -225,21 +341,26 @@ impl Run<'_> {
         if p.lv_active {
             self.step()?;
             self.close_luks()?;
+            self.begin(&Done::Deactivated)?;
             ctx.lvm.set_active(&p.lv, false)?;
-            self.done.push(Done::Deactivated);
+            self.did(Done::Deactivated)?;
         }
         self.step()?;
+        self.begin(&Done::RenamedOrigin)?;
         ctx.lvm.rename(&p.lv, &p.pre_restore)?;
-        self.done.push(Done::RenamedOrigin);
+        self.did(Done::RenamedOrigin)?;
+        self.begin(&Done::RenamedScratch)?;
         ctx.lvm.rename(&p.scratch, &p.lv)?;
-        self.done.push(Done::RenamedScratch);
+        self.did(Done::RenamedScratch)?;
         info!("{} now holds the data of {}", p.lv, p.snapshot);
+        self.begin(&Done::Tagged)?;
         ctx.lvm.add_tag(&p.pre_restore, names::TAG)?;
-        self.done.push(Done::Tagged);
+        self.did(Done::Tagged)?;
         if let Some(w) = &p.workload {
             self.step()?;
+            self.begin(&Done::ScaledUp)?;
             ctx.kubectl.scale(w, w.replicas)?;
-            self.done.push(Done::ScaledUp);
+            self.did(Done::ScaledUp)?;
             self.wait_ready(w)?;
             info!("{} is Ready", w.display());
         }
@@ -300,6 +421,22 @@ impl Run<'_> {
     }
 }
 
+/// Print the plan; false on a dry run. Going ahead takes `--yes` or a
+/// typed confirmation.
+fn go_ahead(text: &str, a: &RestoreArgs) -> Result<bool> {
+    if a.dry_run {
+        print!("{text}");
+        println!("(dry run: nothing changed)");
+        return Ok(false);
+    }
+    if a.yes {
+        print!("{text}");
+    } else {
+        confirm(text)?;
+    }
+    Ok(true)
+}
+
 fn confirm(plan_text: &str) -> Result<()> {
     let stdin = std::io::stdin();
     if !stdin.is_terminal() {
@@ -321,8 +458,8 @@ fn confirm(plan_text: &str) -> Result<()> {
 /// Check names and ownership, find the PV and workload, and fix every
 /// name the run will use; nothing is changed here.
 pub fn check_names(a: &RestoreArgs) -> Result<()> {
-    let lv = a.pvc_lv.as_str();
-    let snap = a.snapshot_lv.as_str();
+    let lv = a.pvc_lv.as_deref().unwrap_or_default();
+    let snap = a.snapshot_lv.as_deref().unwrap_or_default();
     if !names::is_origin(lv) {
         return Err(Exit::usage(format!(
             "PVC_LV {:?}: expected a PVC volume name vm-<id>-pvc-<hex uuid>",
@@ -348,8 +485,8 @@ pub fn check_names(a: &RestoreArgs) -> Result<()> {
 
 pub fn make_plan(ctx: &Ctx, a: &RestoreArgs) -> Result<Plan> {
     check_names(a)?;
-    let lv = a.pvc_lv.as_str();
-    let snap = a.snapshot_lv.as_str();
+    let lv = a.pvc_lv.as_deref().unwrap_or_default();
+    let snap = a.snapshot_lv.as_deref().unwrap_or_default();
     let lvs = ctx.report()?;
     let find = |n: &str| lvs.iter().find(|l| l.name == n);
     let Some(target) = find(lv) else {
@@ -411,6 +548,9 @@ pub fn make_plan(ctx: &Ctx, a: &RestoreArgs) -> Result<Plan> {
 }
 
 pub fn restore(ctx: &Ctx, a: &RestoreArgs, _m: &mut Metrics) -> Result<ExitCode> {
+    if a.recover {
+        return recover(ctx, a);
+    }
     // Names first: a hostile name never reaches a command line.
     check_names(a)?;
     let _lock = if a.dry_run {
@@ -418,18 +558,27 @@ pub fn restore(ctx: &Ctx, a: &RestoreArgs, _m: &mut Metrics) -> Result<ExitCode>
     } else {
         Some(backup_core::lock::acquire(crate::TOOL)?)
     };
+    let journal = journal_path(&ctx.state_dir);
+    if let Some(j) = read_journal(&journal)? {
+        return Err(Exit::refused(format!(
+            "a restore of {}/{} from {} was cut short (journal {}): undo it first with `lvm-snap restore --recover`; nothing changed",
+            j.plan.vg,
+            j.plan.lv,
+            j.plan.snapshot,
+            journal.display()
+        )));
+    }
     let plan = make_plan(ctx, a)?;
     let text = plan.render(a);
-    if a.dry_run {
-        print!("{text}");
-        println!("(dry run: nothing changed)");
+    if !go_ahead(&text, a)? {
         return Ok(ExitCode::Ok);
     }
-    if a.yes {
-        print!("{text}");
-    } else {
-        confirm(&text)?;
-    }
+    std::fs::create_dir_all(&ctx.state_dir).with_context(|| {
+        format!(
+            "creating the state directory {} for the restore journal; nothing changed",
+            ctx.state_dir.display()
+        )
+    })?;
     // From here on a signal means: stop at the next step and roll back.
     backup_core::signals::catch();
     let mut run = Run {
@@ -438,9 +587,14 @@ pub fn restore(ctx: &Ctx, a: &RestoreArgs, _m: &mut Metrics) -> Result<ExitCode>
         a,
         done: Vec::new(),
         rolling_back: false,
+        journal,
     };
     match run.forward() {
         Ok(()) => {
+            // Done: a journal left now would undo a good restore.
+            if let Err(e) = remove_journal(&run.journal) {
+                warn!("{e:#}: remove it by hand, the restore itself is complete");
+            }
             println!(
                 "restored {}/{} from {}; the replaced volume is kept as {} (remove it with: lvremove {}/{})",
                 plan.vg, plan.lv, plan.snapshot, plan.pre_restore, plan.vg, plan.pre_restore
@@ -450,6 +604,11 @@ pub fn restore(ctx: &Ctx, a: &RestoreArgs, _m: &mut Metrics) -> Result<ExitCode>
         Err(e) => {
             let done: Vec<String> = run.done.iter().map(|d| run.describe(d)).collect();
             let (undone, not_undone) = run.rollback();
+            if not_undone.is_empty()
+                && let Err(e) = remove_journal(&run.journal)
+            {
+                warn!("{e:#}: the rollback is complete, remove it by hand");
+            }
             let mut msg = format!("restore of {} failed: {e:#}", plan.lv);
             msg.push_str(&format!(
                 "; done: [{}]; undone: [{}]",
@@ -458,11 +617,176 @@ pub fn restore(ctx: &Ctx, a: &RestoreArgs, _m: &mut Metrics) -> Result<ExitCode>
             ));
             if !not_undone.is_empty() {
                 msg.push_str(&format!(
-                    "; NOT undone, fix by hand: [{}]",
-                    not_undone.join("; ")
+                    "; NOT undone: [{}]; once the cause is fixed, `lvm-snap restore --recover` finishes the rollback (journal {})",
+                    not_undone.join("; "),
+                    run.journal.display()
                 ));
             }
             Err(Exit::err(ExitCode::Failed, msg))
         }
+    }
+}
+
+/// Undo a restore cut short, from its journal and what LVM reports now.
+/// Every step checks the current state first, so recovery can itself be
+/// interrupted and run again.
+fn recover(ctx: &Ctx, a: &RestoreArgs) -> Result<ExitCode> {
+    let _lock = backup_core::lock::acquire(crate::TOOL)?;
+    let path = journal_path(&ctx.state_dir);
+    let Some(j) = read_journal(&path)? else {
+        println!(
+            "no restore was cut short (no journal {}): nothing to recover",
+            path.display()
+        );
+        return Ok(ExitCode::Ok);
+    };
+    let p = &j.plan;
+    // The journal names reach command lines: hold them to the scheme.
+    let stamp_ok = |n: &str, want: fn(&Kind) -> bool| {
+        let k = names::classify(n);
+        want(&k) && k.origin() == Some(p.lv.as_str())
+    };
+    if p.vg != ctx.vg
+        || !names::is_origin(&p.lv)
+        || !stamp_ok(&p.pre_restore, |k| matches!(k, Kind::PreRestore { .. }))
+        || !stamp_ok(&p.scratch, |k| matches!(k, Kind::Restoring { .. }))
+    {
+        return Err(Exit::refused(format!(
+            "restore journal {} names {}/{} ({}, {}), not volumes of a restore in VG {}: nothing changed, check it by hand",
+            path.display(),
+            p.vg,
+            p.lv,
+            p.pre_restore,
+            p.scratch,
+            ctx.vg
+        )));
+    }
+    let lvs = ctx.report()?;
+    let find = |n: &str| lvs.iter().find(|l| l.name == n);
+    let (has_lv, pre, has_scratch) = (
+        find(&p.lv).is_some(),
+        find(&p.pre_restore),
+        find(&p.scratch).is_some(),
+    );
+    if has_lv && pre.is_some() && has_scratch {
+        return Err(Exit::refused(format!(
+            "{lv}, {} and {} all exist: no step of a restore leaves that, so recovery cannot tell which volume holds what; nothing changed, sort it out by hand (journal {path})",
+            p.pre_restore,
+            p.scratch,
+            lv = p.lv,
+            path = path.display()
+        )));
+    }
+    let workload = p.workload.as_ref().filter(|_| j.touched_workload());
+    // The plan, from the state found.
+    let mut steps = Vec::new();
+    if pre.is_some() {
+        if let Some(w) = workload {
+            steps.push(format!(
+                "scale {} to 0 and wait for its pods to go",
+                w.display()
+            ));
+        }
+        if has_lv {
+            steps.push(format!(
+                "rename {} (the restored copy) -> {}",
+                p.lv, p.scratch
+            ));
+        }
+        steps.push(format!(
+            "rename {} -> {} (the volume as it was before the restore)",
+            p.pre_restore, p.lv
+        ));
+    }
+    if has_scratch || (pre.is_some() && has_lv) {
+        steps.push(format!(
+            "remove {} (a copy of {}, which is kept)",
+            p.scratch, p.snapshot
+        ));
+    }
+    if p.lv_active {
+        steps.push(format!("activate {}/{} if it is inactive", p.vg, p.lv));
+    }
+    if let Some(w) = workload {
+        steps.push(format!(
+            "scale {} to {} and wait for it to be Ready",
+            w.display(),
+            w.replicas
+        ));
+    }
+    let mut text = format!(
+        "Recovery of the restore of {}/{} from {} (journal {}):\n",
+        p.vg,
+        p.lv,
+        p.snapshot,
+        path.display()
+    );
+    for (i, s) in steps.iter().enumerate() {
+        text.push_str(&format!("  {}. {s}\n", i + 1));
+    }
+    if steps.is_empty() {
+        text.push_str("  nothing to undo: the volumes are as before the restore\n");
+    }
+    if !go_ahead(&text, a)? {
+        return Ok(ExitCode::Ok);
+    }
+    let run = Run {
+        ctx,
+        plan: p,
+        a,
+        done: Vec::new(),
+        rolling_back: true,
+        journal: path.clone(),
+    };
+    let res = (|| -> Result<()> {
+        if let Some(pre) = pre {
+            if let Some(w) = workload {
+                ctx.kubectl.scale(w, 0)?;
+                run.wait_gone()?;
+                info!("scaled {} to 0", w.display());
+            }
+            if pre.tagged() {
+                ctx.lvm.del_tag(&p.pre_restore, names::TAG)?;
+            }
+            if has_lv {
+                ctx.lvm.rename(&p.lv, &p.scratch)?;
+                info!("renamed {} -> {}", p.lv, p.scratch);
+            }
+            ctx.lvm.rename(&p.pre_restore, &p.lv)?;
+            info!("renamed {} -> {}", p.pre_restore, p.lv);
+        }
+        let lvs = ctx.report()?;
+        if lvs.iter().any(|l| l.name == p.scratch) {
+            ctx.lvm.remove(&p.scratch)?;
+            info!("removed {}", p.scratch);
+        }
+        if p.lv_active && lvs.iter().any(|l| l.name == p.lv && !l.active) {
+            ctx.lvm.set_active(&p.lv, true)?;
+            info!("activated {}", p.lv);
+        }
+        if let Some(w) = workload {
+            ctx.kubectl.scale(w, w.replicas)?;
+            run.wait_ready(w)?;
+            info!("{} is Ready", w.display());
+        }
+        Ok(())
+    })();
+    match res {
+        Ok(()) => {
+            remove_journal(&path)?;
+            println!(
+                "recovered: {}/{} is the volume it was before the restore from {}",
+                p.vg, p.lv, p.snapshot
+            );
+            Ok(ExitCode::Ok)
+        }
+        Err(e) => Err(Exit::err(
+            ExitCode::Failed,
+            format!(
+                "recovery of the restore of {} stopped: {e:#}; the journal {} is kept, run `lvm-snap restore --recover` again once the cause is fixed",
+                p.lv,
+                path.display()
+            ),
+        )),
     }
 }

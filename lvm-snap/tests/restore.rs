@@ -135,6 +135,7 @@ fn restore_puts_the_snapshot_data_in_place_and_keeps_the_old_volume() {
     );
     let m = h.metrics();
     assert_eq!(m.get("lvm_snapshot_restore_last_status"), Some(0.0));
+    assert!(!h.journal().exists(), "a finished restore left its journal");
 
     // The same restore can be repeated: older snapshots now have the
     // pre-restore copy as origin, which still counts as this LV's.
@@ -149,6 +150,19 @@ fn restore_puts_the_snapshot_data_in_place_and_keeps_the_old_volume() {
 }
 
 fn assert_rolled_back(h: &Host, s: &str) {
+    assert_volumes_and_replicas_back(h, s);
+    assert_eq!(
+        h.metrics().get("lvm_snapshot_restore_last_status"),
+        Some(2.0)
+    );
+    assert!(
+        !h.journal().exists(),
+        "a complete rollback left the journal"
+    );
+}
+
+/// Names, data, activation and replica count as before the restore.
+fn assert_volumes_and_replicas_back(h: &Host, s: &str) {
     let mut names = h.lv_names();
     names.sort();
     let mut want = vec![
@@ -165,10 +179,6 @@ fn assert_rolled_back(h: &Host, s: &str) {
         h.emu.replicas("app", "web"),
         Some(2),
         "replicas not restored"
-    );
-    assert_eq!(
-        h.metrics().get("lvm_snapshot_restore_last_status"),
-        Some(2.0)
     );
 }
 
@@ -505,4 +515,165 @@ fn sigterm_mid_restore_rolls_back() {
         "{stderr}"
     );
     assert_rolled_back(&h, &s);
+}
+
+/// Start `restore --yes` of A from `s` in the background.
+fn spawn_restore(h: &Host, s: &str, now: &str) -> std::process::Child {
+    let mut args = restore_args(A, s, now);
+    args.push("--yes");
+    h.cmd(&args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn")
+}
+
+/// Wait (generous bound, no timing assumption) for an emulated call
+/// with all of `words`.
+fn wait_for_call(h: &Host, words: &[&str]) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !h
+        .emu
+        .calls()
+        .iter()
+        .any(|c| words.iter().all(|w| c.iter().any(|a| a == w)))
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no call with {words:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// `restore --recover --yes`, pods coming and going quickly again.
+fn recover(h: &Host, now: &str) -> backup_tests::harness::Run {
+    h.emu.set_kube_delay(std::time::Duration::from_millis(200));
+    h.run(&["restore", "--recover", "--yes", "--poll-ms", "50", now])
+}
+
+fn sigkill(mut child: std::process::Child) {
+    child.kill().expect("SIGKILL");
+    child.wait().expect("wait");
+}
+
+/// A restore SIGKILLed while the pods go (scratch volume made, workload at
+/// 0): the journal on disk says so; a new restore is refused, the nightly
+/// `create` warns and reports it, and `restore --recover` puts everything
+/// back.
+#[test]
+fn sigkill_while_the_pods_go_is_undone_by_recover() {
+    let (h, s) = scenario();
+    h.emu.set_kube_delay(std::time::Duration::from_secs(20));
+    let now = at(T0 + DAY);
+    let child = spawn_restore(&h, &s, &now);
+    wait_for_call(&h, &["scale", "--replicas=0"]);
+    sigkill(child);
+    assert_eq!(h.emu.replicas("app", "web"), Some(0));
+    assert!(h.journal().is_file(), "no journal after SIGKILL");
+    let scratch = format!("{A}_restore_{}", stamp(T0 + DAY));
+    assert!(h.lv(&scratch).is_some());
+
+    // A second restore is refused until the first is recovered.
+    let mut args = restore_args(A, &s, &now);
+    args.push("--yes");
+    h.run(&args)
+        .fails_with(5)
+        .stderr_contains("was cut short")
+        .stderr_contains("lvm-snap restore --recover");
+    // The nightly snapshot run says so, in the log and the metrics.
+    h.run(&["create", &at(T0 + DAY + 3600)])
+        .succeeds()
+        .stderr_contains("run `lvm-snap restore --recover`");
+    assert_eq!(
+        h.metrics().get("lvm_snapshot_restore_interrupted"),
+        Some(1.0)
+    );
+
+    // Without --yes and without a terminal, recovery changes nothing.
+    h.run(&["restore", "--recover", &at(T0 + DAY + 7200)])
+        .fails_with(2);
+    assert!(h.journal().is_file());
+    recover(&h, &at(T0 + DAY + 7200))
+        .succeeds()
+        .stdout_contains(&format!("remove {scratch}"))
+        .stdout_contains("recovered: pve/vm-9999-pvc-0a01");
+    assert!(h.lv(&scratch).is_none(), "scratch volume left");
+    assert!(!h.journal().exists(), "journal left after recovery");
+    assert_eq!(file(&h, A, "state.txt"), b"v2 written after the snapshot");
+    assert!(h.lv(A).expect("A").active);
+    assert_eq!(h.emu.replicas("app", "web"), Some(2));
+    // Recovered, the next create reports nothing pending.
+    h.run(&["create", &at(T0 + DAY + 7260)]).succeeds();
+    assert_eq!(
+        h.metrics().get("lvm_snapshot_restore_interrupted"),
+        Some(0.0)
+    );
+    // And a recovery with nothing to recover is a no-op.
+    h.run(&["restore", "--recover", "--yes", &at(T0 + DAY + 7300)])
+        .succeeds()
+        .stdout_contains("nothing to recover");
+}
+
+/// SIGKILL after the swap, while the workload comes back on the restored
+/// data: recovery scales it down, swaps the names back, removes the
+/// restored copy and scales up. The journal may lag LVM by a step (the run
+/// can die between a command and its record); recovery reads LVM, so a
+/// journal that only says the first rename was begun gives the same result.
+#[test]
+fn sigkill_after_the_swap_is_undone_by_recover_even_with_a_lagging_journal() {
+    for lagging in [false, true] {
+        let (h, s) = scenario();
+        let now = at(T0 + DAY);
+        let child = spawn_restore(&h, &s, &now);
+        wait_for_call(&h, &["scale", "--replicas=0"]);
+        // New pods will take a minute to be Ready: the kill lands while
+        // the restore waits for them.
+        h.emu.set_kube_delay(std::time::Duration::from_secs(60));
+        wait_for_call(&h, &["scale", "--replicas=2"]);
+        sigkill(child);
+        let pre = format!("{A}_pre_restore_{}", stamp(T0 + DAY));
+        assert_eq!(
+            file(&h, A, "state.txt"),
+            b"v1",
+            "swap not done before the kill"
+        );
+        assert!(h.lv(&pre).is_some());
+        if lagging {
+            let mut j: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(h.journal()).expect("journal"))
+                    .expect("journal json");
+            let done = j["done"].as_array().expect("done").clone();
+            let cut = done
+                .iter()
+                .position(|d| d == "RenamedOrigin")
+                .expect("RenamedOrigin recorded");
+            j["done"] = serde_json::Value::Array(done[..cut].to_vec());
+            j["pending"] = serde_json::json!("RenamedOrigin");
+            std::fs::write(h.journal(), serde_json::to_vec(&j).expect("json")).expect("write");
+        }
+        recover(&h, &at(T0 + DAY + 600))
+            .succeeds()
+            .stdout_contains("scale deployment/web -n app to 0")
+            .stdout_contains(&format!("rename {pre} -> {A}"));
+        assert_volumes_and_replicas_back(&h, &s);
+        assert!(!h.journal().exists());
+        assert!(
+            !h.lv_names().iter().any(|n| n.contains("_restore_")),
+            "lagging={lagging}: left {:?}",
+            h.lv_names()
+        );
+    }
+}
+
+/// A journal that is not lvm-snap's is never acted on.
+#[test]
+fn a_damaged_journal_is_refused_and_nothing_changes() {
+    let (h, _s) = scenario();
+    std::fs::create_dir_all(h.state_dir()).expect("mkdir");
+    std::fs::write(h.journal(), b"{\"plan\": tru").expect("write");
+    h.run(&["restore", "--recover", "--yes", &at(T0 + DAY)])
+        .fails_with(5)
+        .stderr_contains("lvm-snap-restore.journal.json: expected the JSON lvm-snap writes");
+    assert!(h.changing_calls().is_empty());
 }

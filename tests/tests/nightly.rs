@@ -280,6 +280,10 @@ impl Lab {
     }
 
     fn emu(&self, c: &mut Command) {
+        c.env(
+            "LVM_SNAP_STATE_DIR",
+            self.sb.path().join("var/lib/backup-pipeline"),
+        );
         c.envs(self.host.env()).env(
             "LVM_SNAP_MAPPING_CACHE",
             self.sb

@@ -42,6 +42,15 @@ impl Host {
         self.sb.path().join("lvm-snap.prom")
     }
 
+    /// Where restore keeps its journal (created by lvm-snap when needed).
+    pub fn state_dir(&self) -> PathBuf {
+        self.sb.path().join("state")
+    }
+
+    pub fn journal(&self) -> PathBuf {
+        self.state_dir().join("lvm-snap-restore.journal.json")
+    }
+
     pub fn cache_path(&self) -> PathBuf {
         self.sb.path().join("lv-pvc-mapping.json")
     }
@@ -53,6 +62,7 @@ impl Host {
         c.envs(self.emu.env())
             .env("TZ", "UTC")
             .env("LVM_SNAP_MAPPING_CACHE", self.cache_path())
+            .env("LVM_SNAP_STATE_DIR", self.state_dir())
             .arg("--metrics-file")
             .arg(self.metrics_path())
             .args(args);
