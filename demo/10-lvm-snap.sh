@@ -65,7 +65,7 @@ EOF
 echo "   emulated host: 3 PVC LVs in thin pool pve/data, their PVs in the emulated cluster"
 
 snap() {
-    HOMELAB_EMU_STATE="$emu" PATH="$emubin:$PATH" \
+    HOMELAB_EMU_STATE="$emu" PATH="$emubin:$PATH" LVM_SNAP_STATE_DIR="$SANDBOX/state" \
         LVM_SNAP_MAPPING_CACHE="$SANDBOX/lv-pvc-mapping.json" "$BIN/lvm-snap" "$@"
 }
 
@@ -96,6 +96,11 @@ rc=0
 snap -q prune --metrics-file "$SANDBOX/lvm-snap-prune.prom" >/dev/null || rc=$?
 "$BIN/push-metric" -q --job lvm-pvc-snapshot-prune --prefix lvm_snapshot_prune \
     --status "$([ "$rc" = 0 ] && echo 0 || echo 1)" --file "$SANDBOX/lvm-snap-prune.prom" || echo "   (push failed)"
+# --- A restore's plan (nothing changes on a dry run; --yes or a typed
+# "yes" does it, and `restore --recover` undoes one cut short by SIGKILL).
+newest=$(snap list | awk '$2 ~ /^vm-102-pvc-4e5f_snap_/ { n = $2 } END { print n }')
+echo "   lvm-snap restore vm-102-pvc-4e5f $newest --dry-run:"
+snap restore vm-102-pvc-4e5f "$newest" --dry-run 2>&1 | sed 's/^/     /'
 echo "   lvm-snap pool:"
 snap pool | sed 's/^/     /'
 echo "   emulated host left at $emu (PATH dir $emubin) for pvc-copy"

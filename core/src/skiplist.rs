@@ -34,13 +34,26 @@ impl Route {
     }
 }
 
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("{file}:{line}: {msg}")]
+/// `FILE:LINE: why`, or `FILE: why` when the file itself is the problem
+/// (line 0).
+#[derive(Debug, PartialEq, Eq)]
 pub struct SkipListError {
     pub file: String,
     pub line: usize,
     pub msg: String,
 }
+
+impl std::fmt::Display for SkipListError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.line == 0 {
+            write!(f, "{}: {}", self.file, self.msg)
+        } else {
+            write!(f, "{}:{}: {}", self.file, self.line, self.msg)
+        }
+    }
+}
+
+impl std::error::Error for SkipListError {}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rule {
@@ -69,7 +82,7 @@ impl SkipList {
         let text = std::fs::read_to_string(path).map_err(|e| SkipListError {
             file: path.display().to_string(),
             line: 0,
-            msg: format!("cannot read: {e}"),
+            msg: format!("cannot read the skip list: {e}"),
         })?;
         Self::parse(&text, &path.display().to_string())
     }

@@ -569,7 +569,11 @@ pub fn restore(ctx: &Ctx, a: &RestoreArgs, _m: &mut Metrics) -> Result<ExitCode>
         )));
     }
     let plan = make_plan(ctx, a)?;
-    let text = plan.render(a);
+    let mut text = plan.render(a);
+    text.push_str(&format!(
+        "Each step is journalled in {} first: if this run is cut short (SIGKILL, power cut), `lvm-snap restore --recover` undoes it.\n",
+        journal.display()
+    ));
     if !go_ahead(&text, a)? {
         return Ok(ExitCode::Ok);
     }
