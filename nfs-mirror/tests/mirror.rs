@@ -1,12 +1,16 @@
 //! nfs-mirror against real rsync on temp trees (and a small loop ext4 for
 //! the full-disk case).
 
-use std::collections::BTreeSet;
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use backup_core::ledger::{Ledger, PathKind};
 use backup_tests::harness::{Run, Sandbox};
+use common::stop::{Stop, stop};
 
 const SKIP: &str = "direct immich\nnever frigate\nnever servarr/downloads/f1-replays\n";
 
@@ -378,10 +382,22 @@ fn full_backup_disk_fails_and_ledgers_what_arrived() {
 /// normal run: every file that reached the backup disk is in the ledger.
 #[test]
 fn sigkill_at_random_instants_loses_no_ledger_entry() {
+    stopped_at_random_instants(&[Stop::Kill]);
+}
+
+/// The same with SIGTERM, in turn to nfs-mirror alone (`kill PID`: it dies,
+/// rsync goes by PR_SET_PDEATHSIG) and to every process of the unit
+/// (systemd's stop and TimeoutStartSec=: rsync runs its own handler).
+#[test]
+fn sigterm_at_random_instants_loses_no_ledger_entry() {
+    stopped_at_random_instants(&[Stop::Term, Stop::TermUnit]);
+}
+
+fn stopped_at_random_instants(ways: &[Stop]) {
     use rand::Rng;
     let t = setup();
     let mut rng = rand::rng();
-    let mut kills = 0;
+    let mut stopped = Vec::new();
     for round in 0..6 {
         for svc in ["alpha", "beta", "gamma"] {
             for i in 0..150 {
@@ -402,20 +418,20 @@ fn sigkill_at_random_instants_loses_no_ledger_entry() {
             .stderr(std::process::Stdio::null());
         let mut child = c.spawn().expect("spawn");
         std::thread::sleep(std::time::Duration::from_millis(rng.random_range(0..250)));
-        if child.try_wait().expect("try_wait").is_none() {
-            kills += 1;
+        let how = ways[round % ways.len()];
+        let s = stop(&mut child, how);
+        s.left_no_process();
+        if !s.status.success() {
+            stopped.push(how);
         }
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
-        let _ = child.wait();
     }
-    // A killed rsync may take a moment to go (seconds on a loaded
-    // machine); the spool lock covers that. A deadline, not a try count.
+    // The spool lock covers an rsync still on its way out; a deadline, not
+    // a try count.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
     while t.run(&[]).code != 0 {
         assert!(
             std::time::Instant::now() < deadline,
-            "the normal run after the kills failed"
+            "the normal run after the stops failed"
         );
         std::thread::sleep(std::time::Duration::from_millis(300));
     }
@@ -447,10 +463,175 @@ fn sigkill_at_random_instants_loses_no_ledger_entry() {
             .is_none()
     );
     println!(
-        "files={} sigkills={kills} ledger={} lost=0",
+        "files={} stopped={stopped:?} ledger={} lost=0",
         arrived.len(),
         led.len()
     );
+}
+
+/// Every file of the `docs` and `media` mirrors under `dst` with its bytes,
+/// named relative to `dst`.
+fn mirrored(dst: &Path) -> BTreeMap<Vec<u8>, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    for top in ["docs", "media"] {
+        for rel in walk(&dst.join(top)) {
+            let data = std::fs::read(dst.join(top).join(OsStr::from_bytes(&rel))).expect("read");
+            let mut name = format!("{top}/").into_bytes();
+            name.extend_from_slice(&rel);
+            out.insert(name, data);
+        }
+    }
+    out
+}
+
+/// Deterministic bytes of `n` (incompressible enough).
+fn blob(n: usize, seed: u8) -> Vec<u8> {
+    let mut x: u32 = 0x9e37_79b9 ^ u32::from(seed);
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+/// A run stopped while rsync sends (after one new file has arrived):
+/// status != 0, no rsync left, every file under a final name is whole (its
+/// last good bytes or its new ones), the untouched ones byte-identical; the
+/// next run succeeds, recovers the stopped run's items into the ledger and
+/// ledgers every new or changed file.
+fn stopped_mid_transfer(how: Stop) {
+    let t = setup();
+    for i in 0..30 {
+        t.w(format!("docs/d{i:02}.txt").as_bytes(), &format!("doc {i}"));
+    }
+    std::fs::create_dir_all(t.src.join("media")).expect("mkdir");
+    std::fs::write(t.src.join("media/changed.bin"), blob(100 << 10, 200)).expect("write");
+    t.run(&[]).succeeds();
+    let good = mirrored(&t.dst);
+    assert_eq!(good.len(), 31);
+    let ledger_before = t.ledger();
+
+    // Day two: six new 256 KiB files and one changed, sent by an rsync
+    // slowed to 300 KB/s (real rsync behind a wrapper) so the stop lands
+    // mid-transfer.
+    let mut new = BTreeMap::new();
+    for i in 0..6u8 {
+        let rel = format!("media/n{i}.bin");
+        let data = blob(256 << 10, i);
+        std::fs::write(t.src.join(&rel), &data).expect("write");
+        new.insert(rel.into_bytes(), data);
+    }
+    let changed = blob(100 << 10, 201);
+    std::fs::write(t.src.join("media/changed.bin"), &changed).expect("write");
+    new.insert(b"media/changed.bin".to_vec(), changed);
+    let rsync = t.sb.write(
+        "slow-rsync",
+        "#!/bin/sh\nexec /usr/bin/rsync --bwlimit=300 \"$@\"\n",
+    );
+    std::fs::set_permissions(&rsync, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+    let mut c = t.sb.cmd("nfs-mirror");
+    c.arg("--source")
+        .arg(&t.src)
+        .arg("--dest")
+        .arg(&t.dst)
+        .arg("--skip-list")
+        .arg(&t.skip)
+        .env("RSYNC", &rsync)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let mut child = c.spawn().expect("spawn");
+    let first = t.dst.join("media/changed.bin");
+    let start = std::time::Instant::now();
+    // rsync sends in name order: changed.bin, then n0.bin...
+    while std::fs::read(&first).ok().as_deref() != Some(&new[&b"media/changed.bin"[..]][..]) {
+        assert!(
+            child.try_wait().expect("try_wait").is_none(),
+            "the run ended before the stop"
+        );
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(60),
+            "nothing arrived"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    stop(&mut child, how).failed_mid("rsync").left_no_process();
+
+    for (rel, data) in mirrored(&t.dst) {
+        let name = rel.rsplit(|&b| b == b'/').next().unwrap_or_default();
+        if name.starts_with(b".") {
+            // rsync's temporary file (`.n1.bin.XXXXXX`) of a run whose
+            // receiver was SIGKILLed: not a final name.
+            continue;
+        }
+        let whole = good.get(&rel) == Some(&data) || new.get(&rel) == Some(&data);
+        assert!(
+            whole,
+            "{} is neither its last good copy nor its new version",
+            String::from_utf8_lossy(&rel)
+        );
+    }
+    for (rel, data) in good.iter().filter(|(r, _)| r.starts_with(b"docs/")) {
+        assert_eq!(
+            std::fs::read(t.dst.join(OsStr::from_bytes(rel)))
+                .ok()
+                .as_ref(),
+            Some(data),
+            "{}",
+            String::from_utf8_lossy(rel)
+        );
+    }
+    // An rsync that outlived nfs-mirror would have sent the last file.
+    assert!(
+        !t.dst.join("media/n5.bin").exists(),
+        "rsync went on sending after nfs-mirror was stopped"
+    );
+
+    t.run(&[])
+        .succeeds()
+        .stderr_contains("of an interrupted run into the ledger");
+    let mut want = good.clone();
+    want.extend(new.clone());
+    assert_eq!(mirrored(&t.dst), want, "the mirror differs from the source");
+    let led = t.ledger();
+    assert!(led.is_superset(&ledger_before));
+    for rel in new.keys() {
+        assert!(
+            led.contains(rel),
+            "{} arrived but is not in the ledger",
+            String::from_utf8_lossy(rel)
+        );
+    }
+    assert!(
+        t.dst
+            .join(".nfs-mirror/spool")
+            .read_dir()
+            .expect("spool")
+            .next()
+            .is_none()
+    );
+}
+
+#[test]
+fn sigkill_mid_transfer_keeps_every_file_whole_and_the_next_run_ledgers_all() {
+    stopped_mid_transfer(Stop::Kill);
+}
+
+/// `kill PID`: nfs-mirror does not catch SIGTERM, so it dies as with
+/// SIGKILL and rsync goes by PR_SET_PDEATHSIG.
+#[test]
+fn sigterm_mid_transfer_keeps_every_file_whole_and_the_next_run_ledgers_all() {
+    stopped_mid_transfer(Stop::Term);
+}
+
+/// systemd's stop and TimeoutStartSec=: SIGTERM to nfs-mirror and to every
+/// rsync process, whose handler removes its temporary file and exits 20.
+#[test]
+fn systemd_stop_sigterm_to_every_process_mid_transfer_keeps_every_file_whole_and_ledgers_all() {
+    stopped_mid_transfer(Stop::TermUnit);
 }
 
 fn walk(dir: &Path) -> Vec<Vec<u8>> {

@@ -568,6 +568,19 @@ fn rel_to(root: &Path, path: &Path) -> PathBuf {
     path.strip_prefix(root).unwrap_or(path).to_path_buf()
 }
 
+/// Put a file that just got its final name into the ledger. Done per file,
+/// at once, not for all files at the end of the run: a run stopped during
+/// the tar (SIGTERM from systemd's stop or TimeoutStartSec=, SIGKILL) left
+/// today's config.xml on the disk and out of the ledger, and when the next
+/// run is another day nothing ever ledgers it, so the offsite copy never
+/// gets it.
+fn ledger_now(p: &Plan, file: &Path) -> anyhow::Result<usize> {
+    let rel = rel_to(&p.ledger_root, file);
+    Ledger::new(&p.ledger, PathKind::Relative)
+        .append_paths([rel.as_path()])
+        .with_context(|| format!("cannot append to the ledger {}", p.ledger.display()))
+}
+
 fn pull(p: &Plan, deadline: &Deadline, report: &mut Report) -> anyhow::Result<ExitCode> {
     // A killed run may have left partial files; they never count as copies.
     let scan = layout::scan(&p.dest)?;
@@ -585,7 +598,6 @@ fn pull(p: &Plan, deadline: &Deadline, report: &mut Report) -> anyhow::Result<Ex
         report.config.previous_bytes = std::fs::metadata(&prev.path).map(|m| m.len()).unwrap_or(0);
     }
     let wdir = p.dest.join(&p.week);
-    let mut new_files: Vec<PathBuf> = Vec::new();
     let mut failures: Vec<String> = Vec::new();
 
     // 1. config.xml: fetch, validate, and only then write.
@@ -642,7 +654,7 @@ fn pull(p: &Plan, deadline: &Deadline, report: &mut Report) -> anyhow::Result<Ex
                     " (unchanged)"
                 }
             );
-            new_files.push(p.config_path.clone());
+            report.ledger_entries += ledger_now(p, &p.config_path)?;
         }
         Err(reason) => {
             let src = match p.config_from {
@@ -687,7 +699,7 @@ fn pull(p: &Plan, deadline: &Deadline, report: &mut Report) -> anyhow::Result<Ex
                 report.full_tar.bytes = t.bytes;
                 report.full_tar.entries = t.entries;
                 report.full_tar.path = Some(tar_path.clone());
-                new_files.push(tar_path.clone());
+                report.ledger_entries += ledger_now(p, tar_path)?;
             }
             Err(reason) => {
                 let msg = format!("full tar failed: {reason}");
@@ -703,19 +715,7 @@ fn pull(p: &Plan, deadline: &Deadline, report: &mut Report) -> anyhow::Result<Ex
         info!("full tar: not due today ({})", p.date.weekday());
     }
 
-    // 3. Every new file into the ledger (before rotation: it must never be lost).
-    if !new_files.is_empty() {
-        let ledger = Ledger::new(&p.ledger, PathKind::Relative);
-        let rels: Vec<PathBuf> = new_files
-            .iter()
-            .map(|f| rel_to(&p.ledger_root, f))
-            .collect();
-        report.ledger_entries = ledger
-            .append_paths(rels.iter().map(PathBuf::as_path))
-            .with_context(|| format!("cannot append to the ledger {}", p.ledger.display()))?;
-    }
-
-    // 4. Rotation, only after a fully successful run.
+    // 3. Rotation, only after a fully successful run.
     if failures.is_empty() {
         let scan = layout::scan(&p.dest)?;
         let plan = layout::plan_rotation(&p.dest, &scan, p.keep_weeks, p.date)?;

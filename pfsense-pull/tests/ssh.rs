@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use backup_tests::harness::Run;
 use backup_tests::sshd::{Sshd, SshdOpts};
+use support::stop::{Stop, stop};
 use support::{Backup, Firewall, config_xml, tar_names};
 
 // 2026-11-29 is a Sunday (ISO week 2026-W48); 2026-11-22 the one before.
@@ -309,35 +310,129 @@ fn bug22_27_sshd_killed_mid_tar_leaves_no_tar_and_no_rotation() {
     );
 }
 
-#[test]
-fn bug27_a_killed_run_leaves_only_a_partial_that_the_next_run_replaces() {
+/// A complete gzip stream holding a complete tar (false when absent).
+fn whole_tar_gz(path: &std::path::Path) -> bool {
+    use std::io::Read;
+    let Ok(f) = std::fs::File::open(path) else {
+        return false;
+    };
+    let mut ar = tar::Archive::new(flate2::read::GzDecoder::new(f));
+    let Ok(entries) = ar.entries() else {
+        return false;
+    };
+    for e in entries {
+        let Ok(mut e) = e else { return false };
+        if std::io::copy(&mut e, &mut std::io::sink()).is_err() {
+            return false;
+        }
+    }
+    // The gzip trailer comes after the tar's end marker.
+    let mut rest = ar.into_inner();
+    let mut buf = [0u8; 8192];
+    loop {
+        match rest.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(_) => return false,
+        }
+    }
+}
+
+/// A run stopped mid-tar (last week's copies on disk, `--keep-weeks 1`):
+/// status != 0 and no ssh left; last week's copies byte-identical (no
+/// rotation ran); nothing but whole, checked copies under final names, each
+/// already in the ledger (the next run may be days later); the next run
+/// replaces the partial and stores and ledgers config and tar.
+fn stopped_mid_tar(how: Stop) {
     let fw = Firewall::new();
     let sshd = Sshd::start(SshdOpts::default());
     let b = Backup::new();
+    Run::of(&mut b.ssh_cmd(&sshd, &fw, "2026-11-22")).succeeds();
+    let good: Vec<(String, Vec<u8>)> = b
+        .files()
+        .into_iter()
+        .map(|f| (f.clone(), b.read(&f)))
+        .collect();
+    assert_eq!(good.len(), 2, "{:?}", b.files());
+
     big_random_file(&fw);
     let partial = b
         .dest()
         .join("2026-W48/.pfsense-full-20261129.tar.gz.partial");
-    let mut child = start_until_partial(&mut b.ssh_cmd(&sshd, &fw, SUNDAY), &partial, 256 * 1024);
-    child.kill().expect("SIGKILL");
-    let _ = child.wait();
+    let mut cmd = b.ssh_cmd(&sshd, &fw, SUNDAY);
+    cmd.args(["--keep-weeks", "1"]);
+    let mut child = start_until_partial(&mut cmd, &partial, 256 * 1024);
+    stop(&mut child, how).failed_mid("ssh").left_no_process();
+
+    // An ssh that outlived pfsense-pull would have finished the stream.
     assert!(
-        !b.files().iter().any(|f| f.ends_with(".tar.gz")),
-        "a tar under its final name after SIGKILL: {:?}",
-        b.files()
+        !whole_tar_gz(&partial),
+        "ssh went on writing the tar after pfsense-pull was stopped"
     );
+    for (f, bytes) in &good {
+        assert_eq!(&b.read(f), bytes, "{f} changed");
+    }
+    // The config was stored before the tar started.
+    let config = std::fs::read(fw.config_path()).expect("remote config");
+    assert_eq!(b.read("2026-W48/config-20261129.xml"), config);
+    let ledger = b.ledger_lines();
+    for f in b.files() {
+        if f.rsplit('/').next().is_some_and(|n| n.starts_with('.')) {
+            continue; // the .partial, which the next run removes
+        }
+        assert!(
+            good.iter().any(|(g, _)| *g == f)
+                || (f == "2026-W48/config-20261129.xml" && b.read(&f) == config),
+            "after the stop, {f} sits under a final name"
+        );
+        assert!(
+            ledger.contains(&format!("pfsense/{f}")),
+            "{f} is on the backup disk but not in the ledger: {ledger:?}"
+        );
+    }
 
     let r = Run::of(&mut b.ssh_cmd(&sshd, &fw, SUNDAY));
     r.succeeds().stderr_contains("left by an interrupted run");
     assert_eq!(
         b.files(),
         [
+            "2026-W47/config-20261122.xml",
+            "2026-W47/pfsense-full-20261122.tar.gz",
             "2026-W48/config-20261129.xml",
             "2026-W48/pfsense-full-20261129.tar.gz"
         ]
     );
+    for (f, bytes) in &good {
+        assert_eq!(&b.read(f), bytes, "{f} changed");
+    }
+    assert_eq!(b.read("2026-W48/config-20261129.xml"), config);
     let names = tar_names(&b.dest().join("2026-W48/pfsense-full-20261129.tar.gz"));
     assert!(names.iter().any(|n| n.ends_with("var/db/big.bin")));
+    let ledger = b.ledger_lines();
+    for f in [
+        "pfsense/2026-W48/config-20261129.xml",
+        "pfsense/2026-W48/pfsense-full-20261129.tar.gz",
+    ] {
+        assert!(ledger.iter().any(|l| l == f), "{f} not in {ledger:?}");
+    }
+}
+
+#[test]
+fn bug27_a_killed_run_leaves_only_a_partial_that_the_next_run_replaces() {
+    stopped_mid_tar(Stop::Kill);
+}
+
+/// `kill PID`: pfsense-pull does not catch SIGTERM, so it dies as with
+/// SIGKILL and ssh goes by PR_SET_PDEATHSIG.
+#[test]
+fn bug27_sigterm_mid_tar_leaves_only_a_partial_that_the_next_run_replaces() {
+    stopped_mid_tar(Stop::Term);
+}
+
+/// systemd's stop and TimeoutStartSec=: SIGTERM to pfsense-pull and ssh.
+#[test]
+fn bug27_systemd_stop_sigterm_to_every_process_mid_tar_leaves_only_a_partial() {
+    stopped_mid_tar(Stop::TermUnit);
 }
 
 #[test]

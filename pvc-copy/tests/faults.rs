@@ -1,16 +1,19 @@
-//! Faults injected for real: SIGKILL in the middle of a copy, a backup
+//! Faults injected for real: SIGKILL and SIGTERM (alone, and systemd's to
+//! every process of the unit) in the middle of a copy, a backup
 //! filesystem that fills up mid-copy. The emulators of tests/common stand
 //! for the Proxmox host's LVM and Kubernetes; mounts and rsync are real.
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use backup_tests::harness::{Run, bin};
+use common::stop::{Stop, stop};
 use common::*;
 
 /// Deterministic, incompressible-enough bytes.
@@ -65,15 +68,51 @@ fn losetup_backing(img: &Path) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
-#[test]
-fn sigkill_mid_copy_leaves_no_mount_keeps_the_previous_copy_and_the_next_run_succeeds() {
+/// Every file under `dir` with its bytes (symlinks as their target).
+fn tree(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).expect("readdir").flatten() {
+            let p = e.path();
+            let ft = e.file_type().expect("file type");
+            let rel = p.strip_prefix(dir).expect("under").to_path_buf();
+            if ft.is_dir() {
+                stack.push(p);
+            } else if ft.is_symlink() {
+                let t = fs::read_link(&p).expect("readlink");
+                out.insert(rel, t.into_os_string().into_encoded_bytes());
+            } else {
+                out.insert(rel, fs::read(&p).expect("read"));
+            }
+        }
+    }
+    out
+}
+
+/// A run stopped while rsync copies: status != 0, rsync and the mount go
+/// with it, the previous copy is untouched and nothing of the new one sits
+/// under the final name; the next run replaces the leftover and copies and
+/// ledgers everything.
+fn stopped_mid_copy(how: Stop) {
     let env = Env::new();
-    env.pvc("vm-9-pvc-kill", "ns", "big", &[("keep.txt", b"day one")]);
+    env.pvc(
+        "vm-9-pvc-kill",
+        "ns",
+        "big",
+        &[
+            ("keep.txt", b"day one"),
+            ("sub/old.bin", &blob(64 << 10, 9)),
+        ],
+    );
     env.run(NOW, &[]).succeeds();
     let dest = env.dest(WEEK, "ns", "big");
+    let good = tree(&dest);
+    assert_eq!(good.len(), 2, "{:?}", good.keys());
+    let ledger_before = env.ledger_lines();
 
     // Day two has 6 MiB more; rsync is slowed (real rsync with --bwlimit,
-    // via a wrapper first on PATH) so the kill lands mid-copy.
+    // via a wrapper first on PATH) so the stop lands mid-copy.
     for i in 0..6u8 {
         env.write_in_lv("vm-9-pvc-kill", &format!("chunk{i}"), &blob(1 << 20, i));
     }
@@ -101,11 +140,11 @@ fn sigkill_mid_copy_leaves_no_mount_keeps_the_previous_copy_and_the_next_run_suc
             .map(|d| d.count() > 0)
             .unwrap_or(false)
     });
-    child.kill().expect("SIGKILL");
-    child.wait().expect("reap");
+    stop(&mut child, how).failed_mid("rsync").left_no_process();
 
-    // rsync dies with its parent (PDEATHSIG), so the private mount
-    // namespace empties and its loop device is released.
+    // rsync dies with its parent (PDEATHSIG, or its own SIGTERM handler
+    // under systemd), so the private mount namespace empties and its loop
+    // device is released.
     let me = env.sb.path().to_string_lossy().into_owned();
     wait_for("rsync to die", Duration::from_secs(20), || {
         processes_mentioning(&me).is_empty()
@@ -115,20 +154,56 @@ fn sigkill_mid_copy_leaves_no_mount_keeps_the_previous_copy_and_the_next_run_suc
         losetup_backing(&snap_img).is_empty()
     });
     env.assert_no_mounts();
-    // The previous copy is whole and untouched; the unfinished one is aside.
-    assert_eq!(fs::read(dest.join("keep.txt")).expect("keep"), b"day one");
-    assert!(!dest.join("chunk5").exists());
+    // The previous copy is whole and byte for byte untouched (no new or
+    // half-written file under its name); the unfinished one is aside.
+    assert_eq!(tree(&dest), good, "the previous copy changed");
+    // An rsync that outlived pvc-copy would have finished the copy.
     assert!(partial.exists());
+    assert!(
+        !partial.join("chunk5").exists(),
+        "rsync went on copying after pvc-copy was stopped"
+    );
 
     env.run("2026-11-27T06:00:00Z", &[])
         .succeeds()
         .stderr_contains("left by an interrupted run");
     assert!(!partial.exists());
-    assert_eq!(
-        fs::read(dest.join("chunk5")).expect("chunk5"),
-        blob(1 << 20, 5)
+    let now = tree(&dest);
+    assert_eq!(now.len(), 8, "{:?}", now.keys());
+    for (rel, bytes) in &good {
+        assert_eq!(&now[rel], bytes, "{}", rel.display());
+    }
+    let ledger = env.ledger_lines();
+    assert!(
+        ledger.starts_with(&ledger_before),
+        "the ledger was rewritten"
     );
+    for i in 0..6u8 {
+        let name = format!("chunk{i}");
+        assert_eq!(now[Path::new(&name)], blob(1 << 20, i), "{name}");
+        let want = format!("pvc-data/{WEEK}/ns/big/{name}");
+        assert!(ledger.contains(&want), "{want} not in the ledger");
+    }
     env.assert_no_mounts();
+}
+
+#[test]
+fn sigkill_mid_copy_leaves_no_mount_keeps_the_previous_copy_and_the_next_run_succeeds() {
+    stopped_mid_copy(Stop::Kill);
+}
+
+/// `kill PID`: pvc-copy does not catch SIGTERM, so it dies as with SIGKILL.
+#[test]
+fn sigterm_mid_copy_leaves_no_mount_keeps_the_previous_copy_and_the_next_run_succeeds() {
+    stopped_mid_copy(Stop::Term);
+}
+
+/// systemd's stop and TimeoutStartSec=: SIGTERM to pvc-copy and to rsync,
+/// which then removes its own temporary file and exits 20.
+#[test]
+fn systemd_stop_sigterm_to_every_process_mid_copy_keeps_the_previous_copy_and_the_next_run_succeeds()
+ {
+    stopped_mid_copy(Stop::TermUnit);
 }
 
 /// Runs `cmd` (a pvc-copy invocation) inside a new private mount namespace

@@ -1,0 +1,4 @@
+//! Shared pieces of nfs-mirror's tests.
+#![allow(dead_code)]
+
+pub mod stop;
