@@ -1,8 +1,6 @@
 //! nfs-mirror against real rsync on temp trees (and a small loop ext4 for
 //! the full-disk case).
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
@@ -10,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use backup_core::ledger::{Ledger, PathKind};
 use backup_tests::harness::{Run, Sandbox};
-use common::stop::{Stop, stop};
+use backup_tests::stop::{Stop, stop};
 
 const SKIP: &str = "direct immich\nnever frigate\nnever servarr/downloads/f1-replays\n";
 

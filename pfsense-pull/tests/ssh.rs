@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use backup_tests::harness::Run;
 use backup_tests::sshd::{Sshd, SshdOpts};
-use support::stop::{Stop, stop};
+use backup_tests::stop::{Stop, stop};
 use support::{Backup, Firewall, config_xml, tar_names};
 
 // 2026-11-29 is a Sunday (ISO week 2026-W48); 2026-11-22 the one before.

@@ -13,7 +13,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use backup_tests::harness::{Run, bin};
-use common::stop::{Stop, stop};
+use backup_tests::stop::{Stop, stop};
 use common::*;
 
 /// Deterministic, incompressible-enough bytes.

@@ -4,5 +4,6 @@ pub mod emu;
 pub mod harness;
 pub mod pushgateway;
 pub mod sshd;
+pub mod stop;
 pub mod nas;
 pub mod unitfile;

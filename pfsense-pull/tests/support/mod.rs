@@ -4,7 +4,6 @@
 #![allow(dead_code)]
 
 pub mod api_emu;
-pub mod stop;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -5,8 +5,6 @@
 //! pvc-copy mounts for real (loop, read-only) and copies with real rsync.
 #![allow(dead_code)]
 
-pub mod stop;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 

@@ -3,8 +3,7 @@
 //! overran TimeoutStartSec=, with SIGTERM to every process of its cgroup
 //! (KillMode=control-group), SIGKILL only after TimeoutStopSec=; an operator's
 //! `kill PID` sends SIGTERM to the tool alone; `kill -9` and the OOM killer
-//! send SIGKILL. (The same file is in pvc-copy, nfs-mirror and pfsense-pull's
-//! tests: each crate's tests may only use their own files.)
+//! send SIGKILL.
 
 use std::process::{Child, ExitStatus};
 use std::time::{Duration, Instant};

@@ -1,4 +1,0 @@
-//! Shared pieces of nfs-mirror's tests.
-#![allow(dead_code)]
-
-pub mod stop;
