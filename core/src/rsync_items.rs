@@ -111,17 +111,29 @@ pub struct DeletePlan {
     pub existing: u64,
     /// Items the run would create.
     pub new: u64,
+    /// rsync temp files (`.NAME.XXXXXX` beside a NAME the run sends or
+    /// keeps) that a killed rsync left behind: deleted, but counted in
+    /// neither `deletions` nor `existing`, so one interrupted transfer into
+    /// a small mirror never trips the deletion guard of every later run.
+    pub rsync_temps: u64,
 }
 
 impl DeletePlan {
     /// Figures from `-ii` output (every item, changed or not, is listed).
     pub fn from_items(items: &[Item]) -> DeletePlan {
         let mut p = DeletePlan::default();
+        let kept: std::collections::HashSet<&[u8]> = items
+            .iter()
+            .filter(|i| !i.is_deletion())
+            .map(|i| i.name.as_slice())
+            .collect();
         for it in items {
             if it.name == b"./" {
                 continue;
             }
-            if it.is_deletion() {
+            if it.is_deletion() && is_rsync_temp_of_kept(&it.name, &kept) {
+                p.rsync_temps += 1;
+            } else if it.is_deletion() {
                 p.deletions += 1;
                 p.existing += 1;
             } else if it.is_new() {
@@ -133,10 +145,33 @@ impl DeletePlan {
         p
     }
     pub fn add(&mut self, o: DeletePlan) {
+        self.rsync_temps += o.rsync_temps;
         self.deletions += o.deletions;
         self.existing += o.existing;
         self.new += o.new;
     }
+}
+
+/// `DIR/.NAME.XXXXXX` (rsync's temp name: a dot, the name, a dot, six
+/// characters of mkstemp's alphabet) where `DIR/NAME` is in `kept`.
+fn is_rsync_temp_of_kept(name: &[u8], kept: &std::collections::HashSet<&[u8]>) -> bool {
+    let (dir, base) = match name.iter().rposition(|&b| b == b'/') {
+        Some(i) => name.split_at(i + 1),
+        None => (&name[..0], name),
+    };
+    let Some(rest) = base.strip_prefix(b".") else {
+        return false;
+    };
+    if rest.len() < 8 {
+        return false;
+    }
+    let (orig, suffix) = rest.split_at(rest.len() - 7);
+    if suffix[0] != b'.' || !suffix[1..].iter().all(u8::is_ascii_alphanumeric) {
+        return false;
+    }
+    let mut full = dir.to_vec();
+    full.extend_from_slice(orig);
+    kept.contains(full.as_slice())
 }
 
 /// `--max-delete N|P%|off`.
@@ -227,7 +262,27 @@ mod tests {
             DeletePlan {
                 deletions: 1,
                 existing: 2,
-                new: 5
+                new: 5,
+                rsync_temps: 0,
+            }
+        );
+    }
+
+    #[test]
+    fn temp_files_of_a_killed_rsync_are_not_counted_as_deletions() {
+        // A run killed while sending d/big left d/.big.Ab12Cd; the next
+        // dry run sends d/big again and would delete the temp file.
+        let out = b".d          ./\n>f+++++++++ d/big\n.f          d/a\n*deleting   d/.big.Ab12Cd\n*deleting   d/.gone.Zz9xY1\n*deleting   .a.Q\n*deleting   d/.a.Ab12Cd\n";
+        let plan = DeletePlan::from_items(&parse(out));
+        // d/.gone.* has no d/gone in the run and .a.Q is not rsync's shape:
+        // both count; the temps of d/big (sent) and d/a (kept) do not.
+        assert_eq!(
+            plan,
+            DeletePlan {
+                deletions: 2,
+                existing: 3,
+                new: 1,
+                rsync_temps: 2,
             }
         );
     }
@@ -245,6 +300,7 @@ mod tests {
             deletions: 30,
             existing: 100,
             new: 0,
+            rsync_temps: 0,
         };
         assert!("30".parse::<MaxDelete>().expect("n").check(&plan).is_none());
         assert!("29".parse::<MaxDelete>().expect("n").check(&plan).is_some());

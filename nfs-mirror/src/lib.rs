@@ -570,6 +570,13 @@ pub fn mirror(o: &MirrorOpts, metrics: &mut Metrics) -> Result<(ExitCode, Report
             ));
         }
         let plan = DeletePlan::from_items(&rsync_items::parse(&out.stdout));
+        if plan.rsync_temps > 0 {
+            backup_core::info!(
+                "{}: {} temp file(s) of an interrupted rsync will be removed (not counted against --max-delete)",
+                p(&pl.src),
+                plan.rsync_temps
+            );
+        }
         rep.deletions = plan.deletions;
         report.plan.add(plan);
     }

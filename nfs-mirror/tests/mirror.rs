@@ -28,7 +28,7 @@ fn setup() -> T {
 }
 
 impl T {
-    fn run(&self, extra: &[&str]) -> Run {
+    fn cmd(&self, extra: &[&str]) -> std::process::Command {
         let mut c = self.sb.cmd("nfs-mirror");
         c.arg("--source")
             .arg(&self.src)
@@ -37,7 +37,26 @@ impl T {
             .arg("--skip-list")
             .arg(&self.skip)
             .args(extra);
-        Run::of(&mut c)
+        c
+    }
+    fn run(&self, extra: &[&str]) -> Run {
+        Run::of(&mut self.cmd(extra))
+    }
+    /// nfs-mirror in the background with real rsync slowed to `kbps` KB/s
+    /// (a wrapper), so a stop lands mid-transfer.
+    fn spawn_slow(&self, kbps: u32, extra: &[&str]) -> std::process::Child {
+        let rsync = self.sb.write(
+            "slow-rsync",
+            format!("#!/bin/sh\nexec /usr/bin/rsync --bwlimit={kbps} \"$@\"\n"),
+        );
+        std::fs::set_permissions(&rsync, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .expect("chmod");
+        self.cmd(extra)
+            .env("RSYNC", &rsync)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn")
     }
     fn ledger(&self) -> BTreeSet<Vec<u8>> {
         Ledger::new(self.dst.join(".changed-files"), PathKind::Relative)
@@ -525,23 +544,7 @@ fn stopped_mid_transfer(how: Stop) {
     let changed = blob(100 << 10, 201);
     std::fs::write(t.src.join("media/changed.bin"), &changed).expect("write");
     new.insert(b"media/changed.bin".to_vec(), changed);
-    let rsync = t.sb.write(
-        "slow-rsync",
-        "#!/bin/sh\nexec /usr/bin/rsync --bwlimit=300 \"$@\"\n",
-    );
-    std::fs::set_permissions(&rsync, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-        .expect("chmod");
-    let mut c = t.sb.cmd("nfs-mirror");
-    c.arg("--source")
-        .arg(&t.src)
-        .arg("--dest")
-        .arg(&t.dst)
-        .arg("--skip-list")
-        .arg(&t.skip)
-        .env("RSYNC", &rsync)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null());
-    let mut child = c.spawn().expect("spawn");
+    let mut child = t.spawn_slow(300, &[]);
     let first = t.dst.join("media/changed.bin");
     let start = std::time::Instant::now();
     // rsync sends in name order: changed.bin, then n0.bin...
@@ -692,4 +695,62 @@ fn metrics_file_on_success_and_on_refusal() {
     let got = Metrics::read(&m).expect("metrics");
     assert!(got.get("nfs_mirror_bytes").expect("bytes on refusal") > 0.0);
     assert_eq!(got.get("nfs_mirror_files_transferred"), None);
+}
+
+/// An rsync killed outright (the unit's whole cgroup SIGKILLed, the OOM
+/// killer) leaves its temp file (`.NAME.XXXXXX`) in the mirror.
+/// The next run deletes it, but it must not count against `--max-delete`:
+/// in a small mirror that one leftover would otherwise refuse every later
+/// night (found by the SIGTERM/SIGKILL tests' review).
+#[test]
+fn a_killed_rsyncs_temp_file_never_trips_the_deletion_guard() {
+    let t = setup();
+    for i in 0..3 {
+        t.w(format!("photos/p{i}.jpg").as_bytes(), &format!("photo {i}"));
+    }
+    t.run(&["--max-delete", "10%"]).succeeds();
+    let big = blob(1 << 20, 7);
+    std::fs::write(t.src.join("photos/big.jpg"), &big).expect("write");
+    let mut child = t.spawn_slow(100, &["--max-delete", "10%"]);
+    let temp = || {
+        std::fs::read_dir(t.dst.join("photos"))
+            .expect("photos")
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .find(|n| n.starts_with(".big.jpg."))
+    };
+    let start = std::time::Instant::now();
+    while temp().is_none() {
+        assert!(
+            child.try_wait().expect("try_wait").is_none(),
+            "the run ended before rsync wrote its temp file"
+        );
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(60),
+            "no temp file appeared"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    stop(&mut child, Stop::KillUnit)
+        .failed_mid("rsync")
+        .left_no_process();
+    let leftover = temp().expect("a killed rsync leaves its temp file");
+    assert!(!t.dst.join("photos/big.jpg").exists());
+
+    // 1 deletion of 4 items is 25%, over 10%: only the temp file's nature
+    // lets this run go ahead.
+    t.run(&["--max-delete", "10%"]).succeeds();
+    assert_eq!(
+        std::fs::read(t.dst.join("photos/big.jpg")).expect("big"),
+        big
+    );
+    assert!(
+        !t.dst.join("photos").join(&leftover).exists(),
+        "temp file {leftover} left in the mirror"
+    );
+    assert!(t.ledger().contains(&b"photos/big.jpg"[..]));
+    // A real deletion in the same small mirror still trips the guard.
+    std::fs::remove_file(t.src.join("photos/p0.jpg")).expect("rm");
+    t.run(&["--max-delete", "10%"]).fails_with(5);
+    assert!(t.dst.join("photos/p0.jpg").exists());
 }

@@ -20,12 +20,16 @@ pub enum Stop {
     /// process first, like systemd walking the cgroup): rsync and ssh then
     /// run their own SIGTERM handlers while the tool dies.
     TermUnit,
+    /// SIGKILL to every process of the unit (systemd after TimeoutStopSec=,
+    /// the OOM killer taking the cgroup; as close to a power cut as the
+    /// processes see): rsync dies without removing its temp file.
+    KillUnit,
 }
 
 impl Stop {
     pub fn signal(self) -> i32 {
         match self {
-            Stop::Kill => libc::SIGKILL,
+            Stop::Kill | Stop::KillUnit => libc::SIGKILL,
             Stop::Term | Stop::TermUnit => libc::SIGTERM,
         }
     }
@@ -100,6 +104,15 @@ pub struct Stopped {
 pub fn stop(child: &mut Child, how: Stop) -> Stopped {
     let pid = child.id() as i32;
     let children = descendants(pid);
+    if how == Stop::KillUnit {
+        // The children first, so none of them sees its parent go and
+        // cleans up on the PR_SET_PDEATHSIG signal.
+        for p in children.iter().filter(|p| alive(p)) {
+            // SAFETY: kill(2) on a process checked just above to be the
+            // one the tool started (same pid and start time).
+            unsafe { libc::kill(p.pid, libc::SIGKILL) };
+        }
+    }
     // SAFETY: kill(2) on our own child, not yet reaped (its pid is ours).
     unsafe { libc::kill(pid, how.signal()) };
     if how == Stop::TermUnit {
