@@ -226,6 +226,34 @@ fn check_not_truncated(db: &Path, has_sidecar: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The magic number that starts a rollback journal and ends its
+/// super-journal record.
+const JOURNAL_MAGIC: [u8; 8] = [0xd9, 0xd5, 0x05, 0xf9, 0x20, 0xa1, 0x63, 0xd7];
+
+/// Refuse a journal that names a super-journal (the record a
+/// multi-database commit appends: name, u32 length, u32 checksum, magic).
+/// Replaying it, SQLite opens that absolute path and deletes it when no
+/// child journal points back at it: the name is the tenant's bytes, so a
+/// crafted journal would make this root process delete any file on the
+/// host. The check is looser than SQLite's (no checksum test) on purpose.
+fn refuse_super_journal(journal: &Path) -> anyhow::Result<()> {
+    let data = fs::read(journal).context("cannot read the journal copy")?;
+    let n = data.len();
+    if n < 16 || data[n - 8..] != JOURNAL_MAGIC {
+        return Ok(());
+    }
+    let len = u32::from_be_bytes([data[n - 16], data[n - 15], data[n - 14], data[n - 13]]) as usize;
+    if len == 0 || len > n - 16 {
+        return Ok(());
+    }
+    let name = &data[n - 16 - len..n - 16];
+    bail!(
+        "its hot journal belongs to a multi-database transaction (super-journal {}); \
+         SQLite would open and delete that path on this host, so it is not replayed",
+        backup_core::log::escape_bytes(name.split(|b| *b == 0).next().unwrap_or_default())
+    )
+}
+
 fn remove_partial(partial: &Path) {
     for suffix in ["", "-journal", "-wal", "-shm"] {
         let p = with_suffix(partial, suffix);
@@ -273,6 +301,7 @@ fn dump_inner(
     // A WAL or hot journal legitimately changes the size; SQLite judges those.
     check_not_truncated(&copied.db, copied.had_wal || copied.had_journal)?;
     if copied.had_journal {
+        refuse_super_journal(&with_suffix(&copied.db, "-journal"))?;
         notes.push("hot journal copied; SQLite rolls it back in the scratch copy".into());
     }
 

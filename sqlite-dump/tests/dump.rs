@@ -482,3 +482,46 @@ fn a_corrupted_database_fails_the_integrity_check() {
         .stderr_contains("damaged.db");
     assert_eq!(files(&dest), vec![PathBuf::from("fine.db")]);
 }
+
+/// A rollback journal ends with a super-journal record when it belongs to
+/// a multi-database commit; replaying it, SQLite opens that absolute path
+/// and deletes it. A tenant writes those bytes: a crafted `-journal` beside
+/// its database made this root process delete a file of the host (found
+/// by audit; before the fix the run exited 0 and the victim was gone). The
+/// database now fails, counted, and nothing outside DEST is touched.
+#[test]
+fn a_journal_naming_a_super_journal_never_deletes_a_host_file() {
+    let sb = Sandbox::new();
+    let src = sb.mkdir("src");
+    make_db(&src.join("fine.db"), "f", 3);
+    make_db(&src.join("evil/app.db"), "e", 3);
+    let victim = sb.write("host-file-of-value", "must survive");
+    let name = victim.as_os_str().as_bytes();
+    // Journal header (magic, zeroed fields: no page records) and the
+    // super-journal record SQLite reads from the end of the file:
+    // u32 lock page, name, u32 length, u32 byte-sum checksum, magic.
+    const MAGIC: [u8; 8] = [0xd9, 0xd5, 0x05, 0xf9, 0x20, 0xa1, 0x63, 0xd7];
+    let mut j = MAGIC.to_vec();
+    j.extend_from_slice(&[0u8; 20]);
+    j.extend_from_slice(&0u32.to_be_bytes());
+    j.extend_from_slice(name);
+    j.extend_from_slice(&(name.len() as u32).to_be_bytes());
+    let sum = name.iter().fold(0u32, |s, b| s.wrapping_add(u32::from(*b)));
+    j.extend_from_slice(&sum.to_be_bytes());
+    j.extend_from_slice(&MAGIC);
+    std::fs::write(src.join("evil/app.db-journal"), &j).expect("journal");
+
+    let before = snapshot(&src);
+    let dest = sb.path().join("dest");
+    run(tool(&sb).arg(&src).arg("--to").arg(&dest))
+        .fails_with(3)
+        .stderr_contains("evil/app.db")
+        .stderr_contains("super-journal");
+    assert_eq!(
+        std::fs::read(&victim).expect("the host file was deleted"),
+        b"must survive"
+    );
+    assert_unchanged(&before, &src);
+    assert_eq!(files(&dest), vec![PathBuf::from("fine.db")]);
+    assert_eq!(count(&dest.join("fine.db"), "f"), 3);
+}
