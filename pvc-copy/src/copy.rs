@@ -13,7 +13,9 @@ use serde::{Deserialize, Serialize};
 /// numeric ids; deletions; full-precision mtimes. Never `--inplace` (the
 /// weekly hardlink farm depends on rsync writing a new file and renaming
 /// it) and never `-z` (a local copy). `-ii` itemizes every entry so the
-/// caller can tell a link-dest match from a changed file.
+/// caller can tell a link-dest match from a changed file. The name is the
+/// last field: rsync escapes every control byte of a name except TAB, so
+/// a field after it could not be told from a TAB inside the name.
 pub fn rsync_args(src: &Path, dest: &Path, link_dest: Option<&Path>) -> Vec<std::ffi::OsString> {
     let mut a: Vec<std::ffi::OsString> = [
         "-aHAX",
@@ -22,7 +24,7 @@ pub fn rsync_args(src: &Path, dest: &Path, link_dest: Option<&Path>) -> Vec<std:
         "--modify-window=-1",
         "--stats",
         "-ii",
-        "--out-format=%i\t%n\t%L",
+        "--out-format=%i\t%n",
     ]
     .iter()
     .map(Into::into)
@@ -91,7 +93,10 @@ pub fn run_rsync(
 pub struct Itemized {
     /// Non-directory entries written, changed or newly linked this run.
     pub changed: Vec<Vec<u8>>,
-    /// Non-directory entries hardlinked unchanged from the link-dest copy.
+    /// Non-directory entries rsync lists as hardlinks with no change: a
+    /// link-dest match, or a link within the transfer. Only
+    /// [`Itemized::confirm_unchanged`] tells which are the previous copy's
+    /// very file at the same path; until then they are candidates.
     pub unchanged: Vec<Vec<u8>>,
     /// Symlinks: rsync recreates them even when the link-dest copy has the
     /// same one, so the caller compares targets ([`split_symlinks`]).
@@ -114,12 +119,12 @@ fn stat_number(line: &str, prefix: &str) -> Option<u64> {
     digits.parse().ok()
 }
 
-/// Parse the `%i\t%n\t%L` lines and the `--stats` block.
+/// Parse the `%i\t%n` lines (the name is everything after the first TAB;
+/// the itemize string has none) and the `--stats` block.
 pub fn parse_itemized(out: &[u8]) -> Itemized {
     let mut r = Itemized::default();
-    let mut unchanged = std::collections::HashSet::new();
     for line in out.split(|b| *b == b'\n') {
-        let mut f = line.splitn(3, |b| *b == b'\t');
+        let mut f = line.splitn(2, |b| *b == b'\t');
         let (Some(item), Some(name)) = (f.next(), f.next()) else {
             let l = String::from_utf8_lossy(line);
             if let Some(n) = stat_number(&l, "Total file size:") {
@@ -129,7 +134,6 @@ pub fn parse_itemized(out: &[u8]) -> Itemized {
             }
             continue;
         };
-        let link = f.next().unwrap_or_default();
         if item.len() < 3 || item[1] == b'd' || item[0] == b'*' {
             continue;
         }
@@ -141,23 +145,41 @@ pub fn parse_itemized(out: &[u8]) -> Itemized {
             r.symlinks.push(name);
             continue;
         }
-        // `hf` with no attribute change is a link-dest match (the previous
-        // copy's file, unchanged), or an in-transfer hardlink (` => X`) to
-        // such a file, which rsync lists before its links.
-        let target = link
-            .strip_prefix(b" => ")
-            .map(backup_core::rsync_items::unescape);
-        let linked_unchanged = item[0] == b'h'
-            && item[2..].iter().all(|c| *c == b' ')
-            && target.as_ref().is_none_or(|t| unchanged.contains(t));
-        if linked_unchanged {
-            unchanged.insert(name.clone());
+        // `hf` with no attribute change: a link-dest match, or a link to
+        // another file of this transfer (which may itself be new).
+        if item[0] == b'h' && item[2..].iter().all(|c| *c == b' ') {
             r.unchanged.push(name);
         } else {
             r.changed.push(name);
         }
     }
     r
+}
+
+impl Itemized {
+    /// Keep as unchanged only the entries that are, in the new copy, the
+    /// very inode the link-dest copy has at the same path (what the
+    /// previous copy, and so the offsite one, already holds there); every
+    /// other candidate is changed. A fact of the two trees, so no hardlink
+    /// target has to be read back from rsync's output.
+    pub fn confirm_unchanged(&mut self, new_root: &Path, link_dest: Option<&Path>) {
+        use std::os::unix::ffi::OsStrExt;
+        use std::os::unix::fs::MetadataExt;
+        let same = |n: &[u8]| {
+            let rel = Path::new(std::ffi::OsStr::from_bytes(n));
+            link_dest.is_some_and(|old| {
+                matches!(
+                    (fs::symlink_metadata(new_root.join(rel)), fs::symlink_metadata(old.join(rel))),
+                    (Ok(a), Ok(b)) if a.dev() == b.dev() && a.ino() == b.ino()
+                )
+            })
+        };
+        let (keep, moved): (Vec<_>, Vec<_>) = std::mem::take(&mut self.unchanged)
+            .into_iter()
+            .partition(|n| same(n));
+        self.unchanged = keep;
+        self.changed.extend(moved);
+    }
 }
 
 /// Split symlinks into (changed, unchanged) by comparing each target with
@@ -316,32 +338,60 @@ mod tests {
 
     #[test]
     fn itemized_output_separates_links_from_changes() {
-        // Captured from rsync 3.x with -ii --link-dest and this out-format.
+        // Captured from rsync 3.x with -ii --link-dest and this out-format
+        // (rsync escapes control bytes in names, but not TAB).
         let out = b"created directory dst\n\
-cd..t......\t./\t\n\
-hf         \tback\\#134#012slash\t\n\
->f..t......\tchg\t\n\
-cLc.t......\tlink\t -> /etc/passwd\n\
->f+++++++++\tn2b\t\n\
-hf         \thl\t\n\
-hf         \tsame\t => hl\n\
-hf         \tchg-link\t => chg\n\
-cd..t......\td/\t\n\
-hf+++++++++\tn2\t => n2b\n\
+cd..t......\t./\n\
+hf         \tback\\#134#012slash\n\
+>f..t......\tchg\n\
+cLc.t......\tlink\n\
+>f+++++++++\tn2b\n\
+hf         \thl\n\
+hf         \tsame\n\
+hf         \tchg-link\n\
+cd..t......\td/\n\
+hf+++++++++\tn2\n\
+>f+++++++++\ttab\there\t => x\n\
 \n\
 Total file size: 1,234 bytes\n\
 Total transferred file size: 56 bytes\n";
-        let r = parse_itemized(out);
+        let mut r = parse_itemized(out);
         let s = |v: &Vec<Vec<u8>>| {
             v.iter()
                 .map(|n| String::from_utf8_lossy(n).into_owned())
                 .collect::<Vec<_>>()
         };
-        assert_eq!(s(&r.unchanged), ["back\\#012slash", "hl", "same"]);
-        // A link to a changed file is a changed path too.
-        assert_eq!(s(&r.changed), ["chg", "n2b", "chg-link", "n2"]);
+        assert_eq!(
+            s(&r.unchanged),
+            ["back\\#012slash", "hl", "same", "chg-link"]
+        );
+        assert_eq!(s(&r.changed), ["chg", "n2b", "n2", "tab\there\t => x"]);
         assert_eq!(s(&r.symlinks), ["link"]);
         assert_eq!((r.total_size, r.transferred), (1234, 56));
+
+        // Only the previous copy's own inode at the same path stays
+        // unchanged; a link to a changed file is a changed path.
+        let t = tempfile::tempdir().expect("tmp");
+        let (new, old) = (t.path().join("new"), t.path().join("old"));
+        fs::create_dir_all(&new).expect("new");
+        fs::create_dir_all(&old).expect("old");
+        for n in ["back\\#012slash", "hl", "chg"] {
+            fs::write(old.join(n), n).expect("old file");
+            fs::hard_link(old.join(n), new.join(n)).expect("link-dest match");
+        }
+        fs::hard_link(old.join("hl"), old.join("same")).expect("old link");
+        fs::hard_link(new.join("hl"), new.join("same")).expect("same");
+        fs::write(old.join("chg-link"), "old content").expect("old");
+        fs::write(new.join("chg"), "new").expect("chg");
+        fs::hard_link(new.join("chg"), new.join("chg-link")).expect("chg-link");
+        r.confirm_unchanged(&new, Some(&old));
+        assert_eq!(s(&r.unchanged), ["back\\#012slash", "hl", "same"]);
+        assert_eq!(
+            s(&r.changed),
+            ["chg", "n2b", "n2", "tab\there\t => x", "chg-link"]
+        );
+        r.confirm_unchanged(&new, None);
+        assert!(r.unchanged.is_empty());
     }
 
     #[test]

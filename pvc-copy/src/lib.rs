@@ -862,7 +862,8 @@ fn copy_one(
         Ok(o) => o,
         Err(e) => return fail(format!("cannot read rsync's output: {e}")),
     };
-    let items = copy::parse_itemized(&out);
+    let mut items = copy::parse_itemized(&out);
+    items.confirm_unchanged(&dest.partial(), link);
     // Before the swap: a same-week link-dest is the copy being replaced.
     let (links_changed, links_same) = copy::split_symlinks(&items.symlinks, &dest.partial(), link);
 

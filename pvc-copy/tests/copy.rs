@@ -538,3 +538,49 @@ fn a_second_run_while_one_holds_the_lock_exits_busy() {
     r.fails_with(4);
     assert!(!env.root.join("pvc-data").exists());
 }
+
+/// rsync escapes every control byte of a name in its output except TAB,
+/// and the itemized lines were split on TABs: a tenant file named
+/// `a<TAB>b` reached the ledger as `a` (a path that is another file or
+/// none), so the offsite copy never got it (found by audit). Every name
+/// must reach the ledger byte for byte.
+#[test]
+fn names_with_tabs_and_arrows_reach_the_ledger_exactly() {
+    let env = Env::new();
+    let src = env.tree(&[
+        ("a", b"plain a"),
+        ("a\tb", b"tab inside"),
+        ("dir\twith tab/inner", b"inner"),
+        ("x\t => y", b"looks like a hardlink suffix"),
+        ("l\t -> t", b"looks like a symlink suffix"),
+        ("trailing\t", b"tab at the end"),
+    ]);
+    fs::hard_link(src.path().join("a\tb"), src.path().join("hl\tto a-tab-b")).expect("hardlink");
+    std::os::unix::fs::symlink("a\tb", src.path().join("sym\tlink")).expect("symlink");
+    env.pvc_from_dir("vm-1-pvc-tabs", "ns", "t", src.path(), false);
+    env.run(NOW, &[]).succeeds();
+    let d = env.dest(WEEK, "ns", "t");
+    assert_eq!(fs::read(d.join("a\tb")).expect("copied"), b"tab inside");
+
+    let ledger = env.ledger_lines();
+    let mut got: Vec<&str> = ledger
+        .iter()
+        .filter_map(|l| l.strip_prefix(&format!("pvc-data/{WEEK}/ns/t/")))
+        .collect();
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            "a",
+            "a\tb",
+            "dir\twith tab/inner",
+            "hl\tto a-tab-b",
+            "l\t -> t",
+            "sym\tlink",
+            "trailing\t",
+            "x\t => y",
+        ],
+        "ledger: {ledger:?}"
+    );
+    env.assert_no_mounts();
+}
