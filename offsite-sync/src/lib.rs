@@ -757,6 +757,15 @@ pub fn step2(cfg: &Config) -> Result<StepReport> {
                 p(root)
             )));
         }
+        // An unmounted tree is a bare directory: every entry would look
+        // vanished and the batch would be committed, losing the changes
+        // until the next full pass. Keep the batch instead.
+        if cfg.require_mountpoint && !is_mountpoint(root) {
+            return Err(Exit::refused(format!(
+                "NFS root {} is not a mountpoint: change log kept",
+                p(root)
+            )));
+        }
         let keep = filter_present(root, rels, &mut rep)?;
         if !keep.is_empty() {
             sends.push((root.clone(), dest.clone(), keep));
