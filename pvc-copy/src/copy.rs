@@ -211,7 +211,9 @@ pub fn split_symlinks(
 /// Put a complete build directory in place of `dest`. With a previous
 /// copy present the two are exchanged atomically (renameat2
 /// RENAME_EXCHANGE), so `dest` is at every instant one whole copy; the old
-/// one, now at `partial`, is then removed.
+/// one is left at `partial` for the caller to remove once the new copy is
+/// recorded: a failure removing it must not read as a failed swap (the
+/// new copy's ledger entries would be dropped while it stands in place).
 pub fn swap_in(partial: &Path, dest: &Path) -> io::Result<()> {
     if fs::symlink_metadata(dest).is_ok() {
         rustix::fs::renameat_with(
@@ -225,7 +227,6 @@ pub fn swap_in(partial: &Path, dest: &Path) -> io::Result<()> {
         if let Some(parent) = dest.parent() {
             backup_core::fsutil::sync_dir(parent);
         }
-        remove_tree(partial)?;
     } else {
         fs::rename(partial, dest)?;
         if let Some(parent) = dest.parent() {

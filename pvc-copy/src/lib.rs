@@ -925,6 +925,14 @@ fn copy_one(
     if let Err(e) = std::fs::remove_file(dest.pending()) {
         warn!("cannot remove {}: {e}", p(&dest.pending()));
     }
+    // The replaced copy, now at .<pvc>.partial: only garbage once the new
+    // one is recorded, and the next run's leftover sweep retries it.
+    if let Err(e) = copy::remove_tree(&dest.partial()) {
+        warn!(
+            "cannot remove the replaced copy {}: {e}; the next run removes it",
+            p(&dest.partial())
+        );
+    }
     recorded.map_err(|e| format!("copy in place, but cannot record its source: {e}"))?;
     debug!(
         "{} ledger entries for {}",

@@ -353,3 +353,73 @@ fn an_inactive_snapshot_is_activated_for_the_copy_and_deactivated_after() {
     assert!(calls.iter().any(|c| c.contains("-ay -K")), "{calls:?}");
     assert!(!env.host.lv_path(VG, snap).exists(), "left active");
 }
+
+/// Undoes `chattr +i` even when the test fails, so the sandbox can go.
+struct Immutable(PathBuf);
+
+impl Immutable {
+    fn set(p: &Path) -> Immutable {
+        let o = Command::new("chattr")
+            .arg("+i")
+            .arg(p)
+            .output()
+            .expect("chattr");
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        Immutable(p.to_path_buf())
+    }
+}
+
+impl Drop for Immutable {
+    fn drop(&mut self) {
+        let _ = Command::new("chattr").arg("-i").arg(&self.0).output();
+    }
+}
+
+/// The new copy is exchanged into place, then the replaced one removed.
+/// When that removal failed (here: an immutable directory in the old copy
+/// on the real ext4 backup disk; on the host an I/O error), the run
+/// reported the PVC failed and dropped the new copy's ledger entries,
+/// though the new copy stood in place: later same-week runs link against
+/// it and ledger only their own changes, so the changed file never went
+/// offsite (found by audit). The copy in place must reach the ledger.
+#[test]
+fn a_replaced_copy_that_cannot_be_removed_never_costs_the_new_copys_ledger_entries() {
+    let env = Env::new();
+    env.pvc(
+        "vm-9-pvc-imm",
+        "ns",
+        "p",
+        &[("sub/kept.txt", b"kept"), ("changing.txt", b"v1")],
+    );
+    env.run(NOW, &[]).succeeds();
+    let d = env.dest(WEEK, "ns", "p");
+    let guard = Immutable::set(&d.join("sub"));
+
+    env.write_in_lv("vm-9-pvc-imm", "changing.txt", b"version 2");
+    env.snapshot("vm-9-pvc-imm", SNAP_UNIX + 3600);
+    let before = env.ledger_lines().len();
+    let r = env.run("2026-11-27T06:00:00Z", &[]);
+    assert_eq!(
+        fs::read(d.join("changing.txt")).expect("in place"),
+        b"version 2"
+    );
+    let new = env.ledger_lines()[before..].to_vec();
+    assert!(
+        new.contains(&format!("pvc-data/{WEEK}/ns/p/changing.txt")),
+        "the copy in place is not in the ledger: {new:?}"
+    );
+    r.succeeds()
+        .stderr_contains("cannot remove the replaced copy");
+
+    // Once the obstacle is gone (it went aside with the replaced copy),
+    // the next run removes the leftover.
+    let moved = Immutable(env.root.join(format!("pvc-data/{WEEK}/ns/.p.partial/sub")));
+    drop((guard, moved));
+    env.run("2026-11-27T07:00:00Z", &[]).succeeds();
+    assert!(
+        !env.root
+            .join(format!("pvc-data/{WEEK}/ns/.p.partial"))
+            .exists()
+    );
+    env.assert_no_mounts();
+}
