@@ -728,13 +728,21 @@ pub fn step2(cfg: &Config) -> Result<StepReport> {
 
     // Incremental: route each path, resolve it beneath its root.
     let roots = leg2_roots(cfg);
+    // nfs-track logs canonical paths (it canonicalises its --watch roots;
+    // fanotify reports real paths): a root configured through a symlink
+    // must match them too, or every entry would be dropped as not direct.
+    let canon: Vec<Option<PathBuf>> = roots
+        .iter()
+        .map(|(r, _)| std::fs::canonicalize(r).ok().filter(|c| c != r))
+        .collect();
     let mut per_root: Vec<Vec<PathBuf>> = vec![Vec::new(), Vec::new()];
     for a in abs {
-        let Some((i, rel)) = roots
-            .iter()
-            .enumerate()
-            .find_map(|(i, (root, _))| a.strip_prefix(root).ok().map(|r| (i, r.to_path_buf())))
-        else {
+        let Some((i, rel)) = roots.iter().enumerate().find_map(|(i, (root, _))| {
+            a.strip_prefix(root)
+                .ok()
+                .or_else(|| canon[i].as_ref().and_then(|c| a.strip_prefix(c).ok()))
+                .map(|r| (i, r.to_path_buf()))
+        }) else {
             rep.not_direct += 1;
             continue;
         };

@@ -61,3 +61,64 @@ fn step2_keeps_the_change_log_while_an_nfs_root_is_not_mounted() {
     );
     assert_eq!(w.leg2().line_count().expect("count"), 0);
 }
+
+/// nfs-track writes canonical paths (it canonicalises `--watch`, and its
+/// fanotify backend can only report real paths). When /srv/nfs is a
+/// symlink to the real tree, step 2 compared those paths with the
+/// configured root as given: every entry counted as "not direct", the
+/// batch was committed and the run exited 0, so uploads reached the NAS
+/// only at the next full pass. Real nfs-track (inotify) feeds the ledger.
+#[test]
+fn step2_sends_what_nfs_track_logged_under_a_symlinked_nfs_root() {
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    let w = World::with_nas();
+    recent_full(&w);
+    let real = w.sb.mkdir("data/nfs");
+    std::fs::create_dir_all(real.join("immich")).expect("mkdir");
+    std::fs::remove_dir(&w.nfs).expect("rmdir");
+    std::os::unix::fs::symlink(&real, &w.nfs).expect("symlink");
+
+    let mut tracker = Command::new(backup_tests::harness::bin("nfs-track"))
+        .arg("--watch")
+        .arg(&w.nfs)
+        .arg("--log")
+        .arg(w.leg2().path())
+        .arg("--skip-list")
+        .arg(&w.skip)
+        .args(["--route", "direct", "--backend", "inotify"])
+        .arg("--state-dir")
+        .arg(w.sb.path().join("nfs-track-state"))
+        .env("BACKUP_LOCK_DIR", w.sb.lock_dir())
+        .env_remove("JOURNAL_STREAM")
+        .env_remove("METRICS_FILE")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn nfs-track");
+    // First start: the marker (no record of watching) is written once the
+    // watches are in place.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !w.leg2().full_sync_needed() {
+        assert!(Instant::now() < deadline, "nfs-track never got ready");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    World::put(&w.nfs, b"immich/upload/a.jpg", b"jpg");
+    while w.leg2().line_count().expect("count") < 1 {
+        assert!(Instant::now() < deadline, "nfs-track never logged the file");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // SAFETY: kill(2) on the child this test started.
+    unsafe { libc::kill(tracker.id() as i32, libc::SIGTERM) };
+    assert!(tracker.wait().expect("wait").success());
+
+    w.run("step2", &["--full", "never"])
+        .succeeds()
+        .stdout_contains("1 sent");
+    assert_eq!(
+        World::files(&w.nas_dir.join("nfs")),
+        set(&[b"immich/upload/a.jpg"])
+    );
+    assert_eq!(w.leg2().line_count().expect("count"), 0);
+}
