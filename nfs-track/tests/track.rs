@@ -788,3 +788,51 @@ fn full_ledger_disk_holds_paths_until_space_is_freed() {
         "a truncated or foreign line in the ledger:\n{text}"
     );
 }
+
+/// A file written unnamed (`O_TMPFILE`) and then linked into place with
+/// `linkat` (the atomic-write pattern of systemd and others) is created
+/// with one link and its `close_write` names no real path (fanotify
+/// reports `#<ino>`, inotify nothing): the creation is its only event.
+fn tmpfile_linked_into_place(backend: &str) {
+    use std::ffi::CString;
+    let e = Env::new();
+    std::fs::create_dir(e.tree.join("sub")).expect("mkdir");
+    let t = e.start(backend, &[]);
+    let dir = CString::new(e.tree.join("sub").as_os_str().as_bytes()).expect("c");
+    let dest = CString::new(e.tree.join("sub/atomic.txt").as_os_str().as_bytes()).expect("c");
+    // SAFETY: plain syscalls on valid NUL-terminated paths and our own fd.
+    unsafe {
+        let fd = libc::open(dir.as_ptr(), libc::O_TMPFILE | libc::O_WRONLY, 0o644);
+        assert!(fd >= 0, "O_TMPFILE: {}", std::io::Error::last_os_error());
+        assert_eq!(libc::write(fd, b"data".as_ptr().cast(), 4), 4);
+        let proc_fd = CString::new(format!("/proc/self/fd/{fd}")).expect("c");
+        let rc = libc::linkat(
+            libc::AT_FDCWD,
+            proc_fd.as_ptr(),
+            libc::AT_FDCWD,
+            dest.as_ptr(),
+            libc::AT_SYMLINK_FOLLOW,
+        );
+        assert_eq!(rc, 0, "linkat: {}", std::io::Error::last_os_error());
+        libc::close(fd);
+    }
+    // A plain file after it: once it is logged, the linked one had its chance.
+    std::fs::write(e.tree.join("sub/after"), b"x").expect("write");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !has(&e.logged(), b"sub/after") {
+        assert!(Instant::now() < deadline, "sub/after never logged");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    t.stop();
+    assert_logged(&e.logged(), &[b"sub/atomic.txt", b"sub/after"]);
+}
+
+#[test]
+fn inotify_tmpfile_linked_into_place_is_logged() {
+    tmpfile_linked_into_place("inotify");
+}
+
+#[test]
+fn fanotify_tmpfile_linked_into_place_is_logged() {
+    tmpfile_linked_into_place("fanotify");
+}
