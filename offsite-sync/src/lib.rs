@@ -599,24 +599,40 @@ fn leg2_roots(cfg: &Config) -> [(PathBuf, String); 2] {
     ]
 }
 
-/// The `direct` trees below a root for a full pass: top-level names
-/// matching a direct rule (globs expanded against the source).
+/// Whether one path component matches one skip-list pattern component
+/// (`*`, `?` within the component), by the skip list's own matcher.
+fn comp_matches(pat: &str, name: &OsStr) -> bool {
+    SkipList::parse(&format!("direct {pat}"), "pattern")
+        .is_ok_and(|l| l.route(Path::new(name)) == Route::Direct)
+}
+
+/// The `direct` trees below a root for a full pass: the paths a direct
+/// rule names, globs expanded against the source component by component.
+/// Deeper globs (`direct */media`) count too: leaving them out made a full
+/// pass (and the marker it clears) skip those trees silently.
 fn direct_trees(skip: &SkipList, root: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     for r in skip.rules().iter().filter(|r| r.route == Route::Direct) {
-        let pat = r.pattern_str();
-        if pat.contains(['*', '?']) {
-            if let Ok(rd) = std::fs::read_dir(root) {
+        let mut cands = vec![PathBuf::new()];
+        for pc in &r.pattern {
+            let mut next = Vec::new();
+            for c in &cands {
+                if !pc.contains(['*', '?']) {
+                    next.push(c.join(pc));
+                    continue;
+                }
+                let Ok(rd) = std::fs::read_dir(root.join(c)) else {
+                    continue;
+                };
                 for e in rd.flatten() {
-                    let rel = PathBuf::from(e.file_name());
-                    if skip.route(&rel) == Route::Direct && r.pattern.len() == 1 {
-                        out.push(rel);
+                    if comp_matches(pc, &e.file_name()) {
+                        next.push(c.join(e.file_name()));
                     }
                 }
             }
-        } else {
-            out.push(PathBuf::from(pat));
+            cands = next;
         }
+        out.extend(cands.into_iter().filter(|c| skip.route(c) == Route::Direct));
     }
     out.sort();
     out.dedup();
@@ -657,22 +673,37 @@ pub fn step2(cfg: &Config) -> Result<StepReport> {
                     warn!("{}: absent, its NAS copy is left as it is", p(&src));
                     continue;
                 }
+                // Below the top level the names are the tenants' (`*/media`):
+                // a symlink there must not take the pass out of the tree.
+                if tree.iter().count() > 1
+                    && (resolve_beneath(&root, &tree).ok() != Some(Resolved::Present)
+                        || !std::fs::symlink_metadata(&src).is_ok_and(|m| m.is_dir()))
+                {
+                    rep.unsafe_paths += 1;
+                    warn!(
+                        "{}: a symlink or not a directory, never followed; not sent",
+                        p(&src)
+                    );
+                    continue;
+                }
                 if let Some(g) = source_guard(&src, false, false) {
                     refused.push(g);
                     continue;
                 }
                 let mut excludes = Vec::new();
+                let depth = tree.iter().count();
                 for r in skip.rules() {
+                    // Rules below this tree (globs matched against its
+                    // components) of another route stay out of it.
                     if r.route != Route::Direct
-                        && r.pattern.len() > tree.iter().count()
+                        && r.pattern.len() > depth
                         && skip.route(Path::new(&r.pattern_str())) != Route::Direct
-                        && Path::new(&r.pattern_str()).starts_with(&tree)
-                    {
-                        let rest: PathBuf = Path::new(&r.pattern_str())
+                        && r.pattern
                             .iter()
-                            .skip(tree.iter().count())
-                            .collect();
-                        excludes.push(format!("--exclude=/{}", rest.display()));
+                            .zip(tree.iter())
+                            .all(|(p, c)| comp_matches(p, c))
+                    {
+                        excludes.push(format!("--exclude=/{}", r.pattern[depth..].join("/")));
                     }
                 }
                 let dst = format!("{}/{}/", dest, tree.display());

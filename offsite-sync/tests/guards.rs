@@ -122,3 +122,34 @@ fn step2_sends_what_nfs_track_logged_under_a_symlinked_nfs_root() {
     );
     assert_eq!(w.leg2().line_count().expect("count"), 0);
 }
+
+/// A `direct` rule may name a deeper glob (`direct */media`: every
+/// tenant's media folder; the skip list matches `*` within one component
+/// and nfs-track watches such paths). The step 2 full pass expanded globs
+/// only in one-component rules, so these trees were never in it: a
+/// full-sync request from nfs-track (a queue overflow) was cleared, the run
+/// exited 0, and the changes it stood for never reached the NAS.
+#[test]
+fn step2_full_pass_covers_deeper_glob_rules() {
+    let w = World::with_nas();
+    recent_full(&w);
+    std::fs::write(&w.skip, "direct */media\nnever */media/cache\n").expect("skip list");
+    World::put(&w.nfs, b"alice/media/p.jpg", b"a");
+    World::put(&w.nfs, b"bob/media/sub/q.jpg", b"b");
+    World::put(&w.nfs, b"bob/media/cache/c.tmp", b"never");
+    World::put(&w.nfs, b"bob/docs/leg1.odt", b"leg 1");
+    // A tenant's "media" that is a symlink out of the tree is never followed.
+    let outside = w.sb.mkdir("outside");
+    std::fs::write(outside.join("secret"), b"s").expect("secret");
+    std::fs::create_dir_all(w.nfs.join("carol")).expect("mkdir");
+    std::os::unix::fs::symlink(&outside, w.nfs.join("carol/media")).expect("symlink");
+    w.leg2()
+        .mark_full_sync("nfs-track: the kernel event queue overflowed")
+        .expect("mark");
+    w.run("step2", &[]).succeeds().stdout_contains("full pass");
+    assert_eq!(
+        World::files(&w.nas_dir.join("nfs")),
+        set(&[b"alice/media/p.jpg", b"bob/media/sub/q.jpg"])
+    );
+    assert!(!w.leg2().full_sync_needed());
+}
