@@ -203,9 +203,8 @@ fn rsync_cmd(
 /// Spool files of runs that died before their items reached the ledger.
 /// A spool still locked belongs to an rsync that is still running (its
 /// parent was killed): left for a later run.
-fn recover_spool(dest: &Path, ledger: &Ledger) -> Result<u64> {
-    let dir = dest.join(STATE_DIR).join("spool");
-    let Ok(rd) = std::fs::read_dir(&dir) else {
+fn recover_spool(dir: &Path, ledger: &Ledger) -> Result<u64> {
+    let Ok(rd) = std::fs::read_dir(dir) else {
         return Ok(0);
     };
     let mut n = 0;
@@ -438,7 +437,7 @@ pub fn mirror(o: &MirrorOpts, metrics: &mut Metrics) -> Result<(ExitCode, Report
     let state = o.dest.join(STATE_DIR);
     if !o.dry_run {
         std::fs::create_dir_all(state.join("spool")).with_context(|| p(&state))?;
-        report.ledger_entries += recover_spool(&o.dest, &ledger)?;
+        report.ledger_entries += recover_spool(&state.join("spool"), &ledger)?;
     }
     let mut known = load_entries(&o.dest);
     let present: BTreeSet<Vec<u8>> = names.iter().cloned().collect();
@@ -753,6 +752,13 @@ pub fn config(o: &ConfigOpts) -> Result<(ExitCode, u64)> {
     );
     let root = o.dest.join("pve-config");
     let (mut ok, mut failed, mut total) = (0usize, Vec::new(), 0u64);
+    // Its own spool directory: `nfs-mirror config` runs under another lock
+    // than the mirror, whose recovery must never take a spool being written.
+    let spool_dir = o.dest.join(STATE_DIR).join("config-spool");
+    if !o.dry_run {
+        std::fs::create_dir_all(&spool_dir).with_context(|| p(&spool_dir))?;
+        total += recover_spool(&spool_dir, &ledger)?;
+    }
     for item in &o.items {
         let rel: PathBuf = item
             .components()
@@ -782,27 +788,35 @@ pub fn config(o: &ConfigOpts) -> Result<(ExitCode, u64)> {
         std::fs::create_dir_all(&dst).with_context(|| p(&dst))?;
         let mut prefix = b"pve-config/".to_vec();
         prefix.extend_from_slice(rel.as_os_str().as_bytes());
-        let out = rsync_cmd(&o.rsync, item, &dst, &[], false, false, o.timeout).run_any();
-        match out {
-            Ok(out) => {
-                let n = append_items(&ledger, &prefix, &out.stdout)?;
-                total += n;
-                if RsyncResult::classify(out.code, &out.stderr).is_success() {
+        // Spooled like the mirror's trees: with rsync's item list only in
+        // memory, a run stopped (systemd stop, TimeoutStartSec=, kill) or
+        // timed out after some files arrived ledgered none of them, and the
+        // next run, finding them up to date, never did either.
+        let spool = spool_dir.join(format!("{}.{}.items", hex(&prefix), std::process::id()));
+        let args = rsync_args(item, &dst, &[], false, false);
+        let res = run_spooled(&o.rsync, &args, &spool, o.timeout)?;
+        let data = std::fs::read(&spool).unwrap_or_default();
+        let n = append_items(&ledger, &prefix, &data)?;
+        let _ = std::fs::remove_file(&spool);
+        total += n;
+        match res {
+            Spooled::Exited { code, stderr } => {
+                if RsyncResult::classify(code, &stderr).is_success() {
                     info!("{}: {n} file(s) copied", p(item));
                     ok += 1;
                 } else {
                     error!(
                         "{}: rsync exited {} ({}): {}",
                         p(item),
-                        out.code,
-                        RsyncResult::describe(out.code),
-                        out.stderr.trim()
+                        code,
+                        RsyncResult::describe(code),
+                        stderr.trim()
                     );
                     failed.push(p(item));
                 }
             }
-            Err(e) => {
-                error!("{}: {e}", p(item));
+            Spooled::Failed(m) => {
+                error!("{}: {m}", p(item));
                 failed.push(p(item));
             }
         }

@@ -754,3 +754,87 @@ fn a_killed_rsyncs_temp_file_never_trips_the_deletion_guard() {
     t.run(&["--max-delete", "10%"]).fails_with(5);
     assert!(t.dst.join("photos/p0.jpg").exists());
 }
+
+/// `nfs-mirror config` stopped while rsync copies (systemd stop, its
+/// TimeoutStartSec=, `kill PID`): the files that already arrived under
+/// pve-config/ must reach the ledger, through the next run if not this one.
+/// The next run finds them up to date and sends nothing for them, so a
+/// file this run copied but did not ledger never goes offsite (until a
+/// full sync). Real rsync, slowed by a wrapper so the stop lands after the
+/// first file arrived and while the second is sent.
+fn config_stopped_mid_copy(how: Stop) {
+    let t = setup();
+    let etc = t.sb.mkdir("etc/pve");
+    std::fs::write(etc.join("a-storage.cfg"), "dir: local\n").expect("w");
+    std::fs::write(etc.join("z-big.bin"), blob(512 << 10, 9)).expect("w");
+    let rsync = t.sb.write(
+        "slow-rsync",
+        "#!/bin/sh\nexec /usr/bin/rsync --bwlimit=50 \"$@\"\n",
+    );
+    std::fs::set_permissions(&rsync, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+    let config_cmd = || {
+        let mut c = t.sb.cmd("nfs-mirror");
+        c.arg("config")
+            .arg("--dest")
+            .arg(&t.dst)
+            .arg("--item")
+            .arg(&etc);
+        c
+    };
+    let mut child = config_cmd()
+        .env("RSYNC", &rsync)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let rel = etc.strip_prefix("/").expect("abs");
+    let copy = t.dst.join("pve-config").join(rel);
+    let start = std::time::Instant::now();
+    while !copy.join("a-storage.cfg").is_file() {
+        assert!(
+            child.try_wait().expect("try_wait").is_none(),
+            "the run ended before the stop"
+        );
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(60),
+            "nothing arrived"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    stop(&mut child, how).failed_mid("rsync").left_no_process();
+    assert!(!copy.join("z-big.bin").exists(), "the stop came too late");
+
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+    while Run::of(&mut config_cmd()).code != 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the normal run after the stop failed"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+    assert!(copy.join("z-big.bin").is_file());
+    let led = t.ledger();
+    for f in ["a-storage.cfg", "z-big.bin"] {
+        let mut want = b"pve-config/".to_vec();
+        want.extend_from_slice(rel.join(f).as_os_str().as_bytes());
+        assert!(
+            led.contains(&want),
+            "{} was copied but never ledgered; ledger: {:?}",
+            String::from_utf8_lossy(&want),
+            led.iter()
+                .map(|l| String::from_utf8_lossy(l))
+                .collect::<Vec<_>>()
+        );
+    }
+}
+
+#[test]
+fn config_sigterm_mid_copy_ledgers_every_copied_file() {
+    config_stopped_mid_copy(Stop::Term);
+}
+
+#[test]
+fn config_systemd_stop_mid_copy_ledgers_every_copied_file() {
+    config_stopped_mid_copy(Stop::TermUnit);
+}
