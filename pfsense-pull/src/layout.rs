@@ -171,16 +171,35 @@ pub fn plan_rotation(
     let decisions = retain(names.iter().map(String::as_str), keep)
         .map_err(|e| backup_core::exit::Exit::usage(format!("--keep-weeks: {e}")))?;
     let current = week_key(today);
+    // The newest copy of each kind is never rotated away, however old: when
+    // every Sunday's tar since failed (each of those runs exits 3, the
+    // weekdays succeed), week retention alone removed the last good full
+    // tar and left no copy of the firewall's filesystem at all.
+    let newest: Vec<&Path> = [Kind::Config, Kind::FullTar]
+        .into_iter()
+        .filter_map(|k| {
+            scan.items
+                .iter()
+                .filter(|i| i.kind == k)
+                .max_by(|a, b| (a.date, !a.flat, &a.path).cmp(&(b.date, !b.flat, &b.path)))
+                .map(|i| i.path.as_path())
+        })
+        .collect();
     let mut out = Vec::new();
     for d in decisions.iter().filter(|d| !d.keep && d.name != current) {
+        let mut kept_one = false;
         for i in scan.items.iter().filter(|i| i.week == d.name) {
+            if newest.contains(&i.path.as_path()) {
+                kept_one = true;
+                continue;
+            }
             out.push(Removal {
                 path: i.path.clone(),
                 week: d.name.clone(),
                 reason: d.reason.clone(),
             });
         }
-        if scan.week_dirs.contains(&d.name) {
+        if scan.week_dirs.contains(&d.name) && !kept_one {
             out.push(Removal {
                 path: dest.join(&d.name),
                 week: d.name.clone(),
@@ -272,6 +291,36 @@ mod tests {
     }
 
     #[test]
+    fn the_newest_copy_of_each_kind_outlives_its_week() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let dest = dir.path();
+        for (w, f) in [
+            ("2026-W44", "pfsense-full-20261101.tar.gz"),
+            ("2026-W44", "config-20261101.xml"),
+            ("2026-W45", "config-20261108.xml"),
+            ("2026-W48", "config-20261129.xml"),
+        ] {
+            std::fs::create_dir_all(dest.join(w)).expect("mkdir");
+            std::fs::write(dest.join(w).join(f), "x").expect("write");
+        }
+        let s = scan(dest).expect("scan");
+        let plan = plan_rotation(dest, &s, 1, d(2026, 11, 29)).expect("plan");
+        let mut gone: Vec<PathBuf> = plan.iter().map(|r| r.path.clone()).collect();
+        gone.sort();
+        // W44 keeps its directory: the only full tar is in it.
+        assert_eq!(
+            gone,
+            [
+                dest.join("2026-W44/config-20261101.xml"),
+                dest.join("2026-W45"),
+                dest.join("2026-W45/config-20261108.xml"),
+            ]
+        );
+        assert!(apply_rotation(&plan).is_empty());
+        assert!(dest.join("2026-W44/pfsense-full-20261101.tar.gz").is_file());
+    }
+
+    #[test]
     fn only_our_leftovers_count_as_partial() {
         for ours in [
             ".pfsense-full-20261129.tar.gz.partial",
@@ -302,9 +351,12 @@ mod tests {
         ] {
             std::fs::write(dest.join(f), "x").expect("write");
         }
+        // A newer full tar, so the old flat one is not the newest of its
+        // kind (that one would be kept whatever its age).
         for (w, f) in [
             ("2026-W46", "config-20261110.xml"),
             ("2026-W47", "config-20261117.xml"),
+            ("2026-W47", "pfsense-full-20261122.tar.gz"),
             ("2026-W48", "config-20261124.xml"),
         ] {
             std::fs::create_dir_all(dest.join(w)).expect("mkdir");
@@ -312,7 +364,7 @@ mod tests {
         }
         std::fs::write(dest.join("README"), "mine").expect("write");
         let s = scan(dest).expect("scan");
-        assert_eq!(s.items.len(), 6);
+        assert_eq!(s.items.len(), 7);
         assert_eq!(
             newest_config(&s.items).map(|i| i.path.clone()),
             Some(dest.join("2026-W48/config-20261124.xml"))
@@ -339,7 +391,7 @@ mod tests {
         );
         assert!(apply_rotation(&plan).is_empty());
         let left = scan(dest).expect("rescan");
-        assert_eq!(left.items.len(), 3);
+        assert_eq!(left.items.len(), 4);
         assert!(dest.join("README").exists());
         assert!(plan_rotation(dest, &left, 0, d(2026, 11, 24)).is_err());
     }

@@ -446,6 +446,8 @@ fn old_flat_files_are_recognised_and_rotated_by_date() {
     b.sb.write("backup/pfsense/pfsense-full-20261004.tar.gz", b"old tar");
     b.sb.write("backup/pfsense/config-20261008.xml", &cfg);
     b.sb.write("backup/pfsense/config-20261120.xml", &cfg);
+    // A newer flat tar: the newest copy of a kind is kept whatever its age.
+    b.sb.write("backup/pfsense/pfsense-full-20261122.tar.gz", b"newer tar");
     b.sb.write("backup/pfsense/notes.txt", b"not ours");
     Run::of(b.ssh_cmd(&sshd, &fw, SATURDAY).args(["--keep-weeks", "2"])).succeeds();
     assert_eq!(
@@ -453,7 +455,8 @@ fn old_flat_files_are_recognised_and_rotated_by_date() {
         [
             "2026-W48/config-20261128.xml",
             "config-20261120.xml",
-            "notes.txt"
+            "notes.txt",
+            "pfsense-full-20261122.tar.gz"
         ]
     );
     // Compared with the newest flat copy: same bytes, so unchanged.
@@ -491,4 +494,68 @@ fn json_report_tells_what_was_stored() {
         Some(std::fs::metadata(fw.config_path()).expect("m").len())
     );
     assert_eq!(v["full_tar"]["wanted"], false);
+}
+
+/// Rotation after a good weekday run must not take the last good full tar
+/// with it when every Sunday since failed its tar (firewall disk trouble,
+/// a tar that fails remotely): those Sundays exit 3, the weekdays succeed,
+/// and week retention alone would leave no filesystem copy at all. The
+/// newest copy of each kind stays, whatever its age; everything else of
+/// the old weeks still goes.
+#[test]
+fn rotation_never_removes_the_last_good_full_tar() {
+    let fw = Firewall::new();
+    let sshd = Sshd::start(SshdOpts::default());
+    let b = Backup::new();
+    let keep = ["--keep-weeks", "2"];
+    // 2026-11-15 (W46): a good Sunday, tar taken.
+    Run::of(b.ssh_cmd(&sshd, &fw, "2026-11-15").args(keep)).succeeds();
+    let good_tar = b.read("2026-W46/pfsense-full-20261115.tar.gz");
+    // The next two Sundays the firewall's tar fails (its root is gone).
+    for sunday in ["2026-11-22", "2026-11-29"] {
+        let mut c = b.cmd(sunday);
+        c.arg("--ssh")
+            .arg(sshd.target())
+            .arg("-p")
+            .arg(sshd.port().to_string())
+            .arg("--ssh-key")
+            .arg(sshd.client_key())
+            .arg("--known-hosts")
+            .arg(sshd.known_hosts())
+            .arg("--remote-config")
+            .arg(fw.config_path())
+            .arg("--tar-root")
+            .arg(fw.path().join("no-such-root"))
+            .args(keep);
+        Run::of(&mut c)
+            .fails_with(3)
+            .stderr_contains("full tar failed");
+    }
+    // Monday 2026-11-30 (W49): a good run; W46 and W47 fall out of the
+    // two-week window.
+    Run::of(b.ssh_cmd(&sshd, &fw, MONDAY).args(keep))
+        .succeeds()
+        .stderr_contains("rotation: removing");
+    assert_eq!(
+        b.files(),
+        [
+            "2026-W46/pfsense-full-20261115.tar.gz",
+            "2026-W48/config-20261129.xml",
+            "2026-W49/config-20261130.xml"
+        ],
+        "the only full tar was rotated away"
+    );
+    assert_eq!(b.read("2026-W46/pfsense-full-20261115.tar.gz"), good_tar);
+    // The next good Sunday's tar replaces it as the newest; then it goes.
+    Run::of(b.ssh_cmd(&sshd, &fw, "2026-12-06").args(keep)).succeeds();
+    Run::of(b.ssh_cmd(&sshd, &fw, "2026-12-07").args(keep)).succeeds();
+    assert_eq!(
+        b.files(),
+        [
+            "2026-W49/config-20261130.xml",
+            "2026-W49/config-20261206.xml",
+            "2026-W49/pfsense-full-20261206.tar.gz",
+            "2026-W50/config-20261207.xml"
+        ]
+    );
 }
