@@ -515,6 +515,8 @@ pub fn mirror(o: &MirrorOpts, metrics: &mut Metrics) -> Result<(ExitCode, Report
 
     // Guard pass: what would each tree delete? Nothing is written yet.
     let mut refusals = Vec::new();
+    let mut tree_deletions: std::collections::HashMap<Vec<u8>, u64> =
+        std::collections::HashMap::new();
     for pl in &planned {
         let rep = report
             .entries
@@ -577,8 +579,22 @@ pub fn mirror(o: &MirrorOpts, metrics: &mut Metrics) -> Result<(ExitCode, Report
             );
         }
         rep.deletions = plan.deletions;
+        tree_deletions.insert(pl.name.clone(), plan.deletions + plan.rsync_temps);
         report.plan.add(plan);
     }
+    // What the copying pass may delete beyond the figures just measured.
+    // rsync enforces it (--max-delete, exit 25): the guard pass and the
+    // copy are minutes or hours apart, and a source tree emptied in
+    // between (its filesystem unmounted, an operator's rm) otherwise went
+    // through unbounded and emptied its mirror.
+    let mut slack = match o.max_delete {
+        MaxDelete::Off => None,
+        MaxDelete::Count(n) => Some(n.saturating_sub(report.plan.deletions)),
+        MaxDelete::Percent(pc) => Some(
+            ((pc * report.plan.existing as f64 / 100.0).floor() as u64)
+                .saturating_sub(report.plan.deletions),
+        ),
+    };
     if let Some(why) = o.max_delete.check(&report.plan) {
         refusals.push(why);
     }
@@ -626,10 +642,26 @@ pub fn mirror(o: &MirrorOpts, metrics: &mut Metrics) -> Result<(ExitCode, Report
             state
                 .join("spool")
                 .join(format!("{}.{}.items", hex(&pl.name), std::process::id()));
-        let args = rsync_args(&pl.src, &pl.dst, &pl.excludes, o.prune_skipped, false);
+        let mut args = rsync_args(&pl.src, &pl.dst, &pl.excludes, o.prune_skipped, false);
+        if let Some(slack) = slack {
+            let bound = tree_deletions.get(&pl.name).copied().unwrap_or(0) + slack;
+            // Before the trailing `-- SRC/ DST/`.
+            let at = args.len() - 3;
+            args.insert(at, format!("--max-delete={bound}").into());
+        }
         let res = run_spooled(&o.rsync, &args, &spool, o.timeout)?;
         // Whatever happened, what rsync reported as sent goes into the ledger.
         let data = std::fs::read(&spool).unwrap_or_default();
+        if let Some(s) = slack.as_mut() {
+            // Deletions beyond this tree's measured ones use up the slack
+            // for the trees after it: the bound holds for the whole run.
+            let deleted = rsync_items::parse(&data)
+                .iter()
+                .filter(|i| i.is_deletion())
+                .count() as u64;
+            let planned = tree_deletions.get(&pl.name).copied().unwrap_or(0);
+            *s = s.saturating_sub(deleted.saturating_sub(planned));
+        }
         let n = append_items(&ledger, &pl.name, &data)?;
         let _ = std::fs::remove_file(&spool);
         report.ledger_entries += n;
@@ -654,12 +686,19 @@ pub fn mirror(o: &MirrorOpts, metrics: &mut Metrics) -> Result<(ExitCode, Report
                 }
                 _ => {
                     rep.action = "failed".into();
-                    let m = format!(
-                        "rsync exited {} ({}): {}",
-                        code,
-                        RsyncResult::describe(code),
-                        backup_core::log::escape_str(stderr.trim())
-                    );
+                    let m = if code == 25 {
+                        format!(
+                            "the source changed since the guard pass: rsync stopped deleting at the --max-delete {} bound (exit 25), the rest of the mirror is kept",
+                            o.max_delete
+                        )
+                    } else {
+                        format!(
+                            "rsync exited {} ({}): {}",
+                            code,
+                            RsyncResult::describe(code),
+                            backup_core::log::escape_str(stderr.trim())
+                        )
+                    };
                     error!("{}: {m}", rep.name);
                     rep.message = Some(m);
                     failed.push(rep.name.clone());

@@ -838,3 +838,47 @@ fn config_sigterm_mid_copy_ledgers_every_copied_file() {
 fn config_systemd_stop_mid_copy_ledgers_every_copied_file() {
     config_stopped_mid_copy(Stop::TermUnit);
 }
+
+/// The guard pass and the copy are minutes or hours apart. A source tree
+/// emptied in between (its filesystem unmounted, an operator's rm; here a
+/// wrapper empties it just before the copying rsync starts, real rsync
+/// does the rest) must not get its mirror emptied: the copy itself is held
+/// to --max-delete, and the run fails.
+#[test]
+fn a_source_emptied_after_the_guard_pass_keeps_its_mirror() {
+    let t = setup();
+    for i in 0..50 {
+        t.w(format!("docs/d{i:02}.txt").as_bytes(), &format!("doc {i}"));
+    }
+    t.w(b"media/m.bin", "m");
+    t.run(&[]).succeeds();
+    let docs = t.src.join("docs");
+    let rsync = t.sb.write(
+        "emptying-rsync",
+        format!(
+            "#!/bin/sh\ncase \" $* \" in\n  *\" --dry-run \"*) ;;\n  *\"{}/ \"*) find '{}' -mindepth 1 -delete ;;\nesac\nexec /usr/bin/rsync \"$@\"\n",
+            docs.display(),
+            docs.display()
+        ),
+    );
+    std::fs::set_permissions(&rsync, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+    let out = Run::of(t.cmd(&["--max-delete", "10%"]).env("RSYNC", &rsync));
+    assert!(
+        std::fs::read_dir(&docs).expect("docs").next().is_none(),
+        "the wrapper did not empty the source"
+    );
+    let left = walk(&t.dst.join("docs")).len();
+    assert!(
+        left >= 45,
+        "the mirror of an emptied source lost {} of 50 files (exit {})",
+        50 - left,
+        out.code
+    );
+    assert_ne!(
+        out.code, 0,
+        "a run that stopped deleting passed for a good one"
+    );
+    out.stderr_contains("--max-delete");
+    assert!(t.dst.join("media/m.bin").is_file());
+}
