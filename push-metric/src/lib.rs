@@ -373,6 +373,9 @@ pub fn push(url: &str, body: &str, timeout: Duration) -> anyhow::Result<()> {
         .timeout_connect(Some(timeout.min(Duration::from_secs(5))))
         .timeout_global(Some(timeout))
         .http_status_as_error(false)
+        // A redirect is never a push: ureq would follow a 301/302 with a
+        // GET, and a 200 for that page would pass for a pushed result.
+        .max_redirects(0)
         .build()
         .into();
     let mut backoff = Duration::from_millis(200);

@@ -200,6 +200,56 @@ fn silent_gateway_times_out() {
     assert_eq!(status.code(), Some(1));
 }
 
+/// Stands for a misconfigured URL behind a reverse proxy that redirects
+/// (to a login page that answers 200): the 302 must not pass for a push.
+#[test]
+fn a_redirect_is_not_a_push() {
+    use std::io::{Read, Write};
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = l.local_addr().expect("addr");
+    let url = format!("http://{addr}");
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop = done.clone();
+    let server = std::thread::spawn(move || {
+        let mut methods = Vec::new();
+        l.set_nonblocking(true).expect("nonblocking");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline && !stop.load(std::sync::atomic::Ordering::SeqCst) {
+            let Ok((mut c, _)) = l.accept() else {
+                std::thread::sleep(Duration::from_millis(20));
+                continue;
+            };
+            c.set_nonblocking(false).expect("blocking");
+            c.set_read_timeout(Some(Duration::from_secs(2)))
+                .expect("timeout");
+            let mut buf = [0u8; 65536];
+            let n = c.read(&mut buf).unwrap_or(0);
+            let req = String::from_utf8_lossy(&buf[..n]).into_owned();
+            methods.push(req.split(' ').next().unwrap_or("").to_string());
+            let reply = if req.contains(" /login ") {
+                "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close\r\n\r\nlogin".to_string()
+            } else {
+                format!(
+                    "HTTP/1.1 302 Found\r\nLocation: http://{addr}/login\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                )
+            };
+            let _ = c.write_all(reply.as_bytes());
+        }
+        methods
+    });
+    let r = Run::of(
+        pm().args(["--job", "nfs-mirror", "--status", "0", "--gateway", &url])
+            .args(["--timeout", "3"]),
+    );
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    r.fails_with(1).stderr_contains("302");
+    let methods = server.join().expect("server");
+    assert!(
+        methods.iter().all(|m| m == "POST"),
+        "followed the redirect: {methods:?}"
+    );
+}
+
 #[test]
 fn from_systemd_timeout_reports_aborted() {
     let pg = Pushgateway::start();

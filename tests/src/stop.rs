@@ -105,12 +105,15 @@ pub fn stop(child: &mut Child, how: Stop) -> Stopped {
     let pid = child.id() as i32;
     let children = descendants(pid);
     if how == Stop::KillUnit {
-        // The children first, so none of them sees its parent go and
-        // cleans up on the PR_SET_PDEATHSIG signal.
-        for p in children.iter().filter(|p| alive(p)) {
-            // SAFETY: kill(2) on a process checked just above to be the
-            // one the tool started (same pid and start time).
-            unsafe { libc::kill(p.pid, libc::SIGKILL) };
+        // Freeze every child first, then kill them all: killed one by one,
+        // a survivor (rsync's receiver) could notice its peer go and clean
+        // up before its own SIGKILL, which a real cgroup kill never allows.
+        for sig in [libc::SIGSTOP, libc::SIGKILL] {
+            for p in children.iter().filter(|p| alive(p)) {
+                // SAFETY: kill(2) on a process checked just above to be
+                // the one the tool started (same pid and start time).
+                unsafe { libc::kill(p.pid, sig) };
+            }
         }
     }
     // SAFETY: kill(2) on our own child, not yet reaped (its pid is ours).
