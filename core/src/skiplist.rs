@@ -246,6 +246,12 @@ pub struct Coverage {
     pub exceptions: Vec<(String, Route)>,
 }
 
+/// Whether one path component matches one rule component (`*` and `?`
+/// within the component), as [`SkipList::lookup`] decides.
+pub fn component_matches(pat: &str, name: &std::ffi::OsStr) -> bool {
+    glob(pat, &name.to_string_lossy())
+}
+
 /// `*` and `?` within one path component.
 fn glob(pat: &str, s: &str) -> bool {
     let p: Vec<char> = pat.chars().collect();

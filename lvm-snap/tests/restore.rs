@@ -488,20 +488,7 @@ fn sigterm_mid_restore_rolls_back() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("spawn");
-    // Wait (no timing assumption beyond a generous bound) for the scale-down.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while !h
-        .emu
-        .calls()
-        .iter()
-        .any(|c| c.iter().any(|a| a == "--replicas=0"))
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "restore never scaled down"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    wait_for_call(&h, &["--replicas=0"]);
     // SAFETY: signalling our own child.
     unsafe {
         libc::kill(child.id() as i32, libc::SIGTERM);

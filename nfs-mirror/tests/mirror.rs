@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use backup_core::ledger::{Ledger, PathKind};
 use backup_tests::harness::{Run, Sandbox};
-use backup_tests::stop::{Stop, stop};
+use backup_tests::stop::{Stop, stop, wait_mid_run};
 
 const SKIP: &str = "direct immich\nnever frigate\nnever servarr/downloads/f1-replays\n";
 
@@ -42,17 +42,21 @@ impl T {
     fn run(&self, extra: &[&str]) -> Run {
         Run::of(&mut self.cmd(extra))
     }
-    /// nfs-mirror in the background with real rsync slowed to `kbps` KB/s
-    /// (a wrapper), so a stop lands mid-transfer.
-    fn spawn_slow(&self, kbps: u32, extra: &[&str]) -> std::process::Child {
+    /// Real rsync behind a wrapper that slows it to `kbps` KB/s.
+    fn slow_rsync(&self, kbps: u32) -> PathBuf {
         let rsync = self.sb.write(
             "slow-rsync",
             format!("#!/bin/sh\nexec /usr/bin/rsync --bwlimit={kbps} \"$@\"\n"),
         );
         std::fs::set_permissions(&rsync, std::os::unix::fs::PermissionsExt::from_mode(0o755))
             .expect("chmod");
+        rsync
+    }
+    /// nfs-mirror in the background with real rsync slowed to `kbps` KB/s
+    /// (a wrapper), so a stop lands mid-transfer.
+    fn spawn_slow(&self, kbps: u32, extra: &[&str]) -> std::process::Child {
         self.cmd(extra)
-            .env("RSYNC", &rsync)
+            .env("RSYNC", self.slow_rsync(kbps))
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
@@ -347,14 +351,7 @@ fn full_backup_disk_fails_and_ledgers_what_arrived() {
     for i in 0..12 {
         t.w(format!("media/f{i:02}").as_bytes(), &"x".repeat(512 * 1024));
     }
-    let img = t.sb.path().join("disk.img");
-    let ok = std::process::Command::new("mkfs.ext4")
-        .args(["-q", "-F", "-m", "0"])
-        .arg(&img)
-        .arg("4M")
-        .status()
-        .expect("mkfs");
-    assert!(ok.success());
+    let img = t.sb.ext4_image("disk.img", 4 << 20);
     let listing = t.sb.path().join("arrived.txt");
     let ledger = t.sb.path().join("ledger");
     let script = "mount -o loop \"$1\" \"$2\" && \"$3\" --source \"$4\" --dest \"$2\" --skip-list \"$5\" --ledger \"$6\"; rc=$?; (cd \"$2\" && find media -type f -size +0) > \"$7\"; exit $rc";
@@ -546,19 +543,10 @@ fn stopped_mid_transfer(how: Stop) {
     new.insert(b"media/changed.bin".to_vec(), changed);
     let mut child = t.spawn_slow(300, &[]);
     let first = t.dst.join("media/changed.bin");
-    let start = std::time::Instant::now();
     // rsync sends in name order: changed.bin, then n0.bin...
-    while std::fs::read(&first).ok().as_deref() != Some(&new[&b"media/changed.bin"[..]][..]) {
-        assert!(
-            child.try_wait().expect("try_wait").is_none(),
-            "the run ended before the stop"
-        );
-        assert!(
-            start.elapsed() < std::time::Duration::from_secs(60),
-            "nothing arrived"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    wait_mid_run(&mut child, "changed.bin arrived", || {
+        std::fs::read(&first).ok().as_deref() == Some(&new[&b"media/changed.bin"[..]][..])
+    });
     stop(&mut child, how).failed_mid("rsync").left_no_process();
 
     for (rel, data) in mirrored(&t.dst) {
@@ -719,18 +707,7 @@ fn a_killed_rsyncs_temp_file_never_trips_the_deletion_guard() {
             .map(|e| e.file_name().to_string_lossy().into_owned())
             .find(|n| n.starts_with(".big.jpg."))
     };
-    let start = std::time::Instant::now();
-    while temp().is_none() {
-        assert!(
-            child.try_wait().expect("try_wait").is_none(),
-            "the run ended before rsync wrote its temp file"
-        );
-        assert!(
-            start.elapsed() < std::time::Duration::from_secs(60),
-            "no temp file appeared"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
+    wait_mid_run(&mut child, "rsync wrote its temp file", || temp().is_some());
     stop(&mut child, Stop::KillUnit)
         .failed_mid("rsync")
         .left_no_process();
@@ -767,12 +744,7 @@ fn config_stopped_mid_copy(how: Stop) {
     let etc = t.sb.mkdir("etc/pve");
     std::fs::write(etc.join("a-storage.cfg"), "dir: local\n").expect("w");
     std::fs::write(etc.join("z-big.bin"), blob(512 << 10, 9)).expect("w");
-    let rsync = t.sb.write(
-        "slow-rsync",
-        "#!/bin/sh\nexec /usr/bin/rsync --bwlimit=50 \"$@\"\n",
-    );
-    std::fs::set_permissions(&rsync, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-        .expect("chmod");
+    let rsync = t.slow_rsync(50);
     let config_cmd = || {
         let mut c = t.sb.cmd("nfs-mirror");
         c.arg("config")
@@ -790,18 +762,9 @@ fn config_stopped_mid_copy(how: Stop) {
         .expect("spawn");
     let rel = etc.strip_prefix("/").expect("abs");
     let copy = t.dst.join("pve-config").join(rel);
-    let start = std::time::Instant::now();
-    while !copy.join("a-storage.cfg").is_file() {
-        assert!(
-            child.try_wait().expect("try_wait").is_none(),
-            "the run ended before the stop"
-        );
-        assert!(
-            start.elapsed() < std::time::Duration::from_secs(60),
-            "nothing arrived"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
+    wait_mid_run(&mut child, "a-storage.cfg arrived", || {
+        copy.join("a-storage.cfg").is_file()
+    });
     stop(&mut child, how).failed_mid("rsync").left_no_process();
     assert!(!copy.join("z-big.bin").exists(), "the stop came too late");
 

@@ -278,20 +278,11 @@ impl Fanotify {
                 }
                 continue;
             }
-            if mask & (libc::FAN_CLOSE_WRITE | libc::FAN_MOVED_TO) != 0 {
-                sink.offer(&path);
-            } else if mask & libc::FAN_CREATE != 0 {
-                // A symlink, a hard link and a file written unnamed
-                // (O_TMPFILE) then linked in never see a close_write under
-                // their name: the creation is their only event. Any new
-                // regular file is logged here; a normal file's close_write
-                // usually falls in the same flush window (deduplicated).
-                if let Ok(m) = std::fs::symlink_metadata(&path)
-                    && (m.file_type().is_symlink() || m.is_file())
-                {
-                    sink.offer(&path);
-                }
-            }
+            sink.file_event(
+                &path,
+                mask & (libc::FAN_CLOSE_WRITE | libc::FAN_MOVED_TO) != 0,
+                mask & libc::FAN_CREATE != 0,
+            );
         }
         overflow
     }

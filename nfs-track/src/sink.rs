@@ -156,6 +156,23 @@ impl Sink {
         }
     }
 
+    /// A file event of either backend: `written` for a close-after-write
+    /// or a move in, `created` for a creation. A symlink, a hard link and a
+    /// file written unnamed (O_TMPFILE) then linked in never see a
+    /// close_write under their name: the creation is their only event, so
+    /// any new regular file or symlink is offered then; a normal file's
+    /// close_write usually falls in the same flush window (deduplicated).
+    pub fn file_event(&mut self, path: &Path, written: bool, created: bool) {
+        if written {
+            self.offer(path);
+        } else if created
+            && let Ok(m) = std::fs::symlink_metadata(path)
+            && (m.file_type().is_symlink() || m.is_file())
+        {
+            self.offer(path);
+        }
+    }
+
     /// Offer a file path; kept when the filter accepts it. Past the bound,
     /// the held paths are dropped and a full sync is owed instead: the
     /// marker makes the consumer sync everything, so nothing is lost.

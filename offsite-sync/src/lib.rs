@@ -599,13 +599,6 @@ fn leg2_roots(cfg: &Config) -> [(PathBuf, String); 2] {
     ]
 }
 
-/// Whether one path component matches one skip-list pattern component
-/// (`*`, `?` within the component), by the skip list's own matcher.
-fn comp_matches(pat: &str, name: &OsStr) -> bool {
-    SkipList::parse(&format!("direct {pat}"), "pattern")
-        .is_ok_and(|l| l.route(Path::new(name)) == Route::Direct)
-}
-
 /// The `direct` trees below a root for a full pass: the paths a direct
 /// rule names, globs expanded against the source component by component.
 /// Deeper globs (`direct */media`) count too: leaving them out made a full
@@ -625,7 +618,7 @@ fn direct_trees(skip: &SkipList, root: &Path) -> Vec<PathBuf> {
                     continue;
                 };
                 for e in rd.flatten() {
-                    if comp_matches(pc, &e.file_name()) {
+                    if backup_core::skiplist::component_matches(pc, &e.file_name()) {
                         next.push(c.join(e.file_name()));
                     }
                 }
@@ -701,7 +694,7 @@ pub fn step2(cfg: &Config) -> Result<StepReport> {
                         && r.pattern
                             .iter()
                             .zip(tree.iter())
-                            .all(|(p, c)| comp_matches(p, c))
+                            .all(|(p, c)| backup_core::skiplist::component_matches(p, c))
                     {
                         excludes.push(format!("--exclude=/{}", r.pattern[depth..].join("/")));
                     }

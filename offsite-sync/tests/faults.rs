@@ -5,7 +5,7 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -276,15 +276,7 @@ fn appenders_racing_the_consumer_with_random_failures_lose_nothing() {
 #[test]
 fn a_full_nas_filesystem_fails_the_run_and_keeps_the_entries() {
     let mut w = World::new();
-    let img = w.sb.path().join("nas.img");
-    let st = Command::new("mkfs.ext4")
-        .args(["-q", "-F", "-m", "0"])
-        .arg(&img)
-        .arg("4M")
-        .stderr(Stdio::null())
-        .status()
-        .expect("mkfs");
-    assert!(st.success());
+    let img = w.sb.ext4_image("nas.img", 4 << 20);
     w.nas = Some(Nas::start_with(
         &w.sb.path().join("sshd"),
         NasOptions {

@@ -88,14 +88,10 @@ impl Sandbox {
         }
     }
 
-    /// A fresh ext4 filesystem of `size` bytes (a sparse image inside the
-    /// sandbox on a loop device) mounted at `<sandbox>/<rel>`, unmounted
-    /// when the sandbox drops. A test's backup disk is its own filesystem,
-    /// as on the host: free-space guards then measure it, never the
-    /// machine's /tmp (a CI machine with a nearly full /tmp once made every
-    /// pvc-copy test refuse with exit 5).
-    pub fn mount_ext4(&self, rel: &str, size: u64) -> PathBuf {
-        let img = self.path().join(format!("{}.ext4", rel.replace('/', "_")));
+    /// An empty ext4 filesystem image of `size` bytes (sparse, no reserved
+    /// blocks) at `<sandbox>/<rel>`, for a test to mount where it needs it.
+    pub fn ext4_image(&self, rel: &str, size: u64) -> PathBuf {
+        let img = self.path().join(rel);
         std::fs::File::create(&img)
             .and_then(|f| f.set_len(size))
             .expect("disk image");
@@ -104,6 +100,17 @@ impl Sandbox {
                 .args(["-q", "-F", "-m", "0"])
                 .arg(&img),
         );
+        img
+    }
+
+    /// A fresh ext4 filesystem of `size` bytes (a sparse image inside the
+    /// sandbox on a loop device) mounted at `<sandbox>/<rel>`, unmounted
+    /// when the sandbox drops. A test's backup disk is its own filesystem,
+    /// as on the host: free-space guards then measure it, never the
+    /// machine's /tmp (a CI machine with a nearly full /tmp once made every
+    /// pvc-copy test refuse with exit 5).
+    pub fn mount_ext4(&self, rel: &str, size: u64) -> PathBuf {
+        let img = self.ext4_image(&format!("{}.ext4", rel.replace('/', "_")), size);
         let dir = self.mkdir(rel);
         must(
             Command::new("mount")

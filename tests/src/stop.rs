@@ -100,6 +100,24 @@ pub struct Stopped {
     pub children: Vec<Proc>,
 }
 
+/// Poll `ready` (a sign the run is mid-way: a file arrived, a temp file
+/// appeared) until it holds, failing if the run ends first or nothing
+/// happens within a minute; then the test stops it.
+pub fn wait_mid_run(child: &mut Child, what: &str, mut ready: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !ready() {
+        assert!(
+            child.try_wait().expect("try_wait").is_none(),
+            "the run ended before {what}"
+        );
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "no {what} within a minute"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// Stop `child` the way `how` says and reap it.
 pub fn stop(child: &mut Child, how: Stop) -> Stopped {
     let pid = child.id() as i32;
