@@ -217,12 +217,20 @@ impl std::fmt::Display for MaxDelete {
 
 impl MaxDelete {
     /// `None` when the plan is within the limit, else why not.
+    /// How many deletions the limit allows among `existing` items on the
+    /// receiver; `None` when there is no limit.
+    pub fn allowed(&self, existing: u64) -> Option<u64> {
+        match self {
+            MaxDelete::Off => None,
+            MaxDelete::Count(n) => Some(*n),
+            MaxDelete::Percent(p) => Some((p * existing as f64 / 100.0).floor() as u64),
+        }
+    }
+
     pub fn check(&self, plan: &DeletePlan) -> Option<String> {
-        let over = match self {
-            MaxDelete::Off => false,
-            MaxDelete::Count(n) => plan.deletions > *n,
-            MaxDelete::Percent(p) => (plan.deletions as f64) * 100.0 > p * plan.existing as f64,
-        };
+        let over = self
+            .allowed(plan.existing)
+            .is_some_and(|a| plan.deletions > a);
         over.then(|| {
             format!(
                 "would delete {} of {} items on the destination (limit --max-delete {self})",

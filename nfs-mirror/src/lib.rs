@@ -587,14 +587,10 @@ pub fn mirror(o: &MirrorOpts, metrics: &mut Metrics) -> Result<(ExitCode, Report
     // copy are minutes or hours apart, and a source tree emptied in
     // between (its filesystem unmounted, an operator's rm) otherwise went
     // through unbounded and emptied its mirror.
-    let mut slack = match o.max_delete {
-        MaxDelete::Off => None,
-        MaxDelete::Count(n) => Some(n.saturating_sub(report.plan.deletions)),
-        MaxDelete::Percent(pc) => Some(
-            ((pc * report.plan.existing as f64 / 100.0).floor() as u64)
-                .saturating_sub(report.plan.deletions),
-        ),
-    };
+    let mut slack = o
+        .max_delete
+        .allowed(report.plan.existing)
+        .map(|a| a.saturating_sub(report.plan.deletions));
     if let Some(why) = o.max_delete.check(&report.plan) {
         refusals.push(why);
     }
