@@ -10,6 +10,7 @@ pub mod ledger;
 pub mod lock;
 pub mod log;
 pub mod lvm;
+pub mod marker;
 pub mod metrics;
 pub mod signals;
 pub mod skiplist;

@@ -129,6 +129,15 @@ impl Sandbox {
         self.dir.path()
     }
 
+    /// The backup disk of a test: [`Sandbox::mount_ext4`] plus the
+    /// backup-root identity marker `offsite-sync init --local` writes on the
+    /// host (contract 13), so tools that write there accept it.
+    pub fn mount_backup_disk(&self, rel: &str, size: u64) -> PathBuf {
+        let dir = self.mount_ext4(rel, size);
+        init_backup_root(&dir);
+        dir
+    }
+
     /// `<sandbox>/<rel>`, parents created.
     pub fn mkdir(&self, rel: &str) -> PathBuf {
         let p = self.path().join(rel);
@@ -216,4 +225,11 @@ impl Run {
         );
         self
     }
+}
+
+/// Give `dir` (created if needed) the backup-root identity marker, as
+/// `offsite-sync init --local` does on the host.
+pub fn init_backup_root(dir: &Path) {
+    std::fs::create_dir_all(dir).expect("backup root");
+    backup_core::marker::init(dir, backup_core::marker::ROLE_BACKUP_ROOT).expect("marker");
 }
