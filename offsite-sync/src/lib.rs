@@ -1066,3 +1066,31 @@ pub fn coverage(cfg: &Config) -> Result<Vec<CoverageRow>> {
     }
     Ok(rows)
 }
+
+/// `offsite-sync init`: give the backup root its identity marker
+/// (contract 13). Idempotent: an existing marker of the same role is kept.
+pub fn init(cfg: &Config, local: bool) -> Result<()> {
+    use backup_core::marker::{self, Init, ROLE_BACKUP_ROOT};
+    let root = &cfg.backup_root;
+    if cfg.require_mountpoint && !is_mountpoint(root) {
+        return Err(Exit::refused(format!(
+            "backup root {} is not a mountpoint: no marker written",
+            p(root)
+        )));
+    }
+    match marker::init(root, ROLE_BACKUP_ROOT)? {
+        Init::Created(m) => info!("{}: backup-root marker written (id {})", p(root), m.id),
+        Init::Existing(m) => info!(
+            "{}: already initialised (id {}, created {}): left as it is",
+            p(root),
+            m.id,
+            m.created
+        ),
+    }
+    if !local {
+        return Err(Exit::usage(
+            "init of the NAS destinations is not built yet: use --local",
+        ));
+    }
+    Ok(())
+}

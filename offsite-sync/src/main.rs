@@ -33,6 +33,15 @@ enum Sub {
     /// Step 1 then step 2.
     #[command(after_help = EXIT_CODE_HELP)]
     All,
+    /// Write the identity marker into the backup root (once; never
+    /// overwrites). Every tool that writes to the backup root refuses a
+    /// root without it.
+    #[command(after_help = EXIT_CODE_HELP)]
+    Init {
+        /// Only the backup root (no NAS contact).
+        #[arg(long)]
+        local: bool,
+    },
     /// Every top-level NFS directory with its one route; fails on overlaps.
     #[command(after_help = EXIT_CODE_HELP)]
     Coverage,
@@ -196,6 +205,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Sub::Step1 => &[1],
         Sub::Step2 => &[2],
         Sub::All => &[1, 2],
+        Sub::Init { local } => {
+            offsite_sync::init(&cfg, local)?;
+            return Ok(ExitCode::Ok);
+        }
         Sub::Coverage => {
             let rows = offsite_sync::coverage(&cfg)?;
             if o.json {
