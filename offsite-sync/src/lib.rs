@@ -696,7 +696,10 @@ pub fn step2(cfg: &Config) -> Result<StepReport> {
                             .zip(tree.iter())
                             .all(|(p, c)| backup_core::skiplist::component_matches(p, c))
                     {
-                        excludes.push(format!("--exclude=/{}", r.pattern[depth..].join("/")));
+                        excludes.push(format!(
+                            "--exclude={}",
+                            backup_core::skiplist::rsync_pattern(&r.pattern[depth..])
+                        ));
                     }
                 }
                 let dst = format!("{}/{}/", dest, tree.display());
