@@ -148,7 +148,7 @@ impl SkipList {
                 return Err(err(format!("{pat:?} names the whole NFS root")));
             }
             if let Some(why) = ambiguous(pat) {
-                return Err(err(format!("pattern {pat:?}: {why}")));
+                return Err(err(format!("pattern \"{pat}\": {why}")));
             }
             if let Some(prev) = rules.iter().find(|r| r.pattern == comps) {
                 if prev.route != route {
@@ -488,7 +488,7 @@ mod tests {
             let e = SkipList::parse(&text, "/etc/backup-skip-list.conf")
                 .expect_err(&format!("{pat} must be refused"));
             assert_eq!(e.line, 3, "{e}");
-            let want = format!("/etc/backup-skip-list.conf:3: pattern {pat:?}: {what}");
+            let want = format!("/etc/backup-skip-list.conf:3: pattern \"{pat}\": {what}");
             assert!(e.to_string().starts_with(&want), "{e}\nwant {want}");
             assert!(e.to_string().contains("; write "), "{e}");
         }

@@ -181,7 +181,7 @@ fn a_loaded_skip_list_never_holds_a_pattern_rsync_reads_otherwise() {
         let e = SkipList::parse(&text, "skip.conf").expect_err(bad);
         assert!(
             e.to_string()
-                .starts_with(&format!("skip.conf:2: pattern {bad:?}: '")),
+                .starts_with(&format!("skip.conf:2: pattern \"{bad}\": '")),
             "{e}"
         );
     }
