@@ -213,17 +213,22 @@ impl SkipList {
 
     /// Every top-level directory with its one route. Fails when a name is
     /// claimed by two top-level patterns with different routes.
-    pub fn coverage<'a, I>(&self, names: I) -> Result<Vec<Coverage>, String>
+    /// Names are matched as bytes (a non-UTF-8 name routes as the tools
+    /// route it) and reported lossily.
+    pub fn coverage<I>(&self, names: I) -> Result<Vec<Coverage>, String>
     where
-        I: IntoIterator<Item = &'a str>,
+        I: IntoIterator,
+        I::Item: AsRef<OsStr>,
     {
         let mut out = Vec::new();
         let mut conflicts = Vec::new();
-        for name in names {
+        for raw in names {
+            let raw = raw.as_ref();
+            let name = raw.to_string_lossy();
             let top: Vec<&Rule> = self
                 .rules
                 .iter()
-                .filter(|r| r.pattern.len() == 1 && glob(r.pattern[0].as_bytes(), name.as_bytes()))
+                .filter(|r| r.pattern.len() == 1 && glob(r.pattern[0].as_bytes(), raw.as_bytes()))
                 .collect();
             let mut routes: Vec<Route> = top.iter().map(|r| r.route).collect();
             routes.sort();
@@ -238,7 +243,7 @@ impl SkipList {
             }
             let route = routes.first().copied().unwrap_or(Route::BackupDisk);
             let exceptions = self
-                .nested_rules(name)
+                .nested_rules(raw)
                 .iter()
                 .map(|r| (r.pattern_str(), r.route))
                 .collect::<Vec<_>>();
@@ -559,6 +564,14 @@ mod tests {
         // A '*' of the pattern facing a '*' of the name is still a wildcard.
         assert!(component_matches("x*y", OsStr::new("x**y")));
         assert!(component_matches("a*b", OsStr::new("a*xb")));
+        let c = s
+            .coverage([OsStr::from_bytes(b"q\xff"), OsStr::new("q\u{e9}")])
+            .expect("coverage");
+        assert_eq!(
+            (c[0].name.as_str(), c[0].route),
+            ("q\u{fffd}", Route::Never)
+        );
+        assert_eq!(c[1].route, Route::BackupDisk);
         assert!(component_matches("q?", OsStr::from_bytes(b"q\xff")));
         assert!(!component_matches("q?", OsStr::new("q\u{e9}")));
         assert_eq!(s.nested_rules(OsStr::from_bytes(b"data")).len(), 1);

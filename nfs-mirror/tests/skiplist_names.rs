@@ -5,6 +5,8 @@
 //! The same tree and skip list go through leg 2 in offsite-sync's
 //! tests/skiplist_names.rs.
 
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use backup_core::skiplist::{Route, SkipList};
@@ -29,28 +31,31 @@ never  media/back?slash
 never  media/x*y
 ";
 
-const NAMES: &[&str] = &[
-    "foo[1]",
-    "foo1",
-    "a*b",
-    "axb",
-    "q?",
-    "q\u{e9}",
-    "back\\slash",
-    "backslash",
-    "x**y",
-    "xy",
-    "plain",
+/// Bytes: names are bytes to both legs ('q\xff' is not UTF-8).
+const NAMES: &[&[u8]] = &[
+    b"foo[1]",
+    b"foo1",
+    b"a*b",
+    b"axb",
+    b"q?",
+    "q\u{e9}".as_bytes(),
+    b"q\xff",
+    b"back\\slash",
+    b"backslash",
+    b"x**y",
+    b"xy",
+    b"plain",
 ];
 
 use Route::{BackupDisk as B, Direct as D, Never as N};
 
 /// The route of each name at the top level, in `home/` (leg 1) and in
 /// `media/` (leg 2), in the order of NAMES. '?' is one byte ('qé' is
-/// three), '*' of the rule is a wildcard even facing a '*' of the name.
-const TOP: &[Route] = &[D, B, D, D, N, B, N, B, D, D, B];
-const HOME: &[Route] = &[N, B, D, D, N, B, N, B, D, D, B];
-const MEDIA: &[Route] = &[N, D, D, D, N, D, N, D, N, N, D];
+/// three, 'q\xff' two), '*' of the rule is a wildcard even facing a '*'
+/// of the name.
+const TOP: &[Route] = &[D, B, D, D, N, B, N, N, B, D, D, B];
+const HOME: &[Route] = &[N, B, D, D, N, B, N, N, B, D, D, B];
+const MEDIA: &[Route] = &[N, D, D, D, N, D, N, N, D, N, N, D];
 
 struct T {
     sb: Sandbox,
@@ -69,9 +74,9 @@ fn setup(skip: &str) -> T {
             let d = dir
                 .map(|d| src.join(d))
                 .unwrap_or_else(|| src.clone())
-                .join(n);
+                .join(OsStr::from_bytes(n));
             std::fs::create_dir_all(&d).expect("mkdir");
-            std::fs::write(d.join("f"), n.as_bytes()).expect("write");
+            std::fs::write(d.join("f"), n).expect("write");
         }
     }
     T { sb, src, dst, skip }
@@ -99,7 +104,7 @@ fn expected(skip: &Path) -> Vec<(PathBuf, Route)> {
     let mut out = Vec::new();
     for (dir, routes) in [("", TOP), ("home", HOME), ("media", MEDIA)] {
         for (n, want) in NAMES.iter().zip(routes) {
-            let rel = Path::new(dir).join(n);
+            let rel = Path::new(dir).join(OsStr::from_bytes(n));
             assert_eq!(list.route(&rel), *want, "the matcher routes {rel:?}");
             out.push((rel, *want));
         }

@@ -1049,14 +1049,15 @@ pub fn coverage(cfg: &Config) -> Result<Vec<CoverageRow>> {
             warn!("{}: cannot list, skipped", p(root));
             continue;
         };
-        let mut names: Vec<String> = rd
+        // Names as bytes: a non-UTF-8 name is routed as the legs route it.
+        let mut names: Vec<std::ffi::OsString> = rd
             .flatten()
             .filter(|e| e.file_type().map(|t| t.is_dir()).unwrap_or(false))
-            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .map(|e| e.file_name())
             .collect();
         names.sort();
         let cov = skip
-            .coverage(names.iter().map(String::as_str))
+            .coverage(&names)
             .map_err(|e| Exit::usage(format!("{}: overlapping routes: {e}", p(&cfg.skip_list))))?;
         for c in cov {
             rows.push(CoverageRow {

@@ -7,6 +7,8 @@
 
 mod common;
 
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use backup_core::skiplist::{Route, SkipList};
@@ -31,37 +33,40 @@ never  media/back?slash
 never  media/x*y
 ";
 
-const NAMES: &[&str] = &[
-    "foo[1]",
-    "foo1",
-    "a*b",
-    "axb",
-    "q?",
-    "q\u{e9}",
-    "back\\slash",
-    "backslash",
-    "x**y",
-    "xy",
-    "plain",
+/// Bytes: names are bytes to both legs ('q\xff' is not UTF-8).
+const NAMES: &[&[u8]] = &[
+    b"foo[1]",
+    b"foo1",
+    b"a*b",
+    b"axb",
+    b"q?",
+    "q\u{e9}".as_bytes(),
+    b"q\xff",
+    b"back\\slash",
+    b"backslash",
+    b"x**y",
+    b"xy",
+    b"plain",
 ];
 
 use Route::{BackupDisk as B, Direct as D, Never as N};
 
 /// The route of each name at the top level, in `home/` (leg 1) and in
 /// `media/` (leg 2), in the order of NAMES. '?' is one byte ('qé' is
-/// three), '*' of the rule is a wildcard even facing a '*' of the name.
-const TOP: &[Route] = &[D, B, D, D, N, B, N, B, D, D, B];
-const HOME: &[Route] = &[N, B, D, D, N, B, N, B, D, D, B];
-const MEDIA: &[Route] = &[N, D, D, D, N, D, N, D, N, N, D];
+/// three, 'q\xff' two), '*' of the rule is a wildcard even facing a '*'
+/// of the name.
+const TOP: &[Route] = &[D, B, D, D, N, B, N, N, B, D, D, B];
+const HOME: &[Route] = &[N, B, D, D, N, B, N, N, B, D, D, B];
+const MEDIA: &[Route] = &[N, D, D, D, N, D, N, N, D, N, N, D];
 
 fn world(skip: &str, nas: bool) -> World {
     let w = if nas { World::with_nas() } else { World::new() };
     std::fs::write(&w.skip, skip).expect("skip list");
     for dir in ["", "home", "media"] {
         for n in NAMES {
-            let d = w.nfs.join(dir).join(n);
+            let d = w.nfs.join(dir).join(OsStr::from_bytes(n));
             std::fs::create_dir_all(&d).expect("mkdir");
-            std::fs::write(d.join("f"), n.as_bytes()).expect("write");
+            std::fs::write(d.join("f"), n).expect("write");
         }
     }
     w
@@ -74,7 +79,7 @@ fn expected(skip: &Path) -> Vec<(PathBuf, Route)> {
     let mut out = Vec::new();
     for (dir, routes) in [("", TOP), ("home", HOME), ("media", MEDIA)] {
         for (n, want) in NAMES.iter().zip(routes) {
-            let rel = Path::new(dir).join(n);
+            let rel = Path::new(dir).join(OsStr::from_bytes(n));
             assert_eq!(list.route(&rel), *want, "the matcher routes {rel:?}");
             out.push((rel, *want));
         }
@@ -103,7 +108,12 @@ fn coverage_reports_the_matcher_s_route_of_each_awkward_name() {
     let mut want: Vec<(String, String)> = NAMES
         .iter()
         .zip(TOP)
-        .map(|(n, r)| (n.to_string(), r.as_str().to_string()))
+        .map(|(n, r)| {
+            (
+                String::from_utf8_lossy(n).into_owned(),
+                r.as_str().to_string(),
+            )
+        })
         .chain([
             ("home".into(), "backup-disk".into()),
             ("media".into(), "direct".into()),
