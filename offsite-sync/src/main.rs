@@ -277,7 +277,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         cli.common.write_metrics(&m);
     }
     // The report of a finished run: a closed stdout keeps its code.
-    let print = || -> anyhow::Result<()> {
+    let print = || -> std::io::Result<()> {
         if o.json {
             backup_core::outln!(
                 "{}",
@@ -308,11 +308,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Ok(())
     };
-    if let Err(e) = print()
-        && !backup_core::out::is_closed(&e)
-    {
-        return Err(e);
-    }
+    backup_core::out::ignore_closed(print())?;
     Ok(code)
 }
 
