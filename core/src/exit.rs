@@ -119,10 +119,13 @@ pub fn one_line(err: &anyhow::Error) -> String {
 }
 
 /// Shared `main`: runs `body`, prints a fatal error once as one line
-/// (`tool: a: b: c`), and exits with the right code.
+/// (`tool: a: b: c`), and exits with the right code. A write to a closed
+/// stdout (`tool --json | head`) ends quietly with 0, as ripgrep does
+/// (see [`crate::out`]).
 pub fn run_main(tool: &str, body: impl FnOnce() -> anyhow::Result<ExitCode>) -> ! {
     let code = match body() {
         Ok(code) => code,
+        Err(err) if crate::out::is_closed(&err) => ExitCode::Ok,
         Err(err) => {
             let code = code_of(&err);
             crate::log::emit(

@@ -178,7 +178,10 @@ pub fn create(ctx: &Ctx, a: &CreateArgs, m: &mut Metrics) -> Result<ExitCode> {
         }
         if a.dry_run {
             match ctx.lvm.snapshot_cmd(origin, &name, Some(names::TAG)) {
-                Ok(c) => println!("would run: {}", c.display()),
+                Ok(c) => backup_core::out::ignore_closed(backup_core::outln!(
+                    "would run: {}",
+                    c.display()
+                ))?,
                 Err(e) => {
                     warn!("{e:#}");
                     failed.push(origin.clone());

@@ -621,11 +621,11 @@ fn list(ctx: &Ctx, a: &ListArgs, m: &mut Metrics) -> Result<ExitCode> {
         .collect();
     rows.sort_by(|a, b| (a.origin, a.name).cmp(&(b.origin, b.name)));
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&rows)?);
+        backup_core::outln!("{}", serde_json::to_string_pretty(&rows)?)?;
         return Ok(ExitCode::Ok);
     }
     if rows.is_empty() {
-        println!("(no snapshots found)");
+        backup_core::outln!("(no snapshots found)")?;
         return Ok(ExitCode::Ok);
     }
     let w = rows.iter().map(|r| r.name.len()).max().unwrap_or(8).max(8);
@@ -635,12 +635,16 @@ fn list(ctx: &Ctx, a: &ListArgs, m: &mut Metrics) -> Result<ExitCode> {
         .max()
         .unwrap_or(6)
         .max(6);
-    println!(
+    backup_core::outln!(
         "{:wo$}  {:w$}  {:15}  {:>7}  {:>6}",
-        "ORIGIN", "SNAPSHOT", "KIND", "AGE", "DATA%"
-    );
+        "ORIGIN",
+        "SNAPSHOT",
+        "KIND",
+        "AGE",
+        "DATA%"
+    )?;
     for r in &rows {
-        println!(
+        backup_core::outln!(
             "{:wo$}  {:w$}  {:15}  {:>7}  {:>6}",
             r.origin.unwrap_or("-"),
             r.name,
@@ -653,7 +657,7 @@ fn list(ctx: &Ctx, a: &ListArgs, m: &mut Metrics) -> Result<ExitCode> {
                 .map_or_else(|| "unknown".to_string(), names::age_text),
             r.data_percent
                 .map_or_else(|| "-".to_string(), |d| format!("{d:.2}")),
-        );
+        )?;
     }
     Ok(ExitCode::Ok)
 }
@@ -672,10 +676,13 @@ fn pool_cmd(ctx: &Ctx, a: &PoolArgs, m: &mut Metrics) -> Result<ExitCode> {
             "min_metadata_free_pct": a.guard.min_metadata_free_pct,
             "ok": verdict.is_ok(),
         });
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        backup_core::out::ignore_closed(backup_core::outln!(
+            "{}",
+            serde_json::to_string_pretty(&v)?
+        ))?;
     } else {
         let f = |v: Option<f64>| v.map_or_else(|| "unknown".to_string(), |v| format!("{v:.2}%"));
-        println!(
+        backup_core::out::ignore_closed(backup_core::outln!(
             "thin pool {}/{}: data {} used ({} free, minimum {}%), metadata {} used ({} free, minimum {}%)",
             p.vg,
             p.pool,
@@ -685,7 +692,7 @@ fn pool_cmd(ctx: &Ctx, a: &PoolArgs, m: &mut Metrics) -> Result<ExitCode> {
             f(p.metadata_percent),
             f(p.metadata_free()),
             a.guard.min_metadata_free_pct
-        );
+        ))?;
     }
     verdict.map(|()| ExitCode::Ok)
 }
@@ -731,15 +738,18 @@ fn prune_cmd(ctx: &Ctx, a: &PruneArgs, m: &mut Metrics) -> Result<ExitCode> {
                 v
             })
             .collect();
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        backup_core::out::ignore_closed(backup_core::outln!(
+            "{}",
+            serde_json::to_string_pretty(&v)?
+        ))?;
     } else {
         for (d, r) in decisions.iter().zip(&results) {
-            println!(
+            backup_core::out::ignore_closed(backup_core::outln!(
                 "{:12}  {}  ({})",
                 if d.keep { "keep" } else { *r },
                 d.name,
                 d.reason
-            );
+            ))?;
         }
     }
     gauge(

@@ -425,12 +425,13 @@ impl Run<'_> {
 /// typed confirmation.
 fn go_ahead(text: &str, a: &RestoreArgs) -> Result<bool> {
     if a.dry_run {
-        print!("{text}");
-        println!("(dry run: nothing changed)");
+        backup_core::out!("{text}")?;
+        backup_core::outln!("(dry run: nothing changed)")?;
         return Ok(false);
     }
     if a.yes {
-        print!("{text}");
+        // The plan is for the reader; a closed stdout stops no restore.
+        backup_core::out::ignore_closed(backup_core::out!("{text}"))?;
     } else {
         confirm(text)?;
     }
@@ -599,10 +600,15 @@ pub fn restore(ctx: &Ctx, a: &RestoreArgs, _m: &mut Metrics) -> Result<ExitCode>
             if let Err(e) = remove_journal(&run.journal) {
                 warn!("{e:#}: remove it by hand, the restore itself is complete");
             }
-            println!(
+            backup_core::out::ignore_closed(backup_core::outln!(
                 "restored {}/{} from {}; the replaced volume is kept as {} (remove it with: lvremove {}/{})",
-                plan.vg, plan.lv, plan.snapshot, plan.pre_restore, plan.vg, plan.pre_restore
-            );
+                plan.vg,
+                plan.lv,
+                plan.snapshot,
+                plan.pre_restore,
+                plan.vg,
+                plan.pre_restore
+            ))?;
             Ok(ExitCode::Ok)
         }
         Err(e) => {
@@ -638,10 +644,10 @@ fn recover(ctx: &Ctx, a: &RestoreArgs) -> Result<ExitCode> {
     let _lock = backup_core::lock::acquire(crate::TOOL)?;
     let path = journal_path(&ctx.state_dir);
     let Some(j) = read_journal(&path)? else {
-        println!(
+        backup_core::outln!(
             "no restore was cut short (no journal {}): nothing to recover",
             path.display()
-        );
+        )?;
         return Ok(ExitCode::Ok);
     };
     let p = &j.plan;
@@ -778,10 +784,12 @@ fn recover(ctx: &Ctx, a: &RestoreArgs) -> Result<ExitCode> {
     match res {
         Ok(()) => {
             remove_journal(&path)?;
-            println!(
+            backup_core::out::ignore_closed(backup_core::outln!(
                 "recovered: {}/{} is the volume it was before the restore from {}",
-                p.vg, p.lv, p.snapshot
-            );
+                p.vg,
+                p.lv,
+                p.snapshot
+            ))?;
             Ok(ExitCode::Ok)
         }
         Err(e) => Err(Exit::err(

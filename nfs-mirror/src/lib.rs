@@ -379,12 +379,13 @@ struct Planned {
     excludes: Vec<String>,
 }
 
-/// Nested skip-list rules inside a mirrored entry become anchored excludes.
-fn nested_excludes(skip: &SkipList, top: &str) -> Vec<String> {
+/// Nested skip-list rules inside a mirrored entry become anchored excludes
+/// that match what the skip list's matcher matches (core translates them).
+fn nested_excludes(skip: &SkipList, top: &OsStr) -> Vec<String> {
     skip.nested_rules(top)
         .into_iter()
         .filter(|r| r.route != Route::BackupDisk)
-        .map(|r| format!("/{}", r.pattern[1..].join("/")))
+        .map(|r| backup_core::skiplist::rsync_pattern(&r.pattern[1..]))
         .collect()
 }
 
@@ -481,7 +482,7 @@ pub fn mirror(o: &MirrorOpts, metrics: &mut Metrics) -> Result<(ExitCode, Report
             name: n.clone(),
             src: o.source.join(OsStr::from_bytes(n)),
             dst: o.dest.join(OsStr::from_bytes(n)),
-            excludes: nested_excludes(&skip, &String::from_utf8_lossy(n)),
+            excludes: nested_excludes(&skip, OsStr::from_bytes(n)),
         });
         report.entries.push(rep);
     }

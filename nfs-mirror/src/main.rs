@@ -184,24 +184,29 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 cli.common.write_metrics(&m);
             }
             let (code, report) = res?;
-            if o.json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            } else {
-                for e in &report.entries {
-                    println!(
-                        "{:<14} {:<12} {:<24} transferred={} deletions={}{}",
-                        e.action,
-                        e.route.as_str(),
-                        e.name,
-                        e.transferred,
-                        e.deletions,
-                        e.message
-                            .as_deref()
-                            .map(|m| format!("  ({m})"))
-                            .unwrap_or_default()
-                    );
+            // The report of a finished run: a closed stdout keeps its code.
+            let print = || -> std::io::Result<()> {
+                if o.json {
+                    backup_core::outln!("{}", serde_json::to_string_pretty(&report)?)?;
+                } else {
+                    for e in &report.entries {
+                        backup_core::outln!(
+                            "{:<14} {:<12} {:<24} transferred={} deletions={}{}",
+                            e.action,
+                            e.route.as_str(),
+                            e.name,
+                            e.transferred,
+                            e.deletions,
+                            e.message
+                                .as_deref()
+                                .map(|m| format!("  ({m})"))
+                                .unwrap_or_default()
+                        )?;
+                    }
                 }
-            }
+                Ok(())
+            };
+            backup_core::out::ignore_closed(print())?;
             Ok(code)
         }
     }

@@ -696,7 +696,10 @@ pub fn step2(cfg: &Config) -> Result<StepReport> {
                             .zip(tree.iter())
                             .all(|(p, c)| backup_core::skiplist::component_matches(p, c))
                     {
-                        excludes.push(format!("--exclude=/{}", r.pattern[depth..].join("/")));
+                        excludes.push(format!(
+                            "--exclude={}",
+                            backup_core::skiplist::rsync_pattern(&r.pattern[depth..])
+                        ));
                     }
                 }
                 let dst = format!("{}/{}/", dest, tree.display());
@@ -1046,14 +1049,15 @@ pub fn coverage(cfg: &Config) -> Result<Vec<CoverageRow>> {
             warn!("{}: cannot list, skipped", p(root));
             continue;
         };
-        let mut names: Vec<String> = rd
+        // Names as bytes: a non-UTF-8 name is routed as the legs route it.
+        let mut names: Vec<std::ffi::OsString> = rd
             .flatten()
             .filter(|e| e.file_type().map(|t| t.is_dir()).unwrap_or(false))
-            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .map(|e| e.file_name())
             .collect();
         names.sort();
         let cov = skip
-            .coverage(names.iter().map(String::as_str))
+            .coverage(&names)
             .map_err(|e| Exit::usage(format!("{}: overlapping routes: {e}", p(&cfg.skip_list))))?;
         for c in cov {
             rows.push(CoverageRow {

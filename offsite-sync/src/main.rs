@@ -212,7 +212,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Sub::Coverage => {
             let rows = offsite_sync::coverage(&cfg)?;
             if o.json {
-                println!("{}", serde_json::to_string_pretty(&rows)?);
+                backup_core::outln!("{}", serde_json::to_string_pretty(&rows)?)?;
             } else {
                 for r in rows {
                     let ex: Vec<String> = r
@@ -220,13 +220,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
                         .iter()
                         .map(|(p, route)| format!("{p}={}", route.as_str()))
                         .collect();
-                    println!(
+                    backup_core::outln!(
                         "{:<14} {:<28} {:<12} {}",
                         r.root,
                         r.name,
                         r.route.as_str(),
                         ex.join(" ")
-                    );
+                    )?;
                 }
             }
             return Ok(ExitCode::Ok);
@@ -234,10 +234,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Sub::Status { no_nas } => {
             let s = offsite_sync::status(&cfg, !no_nas)?;
             if o.json {
-                println!("{}", serde_json::to_string_pretty(&s)?);
+                backup_core::outln!("{}", serde_json::to_string_pretty(&s)?)?;
             } else {
                 for l in &s.ledgers {
-                    println!(
+                    backup_core::outln!(
                         "ledger {}: {} pending line(s){}{}",
                         l.path,
                         l.pending_lines,
@@ -251,18 +251,19 @@ fn run(cli: Cli) -> Result<ExitCode> {
                         } else {
                             String::new()
                         }
-                    );
+                    )?;
                 }
                 let t = |v: Option<u64>| v.map(|x| x.to_string()).unwrap_or_else(|| "never".into());
-                println!("last full pass step 1: {}", t(s.last_full_step1));
-                println!("last full pass step 2: {}", t(s.last_full_step2));
-                println!("last successful run: {}", t(s.last_success));
+                backup_core::outln!("last full pass step 1: {}", t(s.last_full_step1))?;
+                backup_core::outln!("last full pass step 2: {}", t(s.last_full_step2))?;
+                backup_core::outln!("last successful run: {}", t(s.last_success))?;
                 match (&s.nas, &s.nas_error) {
-                    (Some(c), _) => println!(
+                    (Some(c), _) => backup_core::outln!(
                         "NAS: {} of {} bytes available",
-                        c.available_bytes, c.size_bytes
-                    ),
-                    (None, Some(e)) => println!("NAS: unknown ({e})"),
+                        c.available_bytes,
+                        c.size_bytes
+                    )?,
+                    (None, Some(e)) => backup_core::outln!("NAS: unknown ({e})")?,
                     _ => {}
                 }
             }
@@ -275,34 +276,39 @@ fn run(cli: Cli) -> Result<ExitCode> {
     if !cfg.dry_run {
         cli.common.write_metrics(&m);
     }
-    if o.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&serde_json::json!({
-                "exit": code.code(),
-                "steps": reports,
-                "nas": cap,
-            }))?
-        );
-    } else {
-        for r in &reports {
-            println!(
-                "step {}: {} entries, {} sent, {} vanished, {} not direct, {} unsafe, {} rejected{}{}",
-                r.step,
-                r.entries,
-                r.sent,
-                r.vanished,
-                r.not_direct,
-                r.unsafe_paths,
-                r.rejected,
-                if r.full { ", full pass" } else { "" },
-                r.message
-                    .as_deref()
-                    .map(|m| format!(": {m}"))
-                    .unwrap_or_default()
-            );
+    // The report of a finished run: a closed stdout keeps its code.
+    let print = || -> std::io::Result<()> {
+        if o.json {
+            backup_core::outln!(
+                "{}",
+                serde_json::to_string_pretty(&serde_json::json!({
+                    "exit": code.code(),
+                    "steps": reports,
+                    "nas": cap,
+                }))?
+            )?;
+        } else {
+            for r in &reports {
+                backup_core::outln!(
+                    "step {}: {} entries, {} sent, {} vanished, {} not direct, {} unsafe, {} rejected{}{}",
+                    r.step,
+                    r.entries,
+                    r.sent,
+                    r.vanished,
+                    r.not_direct,
+                    r.unsafe_paths,
+                    r.rejected,
+                    if r.full { ", full pass" } else { "" },
+                    r.message
+                        .as_deref()
+                        .map(|m| format!(": {m}"))
+                        .unwrap_or_default()
+                )?;
+            }
         }
-    }
+        Ok(())
+    };
+    backup_core::out::ignore_closed(print())?;
     Ok(code)
 }
 

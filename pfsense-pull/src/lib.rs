@@ -496,10 +496,10 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     report.exit_code = code.code();
     cli.common.write_metrics(&metrics_of(&report));
     if cli.json {
-        println!(
+        backup_core::out::ignore_closed(backup_core::outln!(
             "{}",
             serde_json::to_string_pretty(&report).context("serialising the report")?
-        );
+        ))?;
     }
     outcome
 }
@@ -522,18 +522,18 @@ fn dry_run(p: &Plan, json: bool) -> anyhow::Result<ExitCode> {
     let rotation = layout::plan_rotation(&p.dest, &scan, p.keep_weeks, p.date)?;
     if json {
         let v = serde_json::json!({ "plan": p, "rotation_after_success": rotation });
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        backup_core::outln!("{}", serde_json::to_string_pretty(&v)?)?;
         return Ok(ExitCode::Ok);
     }
-    println!("date {} (week {})", p.date, p.week);
+    backup_core::outln!("date {} (week {})", p.date, p.week)?;
     match (&p.config_from, &p.ssh, &p.api) {
-        (Source::Ssh, Some(ssh), _) => println!(
+        (Source::Ssh, Some(ssh), _) => backup_core::outln!(
             "config: {} > {}",
             ssh.command(&fetch::cat_command(&p.remote_config), p.timeout)
                 .display(),
             p.config_path.display()
-        ),
-        (Source::Api, _, Some(api)) => println!(
+        )?,
+        (Source::Api, _, Some(api)) => backup_core::outln!(
             "config: GET {} (X-API-Key from file, CA {}) > {}",
             api.url,
             api.ca_file
@@ -541,25 +541,25 @@ fn dry_run(p: &Plan, json: bool) -> anyhow::Result<ExitCode> {
                 .map(|c| c.display().to_string())
                 .unwrap_or_else(|| "the built-in Mozilla roots".into()),
             p.config_path.display()
-        ),
+        )?,
         _ => {}
     }
     match (&p.tar_path, &p.ssh) {
-        (Some(t), Some(ssh)) => println!(
+        (Some(t), Some(ssh)) => backup_core::outln!(
             "full tar: {} > {}",
             ssh.command(&fetch::tar_command(&p.tar_root), p.timeout)
                 .display(),
             t.display()
-        ),
-        _ => println!("full tar: not due (taken on Sundays with --full-tar auto)"),
+        )?,
+        _ => backup_core::outln!("full tar: not due (taken on Sundays with --full-tar auto)")?,
     }
-    println!("ledger: {}", p.ledger.display());
+    backup_core::outln!("ledger: {}", p.ledger.display())?;
     for r in &rotation {
-        println!(
+        backup_core::outln!(
             "rotate after success: remove {} ({})",
             r.path.display(),
             r.reason
-        );
+        )?;
     }
     Ok(ExitCode::Ok)
 }

@@ -462,13 +462,13 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 
     if cli.dry_run {
         if let Some(u) = &url {
-            println!("POST {u}");
+            backup_core::outln!("POST {u}")?;
         }
         if let Some(t) = &textfile {
-            println!("WRITE {}", t.display());
+            backup_core::outln!("WRITE {}", t.display())?;
         }
-        println!();
-        print!("{text}");
+        backup_core::outln!()?;
+        backup_core::out!("{text}")?;
         return Ok(ExitCode::Ok);
     }
 

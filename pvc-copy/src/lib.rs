@@ -241,7 +241,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match &cli.cmd {
         Some(Sub::Preflight(a)) => run_preflight(a, &cli.common),
         Some(Sub::CurrentWeek { now }) => {
-            println!("{}", current_week(parse_now(now.as_deref())?));
+            backup_core::outln!("{}", current_week(parse_now(now.as_deref())?))?;
             Ok(ExitCode::Ok)
         }
         None => {
@@ -257,10 +257,10 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 cli.common.write_metrics(&m);
             }
             if cli.run.json {
-                println!(
+                backup_core::out::ignore_closed(backup_core::outln!(
                     "{}",
                     serde_json::to_string_pretty(&report).context("encoding the report")?
-                );
+                ))?;
             }
             res
         }
@@ -976,10 +976,10 @@ fn run_preflight(a: &PreflightArgs, common: &Common) -> anyhow::Result<ExitCode>
     );
     common.write_metrics(&m);
     if a.json {
-        println!(
+        backup_core::out::ignore_closed(backup_core::outln!(
             "{}",
             serde_json::to_string_pretty(&checks).context("encoding the checks")?
-        );
+        ))?;
     }
     if failed > 0 {
         error!("NFS export preflight: {failed} check(s) failed");

@@ -316,10 +316,10 @@ fn dump_all(a: &DumpArgs, t: &mut DumpTotals) -> anyhow::Result<ExitCode> {
             let out = json!({"dry_run": true, "databases": dbs,
                 "skipped": found.skipped.iter().map(|s| json!({"path": bytes_of(&s.rel), "reason": s.reason})).collect::<Vec<_>>(),
                 "errors": found.errors.iter().map(|e| json!({"path": bytes_of(&e.rel), "error": e.error})).collect::<Vec<_>>()});
-            println!("{out}");
+            backup_core::out::ignore_closed(backup_core::outln!("{out}"))?;
         } else {
             for c in &found.databases {
-                println!("{}", bytes_of(&c.rel));
+                backup_core::out::ignore_closed(backup_core::outln!("{}", bytes_of(&c.rel)))?;
             }
         }
         return Ok(if found.errors.is_empty() {
@@ -454,7 +454,7 @@ fn dump_all(a: &DumpArgs, t: &mut DumpTotals) -> anyhow::Result<ExitCode> {
             "skipped_entries": found.skipped.iter().map(|s| json!({"path": bytes_of(&s.rel), "reason": s.reason})).collect::<Vec<_>>(),
             "scan_errors": found.errors.iter().map(|e| json!({"path": bytes_of(&e.rel), "error": e.error})).collect::<Vec<_>>(),
         });
-        println!("{out}");
+        backup_core::out::ignore_closed(backup_core::outln!("{out}"))?;
     }
     if found.databases.is_empty() && found.errors.is_empty() {
         warn!("no SQLite database under {}", p(&src));
@@ -552,10 +552,10 @@ fn run_check(a: &CheckArgs, common: &Common) -> anyhow::Result<ExitCode> {
     )?;
     common.write_metrics(&m);
     if a.json {
-        println!(
+        backup_core::out::ignore_closed(backup_core::outln!(
             "{}",
             json!({"ok": a.dbs.len() - failed.len(), "failed": failed.len(), "databases": results})
-        );
+        ))?;
     }
     if !failed.is_empty() {
         return Err(Exit::partial(format!(

@@ -1,0 +1,172 @@
+//! Skip-list rules and awkward names (`foo[1]`, `a*b`, `q?`, `back\slash`,
+//! `x**y`) through leg 2: a full pass of step 2 sends to the NAS (a real
+//! sshd on loopback) exactly the directories the skip list's matcher
+//! routes `direct`, and `coverage` reports the matcher's routes. The same
+//! tree and skip list go through leg 1 in nfs-mirror's
+//! tests/skiplist_names.rs.
+
+mod common;
+
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use backup_core::skiplist::{Route, SkipList};
+use common::World;
+
+/// The rules use only what the matcher and rsync read alike ('*', '?').
+const SKIP: &str = "\
+direct foo?1?
+never  q?
+direct a*b
+never  back?slash
+direct x*y
+never  home/foo?1?
+never  home/q?
+direct home/a*b
+never  home/back?slash
+direct home/x*y
+direct media
+never  media/foo?1?
+never  media/q?
+never  media/back?slash
+never  media/x*y
+";
+
+/// Bytes: names are bytes to both legs ('q\xff' is not UTF-8).
+const NAMES: &[&[u8]] = &[
+    b"foo[1]",
+    b"foo1",
+    b"a*b",
+    b"axb",
+    b"q?",
+    "q\u{e9}".as_bytes(),
+    b"q\xff",
+    b"back\\slash",
+    b"backslash",
+    b"x**y",
+    b"xy",
+    b"plain",
+];
+
+use Route::{BackupDisk as B, Direct as D, Never as N};
+
+/// The route of each name at the top level, in `home/` (leg 1) and in
+/// `media/` (leg 2), in the order of NAMES. '?' is one byte ('qé' is
+/// three, 'q\xff' two), '*' of the rule is a wildcard even facing a '*'
+/// of the name.
+const TOP: &[Route] = &[D, B, D, D, N, B, N, N, B, D, D, B];
+const HOME: &[Route] = &[N, B, D, D, N, B, N, N, B, D, D, B];
+const MEDIA: &[Route] = &[N, D, D, D, N, D, N, N, D, N, N, D];
+
+fn world(skip: &str, nas: bool) -> World {
+    let w = if nas { World::with_nas() } else { World::new() };
+    std::fs::write(&w.skip, skip).expect("skip list");
+    for dir in ["", "home", "media"] {
+        for n in NAMES {
+            let d = w.nfs.join(dir).join(OsStr::from_bytes(n));
+            std::fs::create_dir_all(&d).expect("mkdir");
+            std::fs::write(d.join("f"), n).expect("write");
+        }
+    }
+    w
+}
+
+/// Every (path, expected route) of the tree, checked against the matcher
+/// itself first: the table is what the skip list means.
+fn expected(skip: &Path) -> Vec<(PathBuf, Route)> {
+    let list = SkipList::load(skip).expect("skip list");
+    let mut out = Vec::new();
+    for (dir, routes) in [("", TOP), ("home", HOME), ("media", MEDIA)] {
+        for (n, want) in NAMES.iter().zip(routes) {
+            let rel = Path::new(dir).join(OsStr::from_bytes(n));
+            assert_eq!(list.route(&rel), *want, "the matcher routes {rel:?}");
+            out.push((rel, *want));
+        }
+    }
+    out
+}
+
+#[test]
+fn coverage_reports_the_matcher_s_route_of_each_awkward_name() {
+    let w = world(SKIP, false);
+    let r = w.run("coverage", &["--json"]);
+    r.succeeds();
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).expect("json");
+    let got: Vec<(String, String)> = v
+        .as_array()
+        .expect("rows")
+        .iter()
+        .filter(|r| r["root"].as_str() == w.nfs.to_str())
+        .map(|r| {
+            (
+                r["name"].as_str().expect("name").to_string(),
+                r["route"].as_str().expect("route").to_string(),
+            )
+        })
+        .collect();
+    let mut want: Vec<(String, String)> = NAMES
+        .iter()
+        .zip(TOP)
+        .map(|(n, r)| {
+            (
+                String::from_utf8_lossy(n).into_owned(),
+                r.as_str().to_string(),
+            )
+        })
+        .chain([
+            ("home".into(), "backup-disk".into()),
+            ("media".into(), "direct".into()),
+        ])
+        .collect();
+    want.sort();
+    assert_eq!(got, want);
+}
+
+#[test]
+fn a_full_pass_sends_each_name_exactly_when_the_matcher_routes_it_direct() {
+    let w = world(SKIP, true);
+    let want = expected(&w.skip);
+    w.run("step2", &["--full", "always"]).succeeds();
+    let nas = w.nas_dir.join("nfs");
+    let mut wrong = Vec::new();
+    for (rel, route) in &want {
+        let sent = nas.join(rel).join("f").exists();
+        if sent != (*route == D) {
+            wrong.push(format!(
+                "{rel:?} (route {}): {}",
+                route.as_str(),
+                if sent { "sent" } else { "not sent" }
+            ));
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+#[test]
+fn a_rule_rsync_would_read_otherwise_is_refused_before_anything_is_sent() {
+    for rule in [
+        "never media/foo[1]",
+        "never media/back\\slash",
+        "never media/x**y",
+        "direct foo[1]",
+    ] {
+        let w = world(&format!("{SKIP}{rule}\n"), true);
+        let want_line = SKIP.lines().count() + 1;
+        let pat = rule.split_whitespace().nth(1).expect("pattern");
+        // The log line escapes a backslash as '\\'.
+        let want = format!(
+            "{}:{want_line}: pattern \"{}\": '",
+            w.skip.display(),
+            pat.replace('\\', "\\\\")
+        );
+        w.run("step2", &["--full", "always"])
+            .fails_with(2)
+            .stderr_contains(&want);
+        w.run("coverage", &[]).fails_with(2).stderr_contains(&want);
+        assert!(
+            !w.nas_dir.join("nfs").exists(),
+            "{rule}: something was sent"
+        );
+    }
+}
