@@ -12,10 +12,10 @@ pub mod log;
 pub mod lvm;
 pub mod marker;
 pub mod metrics;
-pub mod root_guard;
 pub mod signals;
 pub mod skiplist;
 pub mod weeks;
 
 pub use exit::{Exit, ExitCode};
 pub mod rsync_items;
+pub mod root_guard;
