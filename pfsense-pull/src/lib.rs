@@ -50,7 +50,8 @@ pub enum FullTar {
     after_help = EXIT_CODE_HELP
 )]
 pub struct Cli {
-    /// Destination directory (copies go to <dest>/<ISO week>/).
+    /// Destination directory (copies go to <dest>/<ISO week>/), below a backup
+    /// root carrying its identity marker (`offsite-sync init --local`).
     #[arg(long, env = "PFSENSE_DEST", value_name = "DIR")]
     pub dest: PathBuf,
     /// SSH login of the firewall.

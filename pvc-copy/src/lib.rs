@@ -45,6 +45,11 @@ against the newest earlier copy of that PVC. The copy is built in
 .<pvc>.partial beside it and exchanged atomically with the old one when
 complete; .<pvc>.source records the snapshot it came from.
 
+The backup root must carry the identity marker `offsite-sync init --local`
+writes once on a new disk (exit 5 without it, dry runs too); before each PVC
+is started, swapped in and ledgered it must still be that disk, else the PVC
+fails and nothing is committed on what is left at the path.
+
 Failures are counted and listed, never skipped silently, and the run goes on
 with the other PVCs (exit 3): no snapshot, a newest snapshot older than
 --max-snapshot-age, an LV no PV names, a mount, LUKS or rsync failure. A PVC
@@ -141,7 +146,8 @@ pub struct PreflightArgs {
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// The backup disk (must be a mount point unless --allow-unmounted-root).
+    /// The backup disk (must be a mount point unless --allow-unmounted-root, and
+    /// carry its identity marker, written once by `offsite-sync init --local`).
     #[arg(
         long,
         env = "BACKUP_ROOT",

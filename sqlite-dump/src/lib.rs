@@ -68,7 +68,8 @@ pub struct DumpArgs {
     /// The tree to search (e.g. /mnt/backup/pvc-data/<week>); never written to.
     #[arg(value_name = "SRC_DIR", required = true)]
     pub src: Option<PathBuf>,
-    /// Where the copies go, at the same relative paths (e.g. /mnt/backup/sqlite-backup/<week>).
+    /// Where the copies go, at the same relative paths (e.g. /mnt/backup/sqlite-backup/<week>),
+    /// below a backup root carrying its identity marker (`offsite-sync init --local`).
     #[arg(long, value_name = "DEST_DIR", required = true)]
     pub to: Option<PathBuf>,
     /// Append every written file to this ledger (e.g. /mnt/backup/.changed-files).
