@@ -118,11 +118,11 @@ fn a_backup_disk_unmounted_while_the_firewall_answers_gets_nothing() {
     );
     let out = child.wait_with_output().expect("wait");
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_ne!(out.status.code(), Some(0), "{stderr}");
-    assert!(stderr.contains("since the run started"), "{stderr}");
     assert_eq!(
         all_entries(&root),
         Vec::<String>::new(),
         "written on the bare mountpoint:\n{stderr}"
     );
+    assert_ne!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("since the run started"), "{stderr}");
 }

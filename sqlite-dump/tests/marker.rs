@@ -169,12 +169,12 @@ fn a_backup_disk_unmounted_mid_run_gets_nothing_more_and_the_bare_mountpoint_not
     let out = child.wait_with_output().expect("wait");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_ne!(out.status.code(), Some(0), "{stderr}");
-    assert!(stderr.contains("since the run started"), "{stderr}");
     assert_eq!(
         all_entries(&root),
         Vec::<String>::new(),
         "written on the bare mountpoint:\n{stderr}"
     );
+    assert!(stderr.contains("since the run started"), "{stderr}");
 
     // The disk itself: what is ledgered there is there, complete.
     let disk = sb.mkdir("disk-again");
