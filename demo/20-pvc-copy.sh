@@ -74,6 +74,16 @@ run_copy() {
 
 echo "   plan (--dry-run):"
 run_copy --dry-run 2>&1 | sed 's/^/     /'
+# A bare directory (what an unmounted disk leaves at its mountpoint) has no
+# identity marker: refused before anything is written there.
+bare="$SANDBOX/bare-mountpoint"
+mkdir -p "$bare"
+brc=0
+HOMELAB_EMU_STATE="$emu" PATH="$emubin:$PATH" "$BIN/pvc-copy" --backup-root "$bare" \
+    --allow-unmounted-root --mapper-dir "$emu/mapper" --luks-key "$key" --work-dir "$SANDBOX" \
+    2>"$SANDBOX/bare-mountpoint.err" || brc=$?
+echo "   a bare directory as backup root: exit $brc, $(ls -A "$bare" | wc -l) entries written there:"
+sed 's/^/     /' "$SANDBOX/bare-mountpoint.err"
 rc=0
 run_copy -q || rc=$?
 week=$("$BIN/pvc-copy" current-week)

@@ -14,6 +14,9 @@ nt_log="$nt_disk/.nfs-changes.log"
 nt_prom="$nt_root/nfs-track.prom"
 mkdir -p "$nt_tree/immich/library" "$nt_tree/frigate" "$nt_disk" "$nt_root/outside/album/2026/11"
 printf 'direct immich\nnever frigate\n' >"$nt_root/skip-list.conf"
+# The change log's disk is an initialised backup root (nfs-track refuses
+# one without its identity marker).
+"$BIN/offsite-sync" init --local --backup-root "$nt_disk" 2>/dev/null
 echo photo >"$nt_root/outside/album/2026/11/IMG_0001.jpg"
 
 nt_start() {

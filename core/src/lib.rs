@@ -19,3 +19,4 @@ pub mod weeks;
 
 pub use exit::{Exit, ExitCode};
 pub mod rsync_items;
+pub mod root_guard;

@@ -21,6 +21,7 @@ use backup_core::exit::{EXIT_CODE_HELP, Exit, ExitCode};
 use backup_core::ledger::{Ledger, PathKind};
 use backup_core::log::p;
 use backup_core::metrics::{Kind, Metrics};
+use backup_core::root_guard::RootGuard;
 use backup_core::skiplist::{Route, SkipList};
 use backup_core::{error, info, warn};
 use clap::{Parser, ValueEnum};
@@ -101,6 +102,9 @@ pub struct Cli {
     #[arg(long, value_parser = parse_duration, default_value = "60s")]
     pub metrics_interval: Duration,
     /// Write the ledger only while this is a mountpoint; hold paths meanwhile.
+    /// The ledger is written only on the backup root's disk, identified by its
+    /// marker (`offsite-sync init --local`): without this flag a missing marker
+    /// refuses the start (exit 5); with it, the start waits for the disk.
     #[arg(long, value_name = "DIR")]
     pub require_mountpoint: Option<PathBuf>,
     /// Paths held in memory at most while the ledger is unavailable; past
@@ -244,6 +248,11 @@ struct Tracker {
     ledger: Ledger,
     state: State,
     require_mountpoint: Option<PathBuf>,
+    /// Where the backup root's marker is looked for (upwards, same
+    /// filesystem): --require-mountpoint, else the ledger's directory.
+    root_dir: PathBuf,
+    /// The backup root the ledger is written on, once seen.
+    root: Option<RootGuard>,
     metrics_file: Option<PathBuf>,
     available: bool,
     last_write_error: Option<String>,
@@ -274,24 +283,51 @@ impl Tracker {
     /// Write what is held, then stamp `covered_to` (every change before it
     /// is now in the ledger or covered by the marker). Nothing is written
     /// while the required mountpoint is absent.
+    /// `Ok` when the ledger may be written now: the required mountpoint
+    /// is mounted and the backup root carries its marker. A root seen for
+    /// the first time is pinned; one that went away and came back is
+    /// pinned again; one with another marker (another disk) is pinned with
+    /// a full sync owed, since its ledger lacks what was logged on the other.
+    fn ledger_available(&mut self) -> Result<(), String> {
+        if let Some(mp) = &self.require_mountpoint
+            && !mount::is_mountpoint(mp)
+        {
+            return Err(format!("{} is not a mountpoint", p(mp)));
+        }
+        if let Some(g) = &self.root
+            && g.check().is_ok()
+        {
+            return Ok(());
+        }
+        let found = RootGuard::find(&self.root_dir).map_err(|e| format!("{e:#}"))?;
+        if let Some(old) = &self.root
+            && old.marker().id != found.marker().id
+        {
+            self.sink.owe_marker(&format!(
+                "nfs-track: the backup root {} is another disk now (marker id {}, was {}): its change log lacks what was logged before",
+                p(found.dir()),
+                found.marker().id,
+                old.marker().id
+            ));
+        }
+        self.root = Some(found);
+        Ok(())
+    }
+
     fn flush(&mut self, covered_to: SystemTime, force_stamp: bool) {
-        let available = match &self.require_mountpoint {
-            Some(mp) => mount::is_mountpoint(mp),
-            None => true,
-        };
+        let why_not = self.ledger_available().err();
+        let available = why_not.is_none();
         if available != self.available {
-            if available {
-                info!(
-                    "{} is mounted again: writing {} held paths",
-                    p(self.require_mountpoint.as_deref().unwrap_or(Path::new("?"))),
+            match &why_not {
+                None => info!(
+                    "{} is back: writing {} held paths",
+                    p(&self.root_dir),
                     self.sink.pending.len()
-                );
-            } else {
-                warn!(
-                    "{} is not a mountpoint: holding changed paths in memory (at most {}) until it is",
-                    p(self.require_mountpoint.as_deref().unwrap_or(Path::new("?"))),
+                ),
+                Some(why) => warn!(
+                    "{why}: holding changed paths in memory (at most {}) until it is back",
                     self.sink.max_pending
-                );
+                ),
             }
             self.available = available;
         }
@@ -301,6 +337,7 @@ impl Tracker {
         let mut wrote = false;
         let result = (|| -> Result<(), backup_core::ledger::LedgerError> {
             while let Some(reason) = self.sink.marker_owed.first().cloned() {
+                wrote = true;
                 self.ledger.mark_full_sync(&reason)?;
                 warn!("full sync requested: {reason}");
                 self.sink.counters.marks += 1;
@@ -330,6 +367,20 @@ impl Tracker {
             }
             Ok(())
         })();
+        // The disk may have gone between the check and the write (the
+        // lines then went to the bare directory beneath): nothing tells
+        // which, so the consumer is asked for a full sync once it is back.
+        if wrote
+            && let Some(g) = &self.root
+            && let Err(e) = g.check()
+        {
+            warn!("{e}");
+            self.sink.owe_marker(
+                "nfs-track: the backup root went away while the change log was written; lines may have missed it",
+            );
+            self.available = false;
+            return;
+        }
         if let Err(e) = result {
             let msg = e.to_string();
             if self.last_write_error.as_deref() != Some(&msg) {
@@ -459,6 +510,27 @@ impl Tracker {
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     cli.common.init_logging();
     let plan = plan(&cli)?;
+    // Contract 13: the ledger goes only to the initialised backup disk.
+    // Without --require-mountpoint a root without its marker refuses the
+    // start (exit 5); with it, an unmounted disk is waited for (paths are
+    // held), but a mounted one without its marker is refused all the same.
+    let root_dir = match &cli.require_mountpoint {
+        Some(mp) => mp.clone(),
+        None => cli
+            .log
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("/")),
+    };
+    let waits = cli
+        .require_mountpoint
+        .as_deref()
+        .is_some_and(|mp| !mount::is_mountpoint(mp));
+    let root = if waits {
+        None
+    } else {
+        Some(RootGuard::find(&root_dir)?)
+    };
     let _lock = backup_core::lock::acquire("nfs-track")?;
     let sigfd = sys::signal_fd().context("cannot set up signal handling")?;
     if let Some(w) = sys::watchdog_interval() {
@@ -497,6 +569,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         ledger: plan.ledger,
         state: plan.state,
         require_mountpoint: cli.require_mountpoint.clone(),
+        root_dir,
+        root,
         metrics_file: cli.common.metrics_file.clone(),
         available: true,
         last_write_error: None,

@@ -47,6 +47,8 @@ impl Env {
         let sb = Sandbox::new();
         let tree = sb.mkdir("tree");
         let disk = sb.mkdir("disk");
+        // The ledger's directory is the backup root, initialised once.
+        backup_tests::harness::init_backup_root(&disk);
         Env {
             tree,
             log: disk.join("nfs-changes.log"),
@@ -476,6 +478,7 @@ fn holds_paths_until_the_backup_disk_is_mounted() {
     let mut e = Env::new();
     let mnt = e.sb.mkdir("mnt");
     let disk = e.sb.mkdir("realdisk");
+    backup_tests::harness::init_backup_root(&disk);
     e.log = mnt.join("nfs-changes.log");
     let extra = ["--require-mountpoint", mnt.to_str().expect("utf8")];
     let t = e.start_with(
@@ -531,6 +534,7 @@ fn too_many_held_paths_become_a_marker() {
     let mut e = Env::new();
     let mnt = e.sb.mkdir("mnt");
     let disk = e.sb.mkdir("realdisk");
+    backup_tests::harness::init_backup_root(&disk);
     e.log = mnt.join("nfs-changes.log");
     let extra = [
         "--require-mountpoint",
@@ -714,6 +718,9 @@ fn full_ledger_disk_holds_paths_until_space_is_freed() {
     let mut e = Env::new();
     let mnt = e.sb.mkdir("small");
     e.log = mnt.join("nfs-changes.log");
+    // The tmpfs is the backup disk: it gets an identity marker.
+    let marker = e.sb.mkdir("marker-src");
+    backup_tests::harness::init_backup_root(&marker);
     // The tracker starts in its own namespace with the tmpfs already there.
     let t = e.start_with(
         &[
@@ -724,7 +731,9 @@ fn full_ledger_disk_holds_paths_until_space_is_freed() {
             "sh",
             "-c",
             &format!(
-                "mount -t tmpfs -o size=64k tmpfs '{}' && exec \"$@\"",
+                "mount -t tmpfs -o size=64k tmpfs '{}' && cp '{}' '{}' && exec \"$@\"",
+                mnt.display(),
+                marker.join(backup_core::marker::FILE).display(),
                 mnt.display()
             ),
             "sh",

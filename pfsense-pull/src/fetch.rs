@@ -225,12 +225,15 @@ pub fn verify_tar_gz(path: &Path) -> Result<TarInfo, String> {
 /// Stream the remote tar into `partial`, check it, then rename it to
 /// `final_path`. On any failure the partial file is removed, so nothing
 /// unchecked ever sits under a final name (bug 22/27 of the original).
+/// `still_ours` is asked right before the rename (the stream takes long:
+/// the backup disk may have gone since).
 pub fn full_tar(
     ssh: &Ssh,
     tar_root: &str,
     partial: &Path,
     final_path: &Path,
     timeout: Duration,
+    still_ours: &dyn Fn() -> Result<(), String>,
 ) -> Result<TarInfo, String> {
     let res = (|| {
         // Created 0600 first (the stream only truncates it): the archive
@@ -244,6 +247,7 @@ pub fn full_tar(
         let f = std::fs::File::open(partial).map_err(|e| format!("{}: {e}", partial.display()))?;
         f.sync_all()
             .map_err(|e| format!("fsync {}: {e}", partial.display()))?;
+        still_ours()?;
         std::fs::rename(partial, final_path)
             .map_err(|e| format!("rename to {}: {e}", final_path.display()))?;
         backup_core::fsutil::sync_dir(final_path);

@@ -18,6 +18,7 @@ use anyhow::Context;
 use backup_core::exit::{EXIT_CODE_HELP, Exit, ExitCode};
 use backup_core::ledger::{Ledger, PathKind};
 use backup_core::metrics::Metrics;
+use backup_core::root_guard::RootGuard;
 use backup_core::{info, warn};
 use chrono::{Datelike, NaiveDate, Weekday};
 use clap::{Parser, ValueEnum};
@@ -49,7 +50,8 @@ pub enum FullTar {
     after_help = EXIT_CODE_HELP
 )]
 pub struct Cli {
-    /// Destination directory (copies go to <dest>/<ISO week>/).
+    /// Destination directory (copies go to <dest>/<ISO week>/), below a backup
+    /// root carrying its identity marker (`offsite-sync init --local`).
     #[arg(long, env = "PFSENSE_DEST", value_name = "DIR")]
     pub dest: PathBuf,
     /// SSH login of the firewall.
@@ -460,6 +462,18 @@ fn metrics_of(r: &Report) -> Metrics {
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     cli.common.init_logging();
     let p = plan(&cli)?;
+    // Contract 13, dry runs included (a plan read from a bare directory
+    // misleads): --dest is on the initialised backup disk, found upwards
+    // on its filesystem. Re-checked before every write and ledger line.
+    let guard = match RootGuard::find(&p.dest) {
+        Ok(g) => g,
+        Err(e) => {
+            if !cli.dry_run {
+                write_failure_metrics(&cli);
+            }
+            return Err(e);
+        }
+    };
     if cli.dry_run {
         return dry_run(&p, cli.json);
     }
@@ -488,7 +502,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         ledger_entries: 0,
         exit_code: 0,
     };
-    let outcome = pull(&p, &deadline, &mut report);
+    let outcome = pull(&p, &guard, &deadline, &mut report);
     let code = match &outcome {
         Ok(c) => *c,
         Err(e) => backup_core::exit::code_of(e),
@@ -581,7 +595,13 @@ fn ledger_now(p: &Plan, file: &Path) -> anyhow::Result<usize> {
         .with_context(|| format!("cannot append to the ledger {}", p.ledger.display()))
 }
 
-fn pull(p: &Plan, deadline: &Deadline, report: &mut Report) -> anyhow::Result<ExitCode> {
+fn pull(
+    p: &Plan,
+    guard: &RootGuard,
+    deadline: &Deadline,
+    report: &mut Report,
+) -> anyhow::Result<ExitCode> {
+    let still_ours = || guard.check().map_err(|e| Exit::err(ExitCode::Failed, e));
     // A killed run may have left partial files; they never count as copies.
     let scan = layout::scan(&p.dest)?;
     for part in &scan.partials {
@@ -620,6 +640,7 @@ fn pull(p: &Plan, deadline: &Deadline, report: &mut Report) -> anyhow::Result<Ex
             // Read before writing: on a second run the same day the last
             // good copy is the file about to be replaced.
             let old = previous.as_ref().and_then(|i| std::fs::read(&i.path).ok());
+            still_ours()?;
             std::fs::create_dir_all(&wdir)
                 .with_context(|| format!("cannot create {}", wdir.display()))?;
             fetch::write_private_atomic(&p.config_path, &body)
@@ -654,6 +675,7 @@ fn pull(p: &Plan, deadline: &Deadline, report: &mut Report) -> anyhow::Result<Ex
                     " (unchanged)"
                 }
             );
+            still_ours()?;
             report.ledger_entries += ledger_now(p, &p.config_path)?;
         }
         Err(reason) => {
@@ -682,10 +704,13 @@ fn pull(p: &Plan, deadline: &Deadline, report: &mut Report) -> anyhow::Result<Ex
     // 2. Full tar (Sundays with auto): .partial, checked, then renamed.
     if let (Some(tar_path), Some(ssh)) = (&p.tar_path, &p.ssh) {
         let res = deadline.left().and_then(|left| {
+            guard.check()?;
             std::fs::create_dir_all(&wdir)
                 .map_err(|e| format!("cannot create {}: {e}", wdir.display()))?;
             let partial = wdir.join(layout::partial_name(&layout::tar_name(p.date)));
-            fetch::full_tar(ssh, &p.tar_root, &partial, tar_path, left)
+            fetch::full_tar(ssh, &p.tar_root, &partial, tar_path, left, &|| {
+                guard.check()
+            })
         });
         match res {
             Ok(t) => {
@@ -699,6 +724,7 @@ fn pull(p: &Plan, deadline: &Deadline, report: &mut Report) -> anyhow::Result<Ex
                 report.full_tar.bytes = t.bytes;
                 report.full_tar.entries = t.entries;
                 report.full_tar.path = Some(tar_path.clone());
+                still_ours()?;
                 report.ledger_entries += ledger_now(p, tar_path)?;
             }
             Err(reason) => {
@@ -717,6 +743,7 @@ fn pull(p: &Plan, deadline: &Deadline, report: &mut Report) -> anyhow::Result<Ex
 
     // 3. Rotation, only after a fully successful run.
     if failures.is_empty() {
+        still_ours()?;
         let scan = layout::scan(&p.dest)?;
         let plan = layout::plan_rotation(&p.dest, &scan, p.keep_weeks, p.date)?;
         for r in &plan {

@@ -21,6 +21,7 @@ use backup_core::k8s::CacheError;
 use backup_core::ledger::{Ledger, PathKind};
 use backup_core::log::p;
 use backup_core::metrics::Metrics;
+use backup_core::root_guard::RootGuard;
 use backup_core::{debug, error, info, warn};
 use chrono::{DateTime, Utc};
 use clap::{Args, Parser, Subcommand};
@@ -43,6 +44,11 @@ BACKUP_ROOT/pvc-data/<ISO week>/<ns>/<pvc>/, hardlinking unchanged files
 against the newest earlier copy of that PVC. The copy is built in
 .<pvc>.partial beside it and exchanged atomically with the old one when
 complete; .<pvc>.source records the snapshot it came from.
+
+The backup root must carry the identity marker `offsite-sync init --local`
+writes once on a new disk (exit 5 without it, dry runs too); before each PVC
+is started, swapped in and ledgered it must still be that disk, else the PVC
+fails and nothing is committed on what is left at the path.
 
 Failures are counted and listed, never skipped silently, and the run goes on
 with the other PVCs (exit 3): no snapshot, a newest snapshot older than
@@ -140,7 +146,8 @@ pub struct PreflightArgs {
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// The backup disk (must be a mount point unless --allow-unmounted-root).
+    /// The backup disk (must be a mount point unless --allow-unmounted-root, and
+    /// carry its identity marker, written once by `offsite-sync init --local`).
     #[arg(
         long,
         env = "BACKUP_ROOT",
@@ -380,6 +387,10 @@ fn copy_run(a: &RunArgs, report: &mut Report) -> anyhow::Result<ExitCode> {
             p(root)
         )));
     }
+    // Contract 13, dry runs included (a plan read from a bare directory
+    // misleads): the root is the initialised backup disk. Pinned, and
+    // re-checked before each result is committed (contract 12).
+    let guard = RootGuard::require(root)?;
 
     let _lock = if a.dry_run {
         None
@@ -514,7 +525,8 @@ fn copy_run(a: &RunArgs, report: &mut Report) -> anyhow::Result<ExitCode> {
                         r.result = "planned".into();
                     }
                     Some(work) => {
-                        match copy_one(a, root, &week, it, link.as_deref(), work.path(), &ledger) {
+                        match copy_one(a, &guard, &week, it, link.as_deref(), work.path(), &ledger)
+                        {
                             Ok(done) => {
                                 info!(
                                     "{}: copied {} ({} bytes, {} written, {} files changed)",
@@ -574,6 +586,9 @@ fn copy_run(a: &RunArgs, report: &mut Report) -> anyhow::Result<ExitCode> {
     }
     let week_dir = store::pvc_data(root).join(&week);
     if !a.dry_run {
+        guard
+            .check()
+            .map_err(|e| Exit::err(ExitCode::Failed, format!("{e}; rotation not run")))?;
         std::fs::create_dir_all(&week_dir).with_context(|| format!("creating {}", p(&week_dir)))?;
         let marker = serde_json::json!({
             "completed_at": Utc::now().to_rfc3339(),
@@ -728,13 +743,16 @@ impl Drop for Activated<'_> {
 
 fn copy_one(
     a: &RunArgs,
-    root: &Path,
+    guard: &RootGuard,
     week: &str,
     it: &Item,
     link: Option<&Path>,
     work: &Path,
     ledger: &Ledger,
 ) -> Result<Done, String> {
+    let root = guard.dir();
+    // Nothing is created under a root that is no longer the backup disk.
+    guard.check()?;
     let snap = it.snapshot.as_ref().ok_or("no snapshot")?;
     let (ns, name) = (
         it.dest_ns.as_deref().ok_or("no namespace")?,
@@ -858,6 +876,11 @@ fn copy_one(
             ));
         }
     }
+    // The copy took long; the disk it went to must still be the one
+    // checked at the start before the copy is swapped in and ledgered.
+    if let Err(e) = guard.check() {
+        return fail(e);
+    }
     let out = match std::fs::read(&out_file) {
         Ok(o) => o,
         Err(e) => return fail(format!("cannot read rsync's output: {e}")),
@@ -900,6 +923,10 @@ fn copy_one(
     if let Err(e) = copy::write_pending(&dest, ino, &names) {
         return fail(format!("cannot write {}: {e}", p(&dest.pending())));
     }
+    if let Err(e) = guard.check() {
+        let _ = std::fs::remove_file(dest.pending());
+        return fail(e);
+    }
     if let Err(e) = copy::swap_in(&dest.partial(), &dest.dir()) {
         let _ = std::fs::remove_file(dest.pending());
         return fail(format!("cannot put the copy in place: {e}"));
@@ -914,6 +941,12 @@ fn copy_one(
         dir_inode: ino,
     };
     let recorded = copy::write_source(&dest, &rec);
+    // The copy is in place on the disk with its entries beside it
+    // (.pending): when the disk went away since, the next run ledgers
+    // them there; nothing is appended to a ledger on a bare directory.
+    guard.check().map_err(|e| {
+        format!("{e}: the copy is in place but not yet ledgered (the next run on the disk does it)")
+    })?;
     if let Err(e) = ledger.append(&names) {
         // The copy is good; make sure the offsite leg still picks it up.
         let reason = format!("pvc-copy could not append {} entries: {e}", names.len());

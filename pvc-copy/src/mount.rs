@@ -26,11 +26,16 @@ pub fn enter_private_namespace() -> anyhow::Result<()> {
         )
     })?;
     // Without this, mounts would propagate back to the host's shared `/`.
+    // A slave, not private: the host's mount events still reach this
+    // namespace (as with systemd's PrivateMounts=), so a backup disk
+    // unmounted on the host mid-run is unmounted here too and the run's
+    // root guard sees it, instead of the run writing on into a disk the
+    // host no longer shows. Nothing mounted here propagates back.
     mount(
         None::<&str>,
         "/",
         None::<&str>,
-        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        MsFlags::MS_REC | MsFlags::MS_SLAVE,
         None::<&str>,
     )
     .map_err(|e| anyhow::anyhow!("cannot make / private in the new mount namespace: {e}"))?;

@@ -229,6 +229,22 @@ fn run_on_small_fs(env: &Env, img: &Path, now: &str) -> Run {
     Run::of(&mut c)
 }
 
+/// Give the backup disk image its identity marker, as an operator does
+/// once with `offsite-sync init --local` (mounted here only for that).
+fn init_backup_image(env: &Env, img: &Path) {
+    let mnt = env.sb.mkdir("init-mnt");
+    let o = Command::new("mount")
+        .args(["-o", "loop", "-t", "ext4"])
+        .arg(img)
+        .arg(&mnt)
+        .output()
+        .expect("mount");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    backup_tests::harness::init_backup_root(&mnt);
+    let o = Command::new("umount").arg(&mnt).output().expect("umount");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
 fn debugfs(img: &Path, req: &str) -> String {
     let o = Command::new("debugfs")
         .args(["-R", req])
@@ -253,6 +269,7 @@ fn a_backup_disk_filling_mid_copy_keeps_the_previous_copy_and_removes_the_partia
         .output()
         .expect("mkfs");
     assert!(mk.status.success());
+    init_backup_image(&env, &img);
 
     env.pvc("vm-6-pvc-full", "ns", "p", &[("small.txt", b"fits")]);
     run_on_small_fs(&env, &img, NOW).succeeds();

@@ -274,6 +274,8 @@ pub struct Job<'a> {
     pub partial_rel: &'a Path,
     pub scratch: &'a Path,
     pub deadline: Deadline,
+    /// The backup root DEST_DIR is on, re-checked before the rename.
+    pub guard: &'a backup_core::root_guard::RootGuard,
 }
 
 /// Dump one database. On error nothing is left under the final name that
@@ -295,7 +297,9 @@ fn dump_inner(
     notes: &mut Vec<String>,
 ) -> anyhow::Result<Written> {
     let d = job.deadline;
-    fs::create_dir_all(job.scratch)
+    // Only the last component: its parent, the run's scratch directory,
+    // is on the backup disk and is never re-created elsewhere.
+    fs::create_dir(job.scratch)
         .with_context(|| format!("cannot create scratch directory {}", job.scratch.display()))?;
     let (copied, src_meta) = copy_to_scratch(job.root, job.dev, job.rel, job.scratch, &d, notes)?;
     // A WAL or hot journal legitimately changes the size; SQLite judges those.
@@ -376,6 +380,9 @@ fn dump_inner(
     let bytes = f.metadata()?.len();
     drop(f);
     d.check()?;
+    // The copy took long: the disk must still be the one checked at the
+    // start, or the rename would put a name on a bare directory.
+    job.guard.check().map_err(anyhow::Error::msg)?;
     fs::rename(partial, final_path)
         .with_context(|| format!("cannot rename into {}", backup_core::log::p(final_path)))?;
     backup_core::fsutil::sync_dir(final_path);

@@ -21,6 +21,7 @@ use backup_core::exit::{EXIT_CODE_HELP, Exit, ExitCode};
 use backup_core::ledger::{Ledger, PathKind};
 use backup_core::log::{escape_bytes, p};
 use backup_core::metrics::Metrics;
+use backup_core::root_guard::RootGuard;
 use backup_core::{error, info, warn};
 use clap::{Args, Parser, Subcommand};
 use serde_json::json;
@@ -67,7 +68,8 @@ pub struct DumpArgs {
     /// The tree to search (e.g. /mnt/backup/pvc-data/<week>); never written to.
     #[arg(value_name = "SRC_DIR", required = true)]
     pub src: Option<PathBuf>,
-    /// Where the copies go, at the same relative paths (e.g. /mnt/backup/sqlite-backup/<week>).
+    /// Where the copies go, at the same relative paths (e.g. /mnt/backup/sqlite-backup/<week>),
+    /// below a backup root carrying its identity marker (`offsite-sync init --local`).
     #[arg(long, value_name = "DEST_DIR", required = true)]
     pub to: Option<PathBuf>,
     /// Append every written file to this ledger (e.g. /mnt/backup/.changed-files).
@@ -259,6 +261,10 @@ fn dump_all(a: &DumpArgs, t: &mut DumpTotals) -> anyhow::Result<ExitCode> {
         )));
     }
     let dest = resolve(dest_arg, "destination")?;
+    // Contract 13, dry runs included: DEST_DIR is on the initialised backup
+    // disk (found upwards, never across a mount), else nothing is written
+    // there, no directory created. Re-checked before every commit.
+    let guard = RootGuard::find(&dest)?;
     if dest.starts_with(&src) || src.starts_with(&dest) {
         return Err(Exit::usage(format!(
             "destination {} and source {} overlap; the source is never written to",
@@ -374,6 +380,13 @@ fn dump_all(a: &DumpArgs, t: &mut DumpTotals) -> anyhow::Result<ExitCode> {
             stopped = Some(sig);
             break;
         }
+        // Nothing is started on a root that is no longer the backup disk.
+        if let Err(e) = guard.check() {
+            t.failed += 1;
+            error!("failed: {}: {e}", bytes_of(&c.rel));
+            results.push(json!({"path": bytes_of(&c.rel), "result": "failed", "error": e}));
+            continue;
+        }
         let partial = dump::partial_rel(&c.rel, &all);
         let scratch_one = scratch.path().join(i.to_string());
         let job = dump::Job {
@@ -384,6 +397,7 @@ fn dump_all(a: &DumpArgs, t: &mut DumpTotals) -> anyhow::Result<ExitCode> {
             partial_rel: &partial,
             scratch: &scratch_one,
             deadline: sqlite::Deadline::after(a.timeout_per_db),
+            guard: &guard,
         };
         let mut notes = Vec::new();
         let r = dump::dump_one(&job, &mut notes);
@@ -396,7 +410,12 @@ fn dump_all(a: &DumpArgs, t: &mut DumpTotals) -> anyhow::Result<ExitCode> {
                 let mut ledger_err = None;
                 if let Some((ledger, prefix)) = &ledger {
                     let entry = prefix.join(&c.rel);
-                    if let Err(e) = ledger.append_paths([entry.as_path()]) {
+                    if let Err(e) = guard.check() {
+                        // Renamed into place on the disk, which has gone
+                        // since: no ledger line on a bare directory. The
+                        // next run dumps and ledgers it again.
+                        ledger_err = Some(format!("copied, but not recorded in the ledger: {e}"));
+                    } else if let Err(e) = ledger.append_paths([entry.as_path()]) {
                         // The copy is good, but offsite would miss it: ask
                         // for a full sync and count the failure.
                         let _ = ledger.mark_full_sync("sqlite-dump could not append to the ledger");

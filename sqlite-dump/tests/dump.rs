@@ -445,6 +445,7 @@ fn another_filesystem_inside_the_source_is_not_entered() {
     let db = sb.path().join("there.db");
     make_db(&db, "t", 1);
     let dest = sb.path().join("dest");
+    backup_tests::harness::init_backup_root(sb.path());
     let script = r#"mount --make-rprivate / && mount -t tmpfs tmpfs "$1/mnt" && cp "$2" "$1/mnt/there.db" && exec "$3" "$1" --to "$4" --json"#;
     let r = run(std::process::Command::new("unshare")
         .args(["-m", "sh", "-c", script, "sh"])

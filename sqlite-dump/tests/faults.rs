@@ -91,13 +91,16 @@ fn a_full_destination_fails_the_database_and_removes_the_partial() {
     let dest = sb.mkdir("dest");
     let scratch = sb.mkdir("scratch");
     // 2 MiB tmpfs as DEST, in a private mount namespace (never the host's).
-    let script = r#"mount --make-rprivate / && mount -t tmpfs -o size=2m tmpfs "$2" && "$1" "$3" --to "$2" --scratch-dir "$4" --json; rc=$?; echo "files:"; cd "$2" && find . -type f | sort; exit $rc"#;
+    // The tmpfs is the backup disk: it gets the sandbox's identity marker.
+    backup_tests::harness::init_backup_root(sb.path());
+    let script = r#"mount --make-rprivate / && mount -t tmpfs -o size=2m tmpfs "$2" && cp "$5" "$2/" && "$1" "$3" --to "$2" --scratch-dir "$4" --json; rc=$?; echo "files:"; cd "$2" && find . -type f ! -name .backup-pipeline-id | sort; exit $rc"#;
     let r = run(std::process::Command::new("unshare")
         .args(["-m", "sh", "-c", script, "sh"])
         .arg(env!("CARGO_BIN_EXE_sqlite-dump"))
         .arg(&dest)
         .arg(&src)
         .arg(&scratch)
+        .arg(sb.path().join(backup_core::marker::FILE))
         .env("BACKUP_LOCK_DIR", sb.lock_dir()));
     r.fails_with(3)
         .stderr_contains("large.db")

@@ -31,6 +31,8 @@ pub enum Reply {
     WrongRoot,
     /// Accept, read the request, then answer nothing for this long.
     Slow(Duration),
+    /// A good reply, after this long (a fault can land in the meantime).
+    Late(Duration, Vec<u8>),
 }
 
 /// A certificate authority and a server certificate for 127.0.0.1, made
@@ -259,6 +261,14 @@ fn serve<S: std::io::Read + std::io::Write>(
                 "application/xml",
                 b"<?xml version=\"1.0\"?>\n<opnsense><version>24.1</version></opnsense>\n".to_vec(),
             ),
+            Reply::Late(d, xml) => {
+                std::thread::sleep(d);
+                (
+                    "200 OK",
+                    "application/json",
+                    envelope(&base64::engine::general_purpose::STANDARD.encode(xml)).into_bytes(),
+                )
+            }
             Reply::Slow(d) => {
                 std::thread::sleep(d);
                 ("200 OK", "application/json", Vec::new())

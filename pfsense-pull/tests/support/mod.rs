@@ -72,7 +72,8 @@ pub struct Backup {
 impl Backup {
     pub fn new() -> Backup {
         let sb = Sandbox::new();
-        sb.mkdir("backup");
+        // Initialised as `offsite-sync init --local` does on the host.
+        backup_tests::harness::init_backup_root(&sb.mkdir("backup"));
         Backup { sb }
     }
     pub fn root(&self) -> PathBuf {

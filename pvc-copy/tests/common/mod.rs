@@ -35,8 +35,9 @@ impl Env {
         let sb = Sandbox::new();
         let host = EmuHost::new(sb.path().join("emu"));
         host.add_pool(VG, "data", 4 << 30);
-        // The backup disk is its own filesystem, as on the host.
-        let root = sb.mount_ext4("backup", 1 << 30);
+        // The backup disk is its own filesystem, as on the host, with the
+        // identity marker `offsite-sync init --local` gives it.
+        let root = sb.mount_backup_disk("backup", 1 << 30);
         let key = sb.write("luks.key", KEY);
         sb.mkdir("work");
         Env {
@@ -168,12 +169,12 @@ impl Env {
     }
 
     /// The names at the top of the backup root, sorted; the filesystem's
-    /// own `lost+found` left out.
+    /// own `lost+found` and the disk's identity marker left out.
     pub fn root_entries(&self) -> Vec<String> {
         let mut top: Vec<String> = std::fs::read_dir(&self.root)
             .expect("root")
             .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
-            .filter(|n| n != "lost+found")
+            .filter(|n| n != "lost+found" && n != backup_core::marker::FILE)
             .collect();
         top.sort();
         top

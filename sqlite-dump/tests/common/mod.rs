@@ -11,7 +11,10 @@ use backup_core::metrics::Metrics;
 use backup_tests::harness::{Run, Sandbox};
 use rusqlite::Connection;
 
+/// The command, with the sandbox as the backup root its DEST_DIRs are in:
+/// the sandbox gets the identity marker `offsite-sync init --local` writes.
 pub fn tool(sb: &Sandbox) -> Command {
+    backup_tests::harness::init_backup_root(sb.path());
     let mut c = Command::new(env!("CARGO_BIN_EXE_sqlite-dump"));
     c.env("BACKUP_LOCK_DIR", sb.lock_dir())
         .env_remove("JOURNAL_STREAM")
