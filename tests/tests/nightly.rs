@@ -136,7 +136,7 @@ impl Lab {
         let host = EmuHost::new(sb.path().join("emu"));
         host.add_pool(VG, "data", 4 << 30);
         // The backup disk: its own ext4 filesystem, as on the host.
-        let root = sb.mount_ext4("mnt/backup", 1 << 30);
+        let root = sb.mount_backup_disk("mnt/backup", 1 << 30);
         let nfs = sb.mkdir("srv/nfs");
         let nfs_ssd = sb.mkdir("srv/nfs-ssd");
         let rt = sb.mkdir("run/backup-pipeline");

@@ -63,6 +63,7 @@ impl World {
     fn new() -> World {
         let sb = Sandbox::new();
         let root = sb.mkdir("mnt/backup");
+        backup_tests::harness::init_backup_root(&root);
         let nfs = sb.mkdir("srv/nfs");
         let nfs_ssd = sb.mkdir("srv/nfs-ssd");
         let skip = sb.write("etc/backup-skip-list.conf", SKIP);
