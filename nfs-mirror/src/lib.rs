@@ -674,6 +674,13 @@ fn mirror_root(
             deletions: 0,
             message: None,
         };
+        if n == b"lost+found" {
+            // The root filesystem's own, not a service: not mirrored, not
+            // a failure (offsite-sync's coverage does not list it either).
+            rep.action = "skipped".into();
+            report.entries.push(rep);
+            continue;
+        }
         if route != Route::BackupDisk {
             rep.action = "skipped".into();
             if known.contains(n) {
@@ -738,7 +745,7 @@ fn mirror_root(
             + entries[first_entry..]
                 .iter()
                 .position(|r| r.name == s)
-                .unwrap_or(0)
+                .expect("planned entries are reported")
     };
 
     // Guard pass: what would each tree delete? Nothing is written yet.
