@@ -45,7 +45,8 @@ struct MirrorArgs {
         value_parser = nfs_mirror::SourceRoot::parse
     )]
     sources: Vec<nfs_mirror::SourceRoot>,
-    /// The backup disk root (each entry goes to DEST/<name>/).
+    /// The backup disk root, with its identity marker (entries go to
+    /// DEST/<name>/ or DEST/SUBDIR/<name>/).
     #[arg(long, env = "BACKUP_ROOT", default_value = "/mnt/backup")]
     dest: PathBuf,
     /// The skip list both legs read.

@@ -30,7 +30,8 @@ enum Sub {
     /// direct NFS trees -> NAS nfs/, nfs-ssd/ (ledger .nfs-changes.log).
     #[command(after_help = EXIT_CODE_HELP)]
     Step2,
-    /// Step 1 then step 2.
+    /// Step 1, step 2, then the coverage check (see `coverage`): exit 3
+    /// when a top-level NFS directory is carried by no leg that runs.
     #[command(after_help = EXIT_CODE_HELP)]
     All,
     /// Write the identity marker into the backup root (once; never
