@@ -13,8 +13,8 @@
 //!   has no section: all its leg-1 directories are uncovered.
 //! - `direct` (leg 2): step 2 carries the direct trees of both NFS roots
 //!   (`--nfs-root`, `--nfs-ssd-root`); its incremental input is nfs-track's
-//!   change log, so nfs-track must watch the root, into the ledger step 2
-//!   reads, as its state file says (`--nfs-track-state-dir`, `last-watching`,
+//!   change log, so nfs-track must watch the root and log the direct route
+//!   (or everything), into the ledger step 2 reads, as its state file says (`--nfs-track-state-dir`, `last-watching`,
 //!   written by nfs-track/src/state.rs), stamped at most
 //!   `--coverage-max-age` ago. A leg-1 directory with `direct` rules below
 //!   it needs this too.
@@ -79,6 +79,8 @@ struct Tracker {
     when: Option<u64>,
     ledger: Option<Vec<u8>>,
     roots: Vec<Vec<u8>>,
+    /// The route it logs: `direct`, or `all` (no skip list: every path).
+    route: Option<String>,
 }
 
 fn read_tracker(dir: &Path) -> Result<Option<Tracker>> {
@@ -101,6 +103,7 @@ fn read_tracker(dir: &Path) -> Result<Option<Tracker>> {
             }
             b"ledger" => t.ledger = backup_core::ledger::decode(val),
             b"root" => t.roots.extend(backup_core::ledger::decode(val)),
+            b"route" => t.route = Some(String::from_utf8_lossy(val).into_owned()),
             _ => {}
         }
     }
@@ -148,6 +151,16 @@ fn direct_gap(cfg: &Config, tracker: Option<&Tracker>, root: &[u8], now: u64) ->
             logs_to.map(|l| p(&l)).unwrap_or_else(|| "nothing".into()),
             p(&want)
         ));
+    }
+    match t.route.as_deref() {
+        Some("direct") | Some("all") => {}
+        other => {
+            return Some(format!(
+                "nfs-track logs route {} ({}), not direct",
+                other.unwrap_or("unknown (restart nfs-track)"),
+                p(&state)
+            ));
+        }
     }
     if !t.roots.iter().any(|r| r.as_slice() == root) {
         return Some(format!(

@@ -67,6 +67,20 @@ fn the_direct_route_is_covered_only_while_nfs_track_watches_its_root_into_step_2
         .stderr_contains(&ssd_immich)
         .stderr_contains("step 2 reads");
 
+    // It logs another route (a unit edited to `--route never`).
+    let roots: Vec<_> = [&w.nfs, &w.nfs_ssd]
+        .iter()
+        .map(|r| std::fs::canonicalize(r).expect("root"))
+        .collect();
+    nfs_track::state::State::new(&w.tracker_state, &ledger, &roots)
+        .with_route("never")
+        .stamp(SystemTime::now())
+        .expect("state");
+    w.run("coverage", &[])
+        .fails_with(3)
+        .stderr_contains(&ssd_immich)
+        .stderr_contains("nfs-track logs route never");
+
     // It stopped three days ago.
     tracker(
         &w,
