@@ -21,8 +21,19 @@ mkdir -p "$backup" "$nfs/immich" "$nfs_ssd" "$nas" "$sd" /run/sshd
 source "$(dirname "${BASH_SOURCE[0]}")/../scripts/lib/sshd.sh"
 start_sshd "$sd"
 port=$SSHD_PORT nas_pid=$SSHD_PID
-trap 'kill "$nas_pid" 2>/dev/null || true; wait "$nas_pid" 2>/dev/null || true' EXIT
-echo "   NAS: sshd on 127.0.0.1:$port, storage $nas"
+# The direct route's tracker on both roots: coverage counts `direct` as
+# carried only while nfs-track records watching them.
+track_state="$SANDBOX/nfs-track-state"
+"$BIN/nfs-track" --watch "$nfs" --watch "$nfs_ssd" --log "$backup/.nfs-changes.log" \
+    --skip-list "$skip" --route direct --state-dir "$track_state" --flush-interval 1s \
+    2>"$SANDBOX/nfs-track-roots.stderr" &
+track_pid=$!
+trap 'kill "$nas_pid" "$track_pid" 2>/dev/null || true; wait "$nas_pid" "$track_pid" 2>/dev/null || true' EXIT
+for _ in $(seq 300); do
+    [ -s "$track_state/last-watching" ] && break
+    sleep 0.1
+done
+echo "   NAS: sshd on 127.0.0.1:$port, storage $nas; nfs-track watching both roots"
 
 osync() {
     local sub=$1
@@ -32,7 +43,8 @@ osync() {
         --ssh-key "$sd/client_key" --known-hosts "$sd/known_hosts" \
         --backup-root "$backup" --nfs-root "$nfs" --nfs-ssd-root "$nfs_ssd" \
         --pve-dest "$nas/pve-backup" --nfs-dest "$nas/nfs" --nfs-ssd-dest "$nas/nfs-ssd" \
-        --skip-list "$skip" --keepalive 2s --io-timeout 20s --connect-timeout 5s \
+        --skip-list "$skip" --nfs-track-state-dir "$track_state" \
+        --keepalive 2s --io-timeout 20s --connect-timeout 5s \
         --metrics-file "$SANDBOX/offsite-sync.prom" "$@"
 }
 push() {
@@ -63,7 +75,7 @@ echo "   the NAS now holds:"
 # Names quoted (one may hold a newline, as tenants' names do).
 (cd "$nas" && find . -type f ! -path './pve-backup/.*' -print0 | sort -z |
     xargs -0 /usr/bin/printf '     %q\n' | head -n 30)
-echo "   offsite-sync coverage:"
+echo "   offsite-sync coverage (every directory on a leg that runs, or exit 3 naming it):"
 osync coverage 2>&1 | sed 's/^/     /'
 echo "   offsite-sync status:"
 osync status 2>&1 | sed 's/^/     /'

@@ -12,6 +12,7 @@ pub mod log;
 pub mod lvm;
 pub mod marker;
 pub mod metrics;
+pub mod mirror_record;
 pub mod out;
 pub mod signals;
 pub mod skiplist;

@@ -1,7 +1,15 @@
-//! nfs-mirror: leg 1 of the NFS backup. Every top-level entry of the NFS
-//! root that the skip list routes to the backup disk is mirrored into
-//! `DEST/<name>/`; nothing else under DEST is ever touched. Also copies the
-//! host configuration into `DEST/pve-config/` (`nfs-mirror config`).
+//! nfs-mirror: leg 1 of the NFS backup. Every top-level entry of each NFS
+//! root that the skip list routes to the backup disk is mirrored: the
+//! main root's (`/srv/nfs`) into `DEST/<name>/`, another root given as
+//! `ROOT:SUBDIR` (`/srv/nfs-ssd:nfs-ssd`) into `DEST/SUBDIR/<name>/`;
+//! nothing else under DEST is ever touched. Also copies the host
+//! configuration into `DEST/pve-config/` (`nfs-mirror config`). DEST must
+//! carry the backup root's identity marker (contract 13).
+//!
+//! Every run records, per root, which top-level entries it saw and which
+//! it mirrored (`DEST/.nfs-mirror/coverage`, core::mirror_record):
+//! `offsite-sync coverage` counts a directory routed to the backup disk as
+//! covered only from that record (contract 15).
 //!
 //! Deletion is guarded: the source must be non-empty (and a mountpoint when
 //! asked), no mirrored tree may go from files to an empty source, and a
@@ -59,9 +67,53 @@ fn reserved(name: &[u8]) -> bool {
     name.first() == Some(&b'.') || RESERVED.iter().any(|r| r.as_bytes() == name)
 }
 
+/// One NFS root to mirror (`--source ROOT[:SUBDIR]`): its top-level
+/// entries go to `DEST/<name>/`, or to `DEST/SUBDIR/<name>/` when a
+/// subdirectory is given.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceRoot {
+    pub path: PathBuf,
+    pub into: Option<PathBuf>,
+}
+
+impl SourceRoot {
+    /// `ROOT` or `ROOT:SUBDIR` (split at the last `:`; SUBDIR is one plain
+    /// name, not a name of another job's tree under DEST).
+    pub fn parse(s: &str) -> std::result::Result<SourceRoot, String> {
+        let (path, into) = match s.rsplit_once(':') {
+            Some((a, b)) => (a, Some(b)),
+            None => (s, None),
+        };
+        if !path.starts_with('/') {
+            return Err(format!(
+                "{s:?}: expected an absolute NFS root, optionally :SUBDIR (e.g. /srv/nfs-ssd:nfs-ssd)"
+            ));
+        }
+        let into = match into {
+            None => None,
+            Some(b) => {
+                let ok = !b.is_empty()
+                    && !b.contains('/')
+                    && !b.starts_with('.')
+                    && !RESERVED.contains(&b);
+                if !ok {
+                    return Err(format!(
+                        "{s:?}: SUBDIR {b:?} must be one plain name that no other job uses under DEST"
+                    ));
+                }
+                Some(PathBuf::from(b))
+            }
+        };
+        Ok(SourceRoot {
+            path: PathBuf::from(path),
+            into,
+        })
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct MirrorOpts {
-    pub source: PathBuf,
+    pub sources: Vec<SourceRoot>,
     pub dest: PathBuf,
     pub skip_list: PathBuf,
     pub ledger: Option<PathBuf>,
@@ -77,6 +129,8 @@ pub struct MirrorOpts {
 /// What happened to one top-level entry.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct EntryReport {
+    /// The NFS root the entry is in.
+    pub root: String,
     pub name: String,
     pub route: Route,
     /// mirrored, skipped, vanished, pruned, refused, failed, reserved, would-mirror, would-prune
@@ -123,9 +177,11 @@ pub fn fs_used_bytes(path: &Path) -> u64 {
     (st.f_blocks as u64).saturating_sub(st.f_bfree as u64) * st.f_frsize as u64
 }
 
-/// The names this tool has mirrored, kept in `DEST/.nfs-mirror/entries`.
-fn load_entries(dest: &Path) -> BTreeSet<Vec<u8>> {
-    let f = dest.join(STATE_DIR).join("entries");
+/// The names this tool has mirrored from one root, kept in
+/// `DEST/.nfs-mirror/entries` (the root mirrored into DEST itself) or
+/// `DEST/.nfs-mirror/entries.SUBDIR`.
+fn load_entries(dest: &Path, file: &Path) -> BTreeSet<Vec<u8>> {
+    let f = dest.join(STATE_DIR).join(file);
     std::fs::read(&f)
         .map(|t| {
             t.split(|&b| b == b'\n')
@@ -136,13 +192,13 @@ fn load_entries(dest: &Path) -> BTreeSet<Vec<u8>> {
         .unwrap_or_default()
 }
 
-fn save_entries(dest: &Path, set: &BTreeSet<Vec<u8>>) -> Result<()> {
+fn save_entries(dest: &Path, file: &Path, set: &BTreeSet<Vec<u8>>) -> Result<()> {
     let mut buf = Vec::new();
     for n in set {
         buf.extend_from_slice(&backup_core::ledger::encode(n));
         buf.push(b'\n');
     }
-    let f = dest.join(STATE_DIR).join("entries");
+    let f = dest.join(STATE_DIR).join(file);
     backup_core::fsutil::write_atomic(&f, &buf).with_context(|| p(&f))
 }
 
@@ -389,9 +445,19 @@ fn nested_excludes(skip: &SkipList, top: &OsStr) -> Vec<String> {
         .collect()
 }
 
-pub fn mirror(o: &MirrorOpts, metrics: &mut Metrics) -> Result<(ExitCode, Report)> {
-    let mut report = Report::default();
-    let skip = SkipList::load(&o.skip_list).map_err(|e| Exit::usage(e.to_string()))?;
+/// What `mirror_root` found for one root, for the coverage record.
+struct RootOutcome {
+    code: ExitCode,
+    /// Every top-level name the run saw.
+    seen: Vec<Vec<u8>>,
+    /// The names it mirrored successfully.
+    mirrored: Vec<Vec<u8>>,
+}
+
+/// Check the run's configuration: the destination is the backup root
+/// (its identity marker, and a mountpoint when asked), and the roots are
+/// distinct and land in distinct places.
+fn check_dest_and_roots(o: &MirrorOpts) -> Result<()> {
     let dest_md = std::fs::metadata(&o.dest)
         .map_err(|e| Exit::refused(format!("destination {}: {e}", p(&o.dest))))?;
     if !dest_md.is_dir() {
@@ -400,48 +466,200 @@ pub fn mirror(o: &MirrorOpts, metrics: &mut Metrics) -> Result<(ExitCode, Report
             p(&o.dest)
         )));
     }
-    let src_md = std::fs::metadata(&o.source)
-        .map_err(|e| Exit::refused(format!("source {}: {e}", p(&o.source))))?;
-    if !src_md.is_dir() {
+    // Contract 13: a bare directory (the unmounted disk's mountpoint, a
+    // mistyped --dest) has no marker; nothing is written there.
+    backup_core::marker::require_backup_root(&o.dest)?;
+    // An unmounted backup disk would fill the root filesystem.
+    if o.require_mountpoint && !is_mountpoint(&o.dest)? {
         return Err(Exit::refused(format!(
-            "source {} is not a directory",
-            p(&o.source)
+            "destination {} is not a mountpoint (--require-mountpoint): nothing copied or deleted",
+            p(&o.dest)
         )));
     }
-    // Both sides: an unmounted source looks empty (bug 3), an unmounted
-    // backup disk would fill the root filesystem.
-    for (what, dir) in [("source", &o.source), ("destination", &o.dest)] {
-        if o.require_mountpoint && !is_mountpoint(dir)? {
-            return Err(Exit::refused(format!(
-                "{what} {} is not a mountpoint (--require-mountpoint): nothing copied or deleted",
-                p(dir)
-            )));
+    if o.sources.is_empty() {
+        return Err(Exit::usage(
+            "no --source given: expected at least one NFS root",
+        ));
+    }
+    for (i, a) in o.sources.iter().enumerate() {
+        for b in &o.sources[..i] {
+            if a.path == b.path {
+                return Err(Exit::usage(format!("--source {}: given twice", p(&a.path))));
+            }
+            if a.into == b.into {
+                return Err(Exit::usage(format!(
+                    "--source {} and --source {} would both be mirrored into {}: give each root its own DEST subdirectory (ROOT:SUBDIR)",
+                    p(&b.path),
+                    p(&a.path),
+                    p(&o.dest.join(a.into.as_deref().unwrap_or(Path::new(""))))
+                )));
+            }
         }
     }
-    let mut names: Vec<Vec<u8>> = std::fs::read_dir(&o.source)
-        .with_context(|| format!("cannot list source {}", p(&o.source)))?
-        .map(|e| e.map(|e| e.file_name().into_vec()))
-        .collect::<std::io::Result<_>>()
-        .with_context(|| format!("cannot list source {}", p(&o.source)))?;
-    names.sort();
-    if names.is_empty() {
-        return Err(Exit::refused(format!(
-            "source {} is empty: nothing copied or deleted",
-            p(&o.source)
-        )));
-    }
+    Ok(())
+}
+
+/// Mirror every `--source` root into its place under DEST. Each root is
+/// guarded on its own (an unmounted or empty root, too many deletions):
+/// a refused root is reported and the others still run. The coverage
+/// record (`DEST/.nfs-mirror/coverage`) then says, per root that ran,
+/// which top-level directories it saw and which it mirrored.
+pub fn mirror(o: &MirrorOpts, metrics: &mut Metrics) -> Result<(ExitCode, Report)> {
+    let skip = SkipList::load(&o.skip_list).map_err(|e| Exit::usage(e.to_string()))?;
+    check_dest_and_roots(o)?;
     let ledger_path = o
         .ledger
         .clone()
         .unwrap_or_else(|| o.dest.join(".changed-files"));
     let ledger = Ledger::new(ledger_path, PathKind::Relative);
-    let state = o.dest.join(STATE_DIR);
+    let mut report = Report::default();
     if !o.dry_run {
+        let state = o.dest.join(STATE_DIR);
         std::fs::create_dir_all(state.join("spool")).with_context(|| p(&state))?;
         report.ledger_entries += recover_spool(&state.join("spool"), &ledger)?;
     }
-    let mut known = load_entries(&o.dest);
+    // Subdirectories of the other roots are reserved in the main one.
+    let subs: Vec<Vec<u8>> = o
+        .sources
+        .iter()
+        .filter_map(|s| s.into.as_ref())
+        .map(|s| s.as_os_str().as_bytes().to_vec())
+        .collect();
+    let mut record = if o.dry_run {
+        backup_core::mirror_record::Record::default()
+    } else {
+        backup_core::mirror_record::Record::load(&o.dest)?
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let mut code = ExitCode::Ok;
+    let mut errors: Vec<anyhow::Error> = Vec::new();
+    let mut ran = 0usize;
+    for root in &o.sources {
+        match mirror_root(o, root, &skip, &ledger, &subs, &mut report) {
+            Ok(out) => {
+                ran += 1;
+                code = code.merge(out.code);
+                if !o.dry_run {
+                    let canon = std::fs::canonicalize(&root.path).with_context(|| p(&root.path))?;
+                    record.update(canon.as_os_str().as_bytes(), now, &out.seen, &out.mirrored);
+                }
+            }
+            Err(e) => {
+                code = code.merge(backup_core::exit::code_of(&e));
+                // With several roots, each error names its root.
+                errors.push(if o.sources.len() > 1 {
+                    Exit::err(
+                        backup_core::exit::code_of(&e),
+                        format!("{}: {}", p(&root.path), backup_core::exit::one_line(&e)),
+                    )
+                } else {
+                    e
+                });
+            }
+        }
+    }
+    if !o.dry_run && ran > 0 {
+        record.save(&o.dest)?;
+    }
+    metrics.gauge(
+        "nfs_mirror_planned_deletions",
+        "Items the last run deleted in the mirrors, or would have when a guard refused it.",
+        report.plan.deletions as f64,
+    )?;
+    report.dest_used_bytes = fs_used_bytes(&o.dest);
+    if ran == 0 {
+        // Nothing ran: the one error (or the first of several) is the
+        // run's, with its exit code.
+        for e in errors.iter().skip(1) {
+            error!("{}", backup_core::exit::one_line(e));
+        }
+        let first = errors.remove(0);
+        return Err(first);
+    }
+    for e in &errors {
+        error!("{}", backup_core::exit::one_line(e));
+    }
+    Ok((code, report))
+}
+
+fn mirror_root(
+    o: &MirrorOpts,
+    root: &SourceRoot,
+    skip: &SkipList,
+    ledger: &Ledger,
+    subs: &[Vec<u8>],
+    report: &mut Report,
+) -> Result<RootOutcome> {
+    let source = &root.path;
+    let dest = match &root.into {
+        Some(s) => o.dest.join(s),
+        None => o.dest.clone(),
+    };
+    // The ledger (and spool) names of this root's trees: `<name>` or
+    // `<subdir>/<name>`, relative to the backup root.
+    let prefix_of = |n: &[u8]| -> Vec<u8> {
+        match &root.into {
+            Some(s) => {
+                let mut v = s.as_os_str().as_bytes().to_vec();
+                v.push(b'/');
+                v.extend_from_slice(n);
+                v
+            }
+            None => n.to_vec(),
+        }
+    };
+    let is_reserved = |n: &[u8]| -> bool {
+        if root.into.is_some() {
+            n.first() == Some(&b'.') || n == b"lost+found"
+        } else {
+            reserved(n) || subs.iter().any(|s| s.as_slice() == n)
+        }
+    };
+    let src_md = std::fs::metadata(source)
+        .map_err(|e| Exit::refused(format!("source {}: {e}", p(source))))?;
+    if !src_md.is_dir() {
+        return Err(Exit::refused(format!(
+            "source {} is not a directory",
+            p(source)
+        )));
+    }
+    // An unmounted source looks empty (bug 3).
+    if o.require_mountpoint && !is_mountpoint(source)? {
+        return Err(Exit::refused(format!(
+            "source {} is not a mountpoint (--require-mountpoint): nothing copied or deleted",
+            p(source)
+        )));
+    }
+    let mut names: Vec<Vec<u8>> = std::fs::read_dir(source)
+        .with_context(|| format!("cannot list source {}", p(source)))?
+        .map(|e| e.map(|e| e.file_name().into_vec()))
+        .collect::<std::io::Result<_>>()
+        .with_context(|| format!("cannot list source {}", p(source)))?;
+    names.sort();
+    if names.is_empty() {
+        return Err(Exit::refused(format!(
+            "source {} is empty: nothing copied or deleted",
+            p(source)
+        )));
+    }
+    let entries_file = match &root.into {
+        Some(s) => {
+            let mut f = OsString::from("entries.");
+            f.push(s.as_os_str());
+            PathBuf::from(f)
+        }
+        None => PathBuf::from("entries"),
+    };
+    if !o.dry_run && root.into.is_some() {
+        std::fs::create_dir_all(&dest).with_context(|| p(&dest))?;
+    }
+    let mut known = load_entries(&o.dest, &entries_file);
     let present: BTreeSet<Vec<u8>> = names.iter().cloned().collect();
+    let first_entry = report.entries.len();
+    let root_str = p(source);
 
     // Route every entry; plan the mirrored ones.
     let mut planned = Vec::new();
@@ -449,6 +667,7 @@ pub fn mirror(o: &MirrorOpts, metrics: &mut Metrics) -> Result<(ExitCode, Report
         let s = name_str(n);
         let route = skip.route(Path::new(OsStr::from_bytes(n)));
         let mut rep = EntryReport {
+            root: root_str.clone(),
             name: s.clone(),
             route,
             action: String::new(),
@@ -456,6 +675,13 @@ pub fn mirror(o: &MirrorOpts, metrics: &mut Metrics) -> Result<(ExitCode, Report
             deletions: 0,
             message: None,
         };
+        if n == b"lost+found" {
+            // The root filesystem's own, not a service: not mirrored, not
+            // a failure (offsite-sync's coverage does not list it either).
+            rep.action = "skipped".into();
+            report.entries.push(rep);
+            continue;
+        }
         if route != Route::BackupDisk {
             rep.action = "skipped".into();
             if known.contains(n) {
@@ -471,7 +697,7 @@ pub fn mirror(o: &MirrorOpts, metrics: &mut Metrics) -> Result<(ExitCode, Report
             report.entries.push(rep);
             continue;
         }
-        if reserved(n) {
+        if is_reserved(n) {
             rep.action = "reserved".into();
             rep.message =
                 Some("name belongs to another job or a state file under the destination".into());
@@ -480,28 +706,29 @@ pub fn mirror(o: &MirrorOpts, metrics: &mut Metrics) -> Result<(ExitCode, Report
         }
         planned.push(Planned {
             name: n.clone(),
-            src: o.source.join(OsStr::from_bytes(n)),
-            dst: o.dest.join(OsStr::from_bytes(n)),
-            excludes: nested_excludes(&skip, OsStr::from_bytes(n)),
+            src: source.join(OsStr::from_bytes(n)),
+            dst: dest.join(OsStr::from_bytes(n)),
+            excludes: nested_excludes(skip, OsStr::from_bytes(n)),
         });
         report.entries.push(rep);
     }
     // A mirror removed by hand after its source vanished is forgotten.
     let removed: Vec<Vec<u8>> = known
         .iter()
-        .filter(|k| !present.contains(*k) && !o.dest.join(OsStr::from_bytes(k)).exists())
+        .filter(|k| !present.contains(*k) && !dest.join(OsStr::from_bytes(k)).exists())
         .cloned()
         .collect();
     if !removed.is_empty() && !o.dry_run {
         for k in &removed {
             known.remove(k);
         }
-        save_entries(&o.dest, &known)?;
+        save_entries(&o.dest, &entries_file, &known)?;
     }
     // Mirrors whose source vanished: kept, reported.
     for k in &known {
         if !present.contains(k) && !removed.contains(k) {
             report.entries.push(EntryReport {
+                root: root_str.clone(),
                 name: name_str(k),
                 route: skip.route(Path::new(OsStr::from_bytes(k))),
                 action: "vanished".into(),
@@ -513,17 +740,23 @@ pub fn mirror(o: &MirrorOpts, metrics: &mut Metrics) -> Result<(ExitCode, Report
             });
         }
     }
+    let find = |entries: &[EntryReport], name: &[u8]| -> usize {
+        let s = name_str(name);
+        first_entry
+            + entries[first_entry..]
+                .iter()
+                .position(|r| r.name == s)
+                .expect("planned entries are reported")
+    };
 
     // Guard pass: what would each tree delete? Nothing is written yet.
     let mut refusals = Vec::new();
     let mut tree_deletions: std::collections::HashMap<Vec<u8>, u64> =
         std::collections::HashMap::new();
+    let mut root_plan = DeletePlan::default();
     for pl in &planned {
-        let rep = report
-            .entries
-            .iter_mut()
-            .find(|r| r.name == name_str(&pl.name))
-            .expect("planned entries are reported");
+        let idx = find(&report.entries, &pl.name);
+        let rep = &mut report.entries[idx];
         let src_is_dir = std::fs::symlink_metadata(&pl.src)
             .map(|m| m.is_dir())
             .unwrap_or(false);
@@ -581,7 +814,7 @@ pub fn mirror(o: &MirrorOpts, metrics: &mut Metrics) -> Result<(ExitCode, Report
         }
         rep.deletions = plan.deletions;
         tree_deletions.insert(pl.name.clone(), plan.deletions + plan.rsync_temps);
-        report.plan.add(plan);
+        root_plan.add(plan);
     }
     // What the copying pass may delete beyond the figures just measured.
     // rsync enforces it (--max-delete, exit 25): the guard pass and the
@@ -590,55 +823,51 @@ pub fn mirror(o: &MirrorOpts, metrics: &mut Metrics) -> Result<(ExitCode, Report
     // through unbounded and emptied its mirror.
     let mut slack = o
         .max_delete
-        .allowed(report.plan.existing)
-        .map(|a| a.saturating_sub(report.plan.deletions));
-    if let Some(why) = o.max_delete.check(&report.plan) {
+        .allowed(root_plan.existing)
+        .map(|a| a.saturating_sub(root_plan.deletions));
+    if let Some(why) = o.max_delete.check(&root_plan) {
         refusals.push(why);
     }
+    report.plan.add(root_plan);
     if !refusals.is_empty() {
-        metrics.gauge(
-            "nfs_mirror_planned_deletions",
-            "Items the last run deleted in the mirrors, or would have when a guard refused it.",
-            report.plan.deletions as f64,
-        )?;
         return Err(Exit::refused(format!(
             "refused, nothing copied or deleted: {}",
             refusals.join("; ")
         )));
     }
 
+    let seen: Vec<Vec<u8>> = names.clone();
     if o.dry_run {
         for pl in &planned {
-            if let Some(r) = report
-                .entries
-                .iter_mut()
-                .find(|r| r.name == name_str(&pl.name) && r.action.is_empty())
-            {
-                r.action = "would-mirror".into();
+            let idx = find(&report.entries, &pl.name);
+            if report.entries[idx].action.is_empty() {
+                report.entries[idx].action = "would-mirror".into();
             }
         }
-        report.dest_used_bytes = fs_used_bytes(&o.dest);
-        return Ok((ExitCode::Ok, report));
+        return Ok(RootOutcome {
+            code: ExitCode::Ok,
+            seen,
+            mirrored: Vec::new(),
+        });
     }
 
     // Real pass, one tree at a time; a failed tree does not stop the rest.
+    let state = o.dest.join(STATE_DIR);
     let mut failed = Vec::new();
+    let mut mirrored = Vec::new();
     let mut ok = 0usize;
     for pl in &planned {
-        let idx = report
-            .entries
-            .iter()
-            .position(|r| r.name == name_str(&pl.name))
-            .expect("planned entries are reported");
+        let idx = find(&report.entries, &pl.name);
         if !report.entries[idx].action.is_empty() {
             continue;
         }
         known.insert(pl.name.clone());
-        save_entries(&o.dest, &known)?;
+        save_entries(&o.dest, &entries_file, &known)?;
+        let prefix = prefix_of(&pl.name);
         let spool =
             state
                 .join("spool")
-                .join(format!("{}.{}.items", hex(&pl.name), std::process::id()));
+                .join(format!("{}.{}.items", hex(&prefix), std::process::id()));
         let mut args = rsync_args(&pl.src, &pl.dst, &pl.excludes, o.prune_skipped, false);
         if let Some(slack) = slack {
             let bound = tree_deletions.get(&pl.name).copied().unwrap_or(0) + slack;
@@ -651,7 +880,7 @@ pub fn mirror(o: &MirrorOpts, metrics: &mut Metrics) -> Result<(ExitCode, Report
         let data = std::fs::read(&spool).unwrap_or_default();
         if let Some(s) = slack.as_mut() {
             // Deletions beyond this tree's measured ones use up the slack
-            // for the trees after it: the bound holds for the whole run.
+            // for the trees after it: the bound holds for the whole root.
             let deleted = rsync_items::parse(&data)
                 .iter()
                 .filter(|i| i.is_deletion())
@@ -659,7 +888,7 @@ pub fn mirror(o: &MirrorOpts, metrics: &mut Metrics) -> Result<(ExitCode, Report
             let planned = tree_deletions.get(&pl.name).copied().unwrap_or(0);
             *s = s.saturating_sub(deleted.saturating_sub(planned));
         }
-        let n = append_items(&ledger, &pl.name, &data)?;
+        let n = append_items(ledger, &prefix, &data)?;
         let _ = std::fs::remove_file(&spool);
         report.ledger_entries += n;
         report.transferred += n;
@@ -709,6 +938,7 @@ pub fn mirror(o: &MirrorOpts, metrics: &mut Metrics) -> Result<(ExitCode, Report
             }
         }
         if rep.action == "mirrored" {
+            mirrored.push(pl.name.clone());
             info!(
                 "{}: mirrored, {} file(s) transferred",
                 rep.name, rep.transferred
@@ -717,10 +947,13 @@ pub fn mirror(o: &MirrorOpts, metrics: &mut Metrics) -> Result<(ExitCode, Report
     }
     // Prune mirrors of entries the skip list now routes elsewhere.
     if o.prune_skipped {
-        for rep in report.entries.iter_mut().filter(|r| r.action == "pruned") {
+        for rep in report.entries[first_entry..]
+            .iter_mut()
+            .filter(|r| r.action == "pruned")
+        {
             let raw = known.iter().find(|k| name_str(k) == rep.name).cloned();
             if let Some(raw) = raw {
-                let d = o.dest.join(OsStr::from_bytes(&raw));
+                let d = dest.join(OsStr::from_bytes(&raw));
                 if d.exists() {
                     std::fs::remove_dir_all(&d)
                         .with_context(|| format!("cannot prune {}", p(&d)))?;
@@ -729,9 +962,10 @@ pub fn mirror(o: &MirrorOpts, metrics: &mut Metrics) -> Result<(ExitCode, Report
                 info!("{}: pruned (routed '{}' now)", rep.name, rep.route.as_str());
             }
         }
-        save_entries(&o.dest, &known)?;
+        save_entries(&o.dest, &entries_file, &known)?;
     }
-    for r in &report.entries {
+    let mine = &report.entries[first_entry..];
+    for r in mine {
         match r.action.as_str() {
             "vanished" => warn!("{}: {}", r.name, r.message.as_deref().unwrap_or("")),
             "reserved" | "skipped" if r.message.is_some() => {
@@ -740,31 +974,29 @@ pub fn mirror(o: &MirrorOpts, metrics: &mut Metrics) -> Result<(ExitCode, Report
             _ => {}
         }
     }
-    report.dest_used_bytes = fs_used_bytes(&o.dest);
-    let reserved_n = report
-        .entries
-        .iter()
-        .filter(|r| r.action == "reserved")
-        .count();
+    let reserved_n = mine.iter().filter(|r| r.action == "reserved").count();
     let code = ExitCode::from_items(ok, failed.len() + reserved_n);
     if code != ExitCode::Ok {
         let mut what = failed.clone();
         what.extend(
-            report
-                .entries
-                .iter()
+            mine.iter()
                 .filter(|r| r.action == "reserved")
                 .map(|r| format!("{} (reserved name)", r.name)),
         );
-        error!("not mirrored: {}", what.join(", "));
+        error!("{}: not mirrored: {}", p(source), what.join(", "));
     }
-    Ok((code, report))
+    Ok(RootOutcome {
+        code,
+        seen,
+        mirrored,
+    })
 }
 
 /// Host configuration copy (`nfs-mirror config`).
 #[derive(Debug, Clone)]
 pub struct ConfigOpts {
     pub dest: PathBuf,
+    pub require_mountpoint: bool,
     pub items: Vec<PathBuf>,
     pub ledger: Option<PathBuf>,
     pub dry_run: bool,
@@ -777,6 +1009,15 @@ pub fn config(o: &ConfigOpts) -> Result<(ExitCode, u64)> {
     if !o.dest.is_dir() {
         return Err(Exit::refused(format!(
             "destination {} is not a directory",
+            p(&o.dest)
+        )));
+    }
+    // Contract 13: only into the backup root itself (an unmounted disk's
+    // bare mountpoint, a mistyped --dest: refused, nothing written).
+    backup_core::marker::require_backup_root(&o.dest)?;
+    if o.require_mountpoint && !is_mountpoint(&o.dest)? {
+        return Err(Exit::refused(format!(
+            "destination {} is not a mountpoint (--require-mountpoint): nothing copied",
             p(&o.dest)
         )));
     }

@@ -7,8 +7,19 @@ use backup_core::metrics::Metrics;
 use backup_core::rsync_items::MaxDelete;
 use clap::{Parser, Subcommand};
 
-/// Mirror the NFS trees routed to the backup disk (leg 1) into DEST/<name>/,
-/// guarded against mass deletion; or copy the host configuration (`config`).
+/// Mirror the NFS trees routed to the backup disk (leg 1) onto the backup
+/// disk, guarded against mass deletion; or copy the host configuration
+/// (`config`).
+///
+/// Each --source root is mirrored on its own: /srv/nfs/<svc> into
+/// DEST/<svc>/ (the layout the NAS already holds), /srv/nfs-ssd/<svc> into
+/// DEST/nfs-ssd/<svc>/ (`--source /srv/nfs-ssd:nfs-ssd`: its own subtree,
+/// since the same service name exists on both roots). Skip-list patterns
+/// are relative to each root. DEST must carry the backup root's identity
+/// marker (`offsite-sync init --local`), or nothing is written (exit 5).
+/// Every run records which top-level directories of each root it saw and
+/// mirrored in DEST/.nfs-mirror/coverage, which `offsite-sync coverage`
+/// reads: a root left out here is reported uncovered there.
 #[derive(Debug, Parser)]
 #[command(name = "nfs-mirror", version, after_help = EXIT_CODE_HELP, args_conflicts_with_subcommands = true)]
 struct Cli {
@@ -22,10 +33,20 @@ struct Cli {
 
 #[derive(Debug, clap::Args)]
 struct MirrorArgs {
-    /// The NFS root whose top-level entries are mirrored.
-    #[arg(long, env = "NFS_MIRROR_SOURCE", default_value = "/srv/nfs")]
-    source: PathBuf,
-    /// The backup disk root (each entry goes to DEST/<name>/).
+    /// An NFS root whose top-level entries are mirrored, as ROOT (into
+    /// DEST/<name>/) or ROOT:SUBDIR (into DEST/SUBDIR/<name>/); repeatable
+    /// (env: comma-separated).
+    #[arg(
+        long = "source",
+        env = "NFS_MIRROR_SOURCE",
+        value_name = "ROOT[:SUBDIR]",
+        value_delimiter = ',',
+        default_values = ["/srv/nfs", "/srv/nfs-ssd:nfs-ssd"],
+        value_parser = nfs_mirror::SourceRoot::parse
+    )]
+    sources: Vec<nfs_mirror::SourceRoot>,
+    /// The backup disk root, with its identity marker (entries go to
+    /// DEST/<name>/ or DEST/SUBDIR/<name>/).
     #[arg(long, env = "BACKUP_ROOT", default_value = "/mnt/backup")]
     dest: PathBuf,
     /// The skip list both legs read.
@@ -71,6 +92,9 @@ enum Sub {
         items: Vec<PathBuf>,
         #[arg(long)]
         ledger: Option<PathBuf>,
+        /// Refuse unless the destination is a mountpoint.
+        #[arg(long)]
+        require_mountpoint: bool,
         #[arg(long)]
         dry_run: bool,
         #[arg(long, default_value = "300s", value_parser = parse_duration)]
@@ -94,12 +118,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
             dest,
             items,
             ledger,
+            require_mountpoint,
             dry_run,
             timeout,
         }) => {
             let _lock = backup_core::lock::acquire("nfs-mirror-config")?;
             let o = nfs_mirror::ConfigOpts {
                 dest,
+                require_mountpoint,
                 items,
                 ledger,
                 dry_run,
@@ -129,7 +155,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let a = cli.mirror;
             let _lock = backup_core::lock::acquire("nfs-mirror")?;
             let o = nfs_mirror::MirrorOpts {
-                source: a.source,
+                sources: a.sources,
                 dest: a.dest,
                 skip_list: a.skip_list,
                 ledger: a.ledger,
@@ -166,13 +192,6 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     "Source files that vanished during the last run (rsync 24).",
                     r.vanished_files as f64,
                 )?;
-                // Same name as on a refusal, so a success replaces the
-                // refused figure (the Pushgateway keeps names not pushed).
-                m.gauge(
-                    "nfs_mirror_planned_deletions",
-                    "Items the last run deleted in the mirrors, or would have when a guard refused it.",
-                    r.plan.deletions as f64,
-                )?;
                 let vanished = r.entries.iter().filter(|e| e.action == "vanished").count();
                 m.gauge(
                     "nfs_mirror_vanished_entries",
@@ -191,9 +210,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 } else {
                     for e in &report.entries {
                         backup_core::outln!(
-                            "{:<14} {:<12} {:<24} transferred={} deletions={}{}",
+                            "{:<14} {:<12} {:<16} {:<24} transferred={} deletions={}{}",
                             e.action,
                             e.route.as_str(),
+                            e.root,
                             e.name,
                             e.transferred,
                             e.deletions,

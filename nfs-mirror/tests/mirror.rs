@@ -23,6 +23,7 @@ fn setup() -> T {
     let sb = Sandbox::new();
     let src = sb.mkdir("srv/nfs");
     let dst = sb.mkdir("mnt/backup");
+    backup_tests::harness::init_backup_root(&dst);
     let skip = sb.write("skip.conf", SKIP);
     T { sb, src, dst, skip }
 }
@@ -354,7 +355,10 @@ fn full_backup_disk_fails_and_ledgers_what_arrived() {
     let img = t.sb.ext4_image("disk.img", 4 << 20);
     let listing = t.sb.path().join("arrived.txt");
     let ledger = t.sb.path().join("ledger");
-    let script = "mount -o loop \"$1\" \"$2\" && \"$3\" --source \"$4\" --dest \"$2\" --skip-list \"$5\" --ledger \"$6\"; rc=$?; (cd \"$2\" && find media -type f -size +0) > \"$7\"; exit $rc";
+    // The disk carries the backup root's marker (copied from a marked directory).
+    let marked = t.sb.mkdir("marked");
+    backup_tests::harness::init_backup_root(&marked);
+    let script = "mount -o loop \"$1\" \"$2\" && cp \"$8\" \"$2/\" && \"$3\" --source \"$4\" --dest \"$2\" --skip-list \"$5\" --ledger \"$6\"; rc=$?; (cd \"$2\" && find media -type f -size +0) > \"$7\"; exit $rc";
     let out = std::process::Command::new("unshare")
         .args(["-m", "--propagation", "private", "sh", "-c", script, "sh"])
         .arg(&img)
@@ -364,6 +368,7 @@ fn full_backup_disk_fails_and_ledgers_what_arrived() {
         .arg(&t.skip)
         .arg(&ledger)
         .arg(&listing)
+        .arg(marked.join(backup_core::marker::FILE))
         .env("BACKUP_LOCK_DIR", t.sb.lock_dir())
         .output()
         .expect("unshare");
@@ -844,4 +849,130 @@ fn a_source_emptied_after_the_guard_pass_keeps_its_mirror() {
     );
     out.stderr_contains("--max-delete");
     assert!(t.dst.join("media/m.bin").is_file());
+}
+
+/// Contract 13: a destination without the backup root's identity marker
+/// (the bare mountpoint of an unmounted disk, a mistyped `--dest`) is
+/// refused by both modes, and nothing is written there. Before, the mirror
+/// and `nfs-mirror config` wrote into any directory given as `--dest`.
+#[test]
+fn both_modes_refuse_a_destination_without_the_backup_root_marker() {
+    let t = setup();
+    t.w(b"nextcloud/a", "a");
+    let bare = t.sb.mkdir("bare-mountpoint");
+    let mut c = t.sb.cmd("nfs-mirror");
+    c.arg("--source")
+        .arg(&t.src)
+        .arg("--dest")
+        .arg(&bare)
+        .arg("--skip-list")
+        .arg(&t.skip);
+    Run::of(&mut c)
+        .fails_with(5)
+        .stderr_contains("no backup-root identity marker");
+    let etc = t.sb.mkdir("etc/pve");
+    std::fs::write(etc.join("storage.cfg"), "dir: local").expect("w");
+    let mut c = t.sb.cmd("nfs-mirror");
+    c.arg("config")
+        .arg("--dest")
+        .arg(&bare)
+        .arg("--item")
+        .arg(&etc);
+    Run::of(&mut c)
+        .fails_with(5)
+        .stderr_contains("no backup-root identity marker");
+    assert_eq!(
+        walk(&bare),
+        Vec::<Vec<u8>>::new(),
+        "something was written into an unmarked destination"
+    );
+    // The marked backup root is accepted by both.
+    t.run(&[]).succeeds();
+    let mut c = t.sb.cmd("nfs-mirror");
+    c.arg("config")
+        .arg("--dest")
+        .arg(&t.dst)
+        .arg("--item")
+        .arg(&etc);
+    Run::of(&mut c).succeeds();
+}
+
+/// Issue 2: a service directory under the SSD root (`/srv/nfs-ssd`) that
+/// the skip list does not name went nowhere: nfs-mirror took one root.
+/// Now each root is mirrored on its own, the SSD one into DEST/nfs-ssd/,
+/// ledgered under that prefix, its direct/never entries skipped as on the
+/// main root, and each run's coverage record lists what it mirrored.
+#[test]
+fn an_ssd_root_is_mirrored_into_its_own_subtree_and_recorded() {
+    let t = setup();
+    let ssd = t.sb.mkdir("srv/nfs-ssd");
+    t.w(b"nextcloud/a.txt", "a");
+    for (rel, data) in [
+        ("vaultwarden/db.bin", "vault"),
+        ("vaultwarden/attachments/x", "att"),
+        ("immich/thumbs/t.webp", "thumb"),
+        ("frigate/clip", "never"),
+    ] {
+        let p = ssd.join(rel);
+        std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+        std::fs::write(p, data).expect("write");
+    }
+    let ssd_arg = format!("{}:nfs-ssd", ssd.display());
+    t.run(&["--source", &ssd_arg]).succeeds();
+    assert_eq!(
+        std::fs::read(t.dst.join("nfs-ssd/vaultwarden/db.bin")).expect("mirrored"),
+        b"vault"
+    );
+    assert!(t.dst.join("nextcloud/a.txt").is_file());
+    assert!(
+        !t.dst.join("nfs-ssd/immich").exists(),
+        "direct route mirrored"
+    );
+    assert!(
+        !t.dst.join("nfs-ssd/frigate").exists(),
+        "never route mirrored"
+    );
+    assert_eq!(
+        t.ledger(),
+        set(&[
+            b"nextcloud/a.txt",
+            b"nfs-ssd/vaultwarden/db.bin",
+            b"nfs-ssd/vaultwarden/attachments/x",
+        ])
+    );
+    let rec = backup_core::mirror_record::Record::load(&t.dst).expect("record");
+    let canon = |p: &Path| {
+        std::fs::canonicalize(p)
+            .expect("canon")
+            .into_os_string()
+            .into_vec()
+    };
+    use std::os::unix::ffi::OsStringExt;
+    let ssd_rec = &rec.roots[&canon(&ssd)];
+    assert!(ssd_rec.dirs[&b"vaultwarden".to_vec()] > 0, "{ssd_rec:?}");
+    assert_eq!(ssd_rec.dirs[&b"immich".to_vec()], 0, "direct is not leg 1");
+    assert!(rec.roots[&canon(&t.src)].dirs[&b"nextcloud".to_vec()] > 0);
+
+    // A main-root entry named like the SSD root's subtree is never mixed
+    // into it; an emptied SSD root is refused on its own (its mirror
+    // kept), the main root still mirrored, the run fails naming the root.
+    t.w(b"nfs-ssd/evil", "x");
+    t.w(b"calibre/b.epub", "b");
+    std::fs::remove_dir_all(&ssd).expect("rm");
+    std::fs::create_dir_all(&ssd).expect("mkdir");
+    t.run(&["--source", &ssd_arg])
+        .fails_with(5)
+        .stderr_contains(&format!(
+            "{}: source {} is empty",
+            ssd.display(),
+            ssd.display()
+        ))
+        .stderr_contains("nfs-ssd (reserved name)");
+    assert!(t.dst.join("calibre/b.epub").is_file());
+    assert!(!t.dst.join("nfs-ssd/evil").exists());
+    assert!(t.dst.join("nfs-ssd/vaultwarden/db.bin").is_file());
+    // Two roots into one place is a usage error.
+    t.run(&["--source", &ssd.display().to_string()])
+        .fails_with(2)
+        .stderr_contains("own DEST subdirectory");
 }

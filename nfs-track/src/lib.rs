@@ -223,7 +223,8 @@ fn plan(cli: &Cli) -> anyhow::Result<Plan> {
         None => None,
     };
     let ledger = Ledger::new(cli.log.clone(), PathKind::Absolute);
-    let state = State::new(&cli.state_dir, &cli.log, &roots);
+    let state = State::new(&cli.state_dir, &cli.log, &roots)
+        .with_route(skip.as_ref().map(|(_, r)| r.as_str()).unwrap_or("all"));
     let mut own = vec![
         ledger.path().to_path_buf(),
         ledger.lock_path(),

@@ -14,6 +14,9 @@ pub struct State {
     path: PathBuf,
     ledger: PathBuf,
     roots: Vec<PathBuf>,
+    /// The skip-list route logged (`direct`, ...), `all` without a skip
+    /// list; recorded for offsite-sync's coverage check, not for the stamp.
+    route: String,
 }
 
 fn enc(p: &Path) -> String {
@@ -27,7 +30,14 @@ impl State {
             path: dir.join("last-watching"),
             ledger: ledger.to_path_buf(),
             roots: roots.to_vec(),
+            route: "all".into(),
         }
+    }
+
+    /// The route this tracker logs (written with every stamp).
+    pub fn with_route(mut self, route: &str) -> State {
+        self.route = route.to_string();
+        self
     }
 
     pub fn path(&self) -> &Path {
@@ -85,6 +95,7 @@ impl State {
             d.subsec_nanos(),
             enc(&self.ledger)
         );
+        s.push_str(&format!("route {}\n", self.route));
         for r in &self.roots {
             s.push_str(&format!("root {}\n", enc(r)));
         }
@@ -108,6 +119,14 @@ mod tests {
         let t = UNIX_EPOCH + Duration::new(1_800_000_000, 123_456_789);
         st.stamp(t).expect("stamp");
         assert_eq!(st.load().expect("load"), Some(t));
+        let text = std::fs::read_to_string(st.path()).expect("read");
+        assert!(text.contains("\nroute all\n"), "{text}");
+        st.clone().with_route("direct").stamp(t).expect("stamp");
+        assert_eq!(
+            st.load().expect("load"),
+            Some(t),
+            "the route is no part of the stamp"
+        );
         let more = vec![
             roots[0].clone(),
             roots[1].clone(),

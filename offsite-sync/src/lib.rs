@@ -8,6 +8,7 @@
 //! are guarded like nfs-mirror: a missing, unmounted or empty source never
 //! deletes anything on the NAS, and a dry run bounds the deletions.
 
+pub mod coverage;
 pub mod resolve;
 
 use std::collections::BTreeMap;
@@ -74,6 +75,10 @@ pub struct Config {
     pub nfs_dest: String,
     pub nfs_ssd_dest: String,
     pub skip_list: PathBuf,
+    /// nfs-track's state directory (its `last-watching` file), for coverage.
+    pub nfs_track_state_dir: PathBuf,
+    /// How old a leg's record may be and still count as running (coverage).
+    pub coverage_max_age: Duration,
     pub full: FullMode,
     pub full_every: Duration,
     pub ledger_cap: u64,
@@ -886,6 +891,11 @@ pub fn run_steps(
             }
         }
     };
+    // Contract 15, after everything was sent: a directory no leg carries
+    // fails the night (exit 3) and is counted per root.
+    if steps.contains(&1) && steps.contains(&2) {
+        code = code.merge(coverage::check(cfg, metrics));
+    }
     let _ = fill_metrics(metrics, cfg, code, &reports, cap.as_ref());
     if code == ExitCode::Ok && !cfg.dry_run {
         let _ = write_stamp(&cfg.state_dir().join("last-success"));
@@ -1030,45 +1040,6 @@ pub fn status(cfg: &Config, probe_nas: bool) -> Result<Status> {
         nas,
         nas_error,
     })
-}
-
-/// `offsite-sync coverage`: every top-level NFS dir with its one route.
-#[derive(Debug, serde::Serialize)]
-pub struct CoverageRow {
-    pub root: String,
-    pub name: String,
-    pub route: Route,
-    pub exceptions: Vec<(String, Route)>,
-}
-
-pub fn coverage(cfg: &Config) -> Result<Vec<CoverageRow>> {
-    let skip = SkipList::load(&cfg.skip_list).map_err(|e| Exit::usage(e.to_string()))?;
-    let mut rows = Vec::new();
-    for root in [&cfg.nfs_root, &cfg.nfs_ssd_root] {
-        let Ok(rd) = std::fs::read_dir(root) else {
-            warn!("{}: cannot list, skipped", p(root));
-            continue;
-        };
-        // Names as bytes: a non-UTF-8 name is routed as the legs route it.
-        let mut names: Vec<std::ffi::OsString> = rd
-            .flatten()
-            .filter(|e| e.file_type().map(|t| t.is_dir()).unwrap_or(false))
-            .map(|e| e.file_name())
-            .collect();
-        names.sort();
-        let cov = skip
-            .coverage(&names)
-            .map_err(|e| Exit::usage(format!("{}: overlapping routes: {e}", p(&cfg.skip_list))))?;
-        for c in cov {
-            rows.push(CoverageRow {
-                root: p(root),
-                name: c.name,
-                route: c.route,
-                exceptions: c.exceptions,
-            });
-        }
-    }
-    Ok(rows)
 }
 
 /// `offsite-sync init`: give the backup root its identity marker

@@ -30,7 +30,8 @@ enum Sub {
     /// direct NFS trees -> NAS nfs/, nfs-ssd/ (ledger .nfs-changes.log).
     #[command(after_help = EXIT_CODE_HELP)]
     Step2,
-    /// Step 1 then step 2.
+    /// Step 1, step 2, then the coverage check (see `coverage`): exit 3
+    /// when a top-level NFS directory is carried by no leg that runs.
     #[command(after_help = EXIT_CODE_HELP)]
     All,
     /// Write the identity marker into the backup root (once; never
@@ -42,7 +43,14 @@ enum Sub {
         #[arg(long)]
         local: bool,
     },
-    /// Every top-level NFS directory with its one route; fails on overlaps.
+    /// Every top-level NFS directory with its one route and whether that
+    /// route's leg really carries it: backup-disk from nfs-mirror's record
+    /// of its last runs (BACKUP_ROOT/.nfs-mirror/coverage), direct from
+    /// nfs-track's state (--nfs-track-state-dir), never by decision. A
+    /// directory new since nfs-mirror's last run of its root is pending.
+    /// Exit 3 naming each uncovered directory on stderr (`all` checks the
+    /// same after sending, and reports backup_coverage_uncovered_dirs per
+    /// root); exit 2 when the skip list gives a name two routes.
     #[command(after_help = EXIT_CODE_HELP)]
     Coverage,
     /// Ledger sizes, markers, last full passes, NAS free space.
@@ -137,6 +145,19 @@ struct Opts {
         default_value = "/etc/backup-skip-list.conf"
     )]
     skip_list: PathBuf,
+    /// nfs-track's state directory: its `last-watching` file says which
+    /// roots it watches (coverage of the direct route).
+    #[arg(
+        long,
+        global = true,
+        env = "NFS_TRACK_STATE_DIR",
+        default_value = "/var/lib/nfs-track"
+    )]
+    nfs_track_state_dir: PathBuf,
+    /// A leg whose last record (nfs-mirror's run, nfs-track's watch) is
+    /// older than this no longer counts as carrying its directories.
+    #[arg(long, global = true, default_value = "2d", value_parser = parse_duration)]
+    coverage_max_age: Duration,
     /// auto: when the last full pass is older than --full-every or a
     /// full-sync-needed marker exists.
     #[arg(long, global = true, value_enum, default_value = "auto")]
@@ -191,6 +212,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
         nfs_dest: o.nfs_dest.trim_end_matches('/').to_string(),
         nfs_ssd_dest: o.nfs_ssd_dest.trim_end_matches('/').to_string(),
         skip_list: o.skip_list,
+        nfs_track_state_dir: o.nfs_track_state_dir,
+        coverage_max_age: o.coverage_max_age,
         full: o.full,
         full_every: o.full_every,
         ledger_cap: o.ledger_cap,
@@ -210,26 +233,32 @@ fn run(cli: Cli) -> Result<ExitCode> {
             return Ok(ExitCode::Ok);
         }
         Sub::Coverage => {
-            let rows = offsite_sync::coverage(&cfg)?;
+            let rows = offsite_sync::coverage::coverage(&cfg)?;
             if o.json {
                 backup_core::outln!("{}", serde_json::to_string_pretty(&rows)?)?;
             } else {
-                for r in rows {
+                for r in &rows {
                     let ex: Vec<String> = r
                         .exceptions
                         .iter()
                         .map(|(p, route)| format!("{p}={}", route.as_str()))
                         .collect();
                     backup_core::outln!(
-                        "{:<14} {:<28} {:<12} {}",
+                        "{:<14} {:<28} {:<12} {:<10} {}{}",
                         r.root,
                         r.name,
                         r.route.as_str(),
-                        ex.join(" ")
+                        r.state.as_str(),
+                        r.reason,
+                        if ex.is_empty() {
+                            String::new()
+                        } else {
+                            format!(" [{}]", ex.join(" "))
+                        }
                     )?;
                 }
             }
-            return Ok(ExitCode::Ok);
+            return Ok(offsite_sync::coverage::verdict(&rows));
         }
         Sub::Status { no_nas } => {
             let s = offsite_sync::status(&cfg, !no_nas)?;

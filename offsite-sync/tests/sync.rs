@@ -334,10 +334,13 @@ fn coverage_lists_one_route_per_dir_and_fails_on_overlaps() {
     for d in ["immich", "frigate", "nextcloud"] {
         std::fs::create_dir_all(w.nfs.join(d)).expect("mkdir");
     }
+    // nextcloud is routed to the backup disk, but no nfs-mirror run has
+    // recorded mirroring it: uncovered, exit 3, named on stderr.
     let r = w.run("coverage", &["--json"]);
-    r.succeeds();
+    r.fails_with(3)
+        .stderr_contains(&format!("uncovered: {}/nextcloud", w.nfs.display()));
     let v: serde_json::Value = serde_json::from_str(&r.stdout).expect("json");
-    let got: Vec<(String, String)> = v
+    let got: Vec<(String, String, String)> = v
         .as_array()
         .expect("rows")
         .iter()
@@ -345,15 +348,16 @@ fn coverage_lists_one_route_per_dir_and_fails_on_overlaps() {
             (
                 r["name"].as_str().expect("n").to_string(),
                 r["route"].as_str().expect("r").to_string(),
+                r["state"].as_str().expect("s").to_string(),
             )
         })
         .collect();
     assert_eq!(
         got,
         [
-            ("frigate".into(), "never".into()),
-            ("immich".into(), "direct".into()),
-            ("nextcloud".into(), "backup-disk".into())
+            ("frigate".into(), "never".into(), "covered".into()),
+            ("immich".into(), "direct".into(), "covered".into()),
+            ("nextcloud".into(), "backup-disk".into(), "uncovered".into())
         ]
     );
     std::fs::write(&w.skip, "direct imm*\nnever *ich\n").expect("w");

@@ -132,7 +132,7 @@ impl PathMap {
                 return to.display().to_string();
             }
             if let Some(rest) = word.strip_prefix(from.as_str())
-                && rest.starts_with('/')
+                && (rest.starts_with('/') || rest.starts_with(':'))
             {
                 return format!("{}{rest}", to.display());
             }

@@ -232,6 +232,8 @@ impl Lab {
         put(nfs.join("calibre/library/book.epub"), &[0x42u8; 30_000]);
         put(nfs.join("immich/upload/IMG_0001.jpg"), &[0x49u8; 50_000]);
         put(nfs_ssd.join("immich/thumbs/IMG_0001.webp"), b"thumb");
+        // An unlisted service on the SSD root: leg 1 too (issue 2).
+        put(nfs_ssd.join("vaultwarden/data/rsa_key.pem"), b"ssd leg 1");
         put(nfs.join("frigate/cam1/clip.mp4"), b"never offsite");
 
         let pg = Pushgateway::start();
@@ -557,10 +559,20 @@ fn two_nights_of_the_pipeline_reach_the_nas_and_the_pushgateway() {
         b"report v1"
     );
     assert!(pve.join("calibre/library/book.epub").is_file());
+    assert_eq!(
+        std::fs::read(pve.join("nfs-ssd/vaultwarden/data/rsa_key.pem")).expect("SSD leg 1"),
+        b"ssd leg 1"
+    );
     assert!(
         !pve.join("immich").exists(),
         "immich went via the backup disk"
     );
+    // Every top-level directory of both roots is carried (contract 15).
+    let gaps = lab
+        .pg
+        .samples("offsite-backup-sync", "backup_coverage_uncovered_dirs");
+    assert_eq!(gaps.len(), 2, "one coverage figure per NFS root: {gaps:?}");
+    assert!(gaps.iter().all(|(_, v)| *v == 0.0), "{gaps:?}");
     assert!(
         lab.nas_store
             .join("nfs/immich/upload/IMG_0001.jpg")

@@ -84,6 +84,17 @@ impl World {
         self.nas_dir.join("pve-backup")
     }
 
+    /// nfs-track's state, written by its own code as a tracker watching
+    /// both roots keeps it (offsite-sync's coverage reads it).
+    fn tracker_state(&self) -> PathBuf {
+        let dir = self.sb.mkdir("var/lib/nfs-track");
+        let roots = [&self.nfs, &self.nfs_ssd].map(|r| std::fs::canonicalize(r).expect("root"));
+        nfs_track::state::State::new(&dir, &self.root.join(".nfs-changes.log"), &roots)
+            .stamp(std::time::SystemTime::now())
+            .expect("tracker state");
+        dir
+    }
+
     fn put(dir: &Path, rel: &[u8], data: &[u8]) -> PathBuf {
         let p = dir.join(OsStr::from_bytes(rel));
         std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
@@ -125,6 +136,8 @@ impl World {
             .arg(self.nas_dir.join("nfs-ssd"))
             .arg("--skip-list")
             .arg(&self.skip)
+            .arg("--nfs-track-state-dir")
+            .arg(self.tracker_state())
             .args([
                 "--keepalive",
                 "2s",

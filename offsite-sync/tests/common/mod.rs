@@ -16,6 +16,9 @@ pub const SKIP: &str = "direct immich\nnever frigate\nnever immich/thumbs-cache\
 
 pub struct World {
     pub sb: Sandbox,
+    /// nfs-track's state dir: [`World::new`] records a tracker watching
+    /// both roots, so the direct route counts as carried (coverage).
+    pub tracker_state: PathBuf,
     pub root: PathBuf,
     pub nfs: PathBuf,
     pub nfs_ssd: PathBuf,
@@ -38,8 +41,11 @@ impl World {
         let nfs_ssd = sb.mkdir("srv/nfs-ssd");
         let skip = sb.write("skip.conf", SKIP);
         let nas_dir = sb.mkdir("nas");
+        let tracker_state = sb.mkdir("var/lib/nfs-track");
+        tracker_watching(&tracker_state, &root, &[&nfs, &nfs_ssd]);
         World {
             sb,
+            tracker_state,
             root,
             nfs,
             nfs_ssd,
@@ -86,6 +92,8 @@ impl World {
             self.nas_dir.join("nfs-ssd").display().to_string(),
             "--skip-list".into(),
             self.skip.display().to_string(),
+            "--nfs-track-state-dir".into(),
+            self.tracker_state.display().to_string(),
             "--keepalive".into(),
             self.keepalive.into(),
             "--io-timeout".into(),
@@ -147,4 +155,17 @@ impl World {
 
 pub fn set(items: &[&[u8]]) -> BTreeSet<Vec<u8>> {
     items.iter().map(|i| i.to_vec()).collect()
+}
+
+/// Record, with nfs-track's own state writer, that a tracker is watching
+/// `roots` into the backup root's change log now (what a running
+/// nfs-track keeps stamped).
+pub fn tracker_watching(state_dir: &Path, backup_root: &Path, roots: &[&Path]) {
+    let roots: Vec<PathBuf> = roots
+        .iter()
+        .map(|r| std::fs::canonicalize(r).expect("root"))
+        .collect();
+    nfs_track::state::State::new(state_dir, &backup_root.join(".nfs-changes.log"), &roots)
+        .stamp(std::time::SystemTime::now())
+        .expect("tracker state");
 }
