@@ -1409,14 +1409,27 @@ pub fn init(cfg: &Config, local: bool) -> Result<()> {
             p(root)
         )));
     }
-    match marker::init(root, ROLE_BACKUP_ROOT)? {
-        Init::Created(m) => info!("{}: backup-root marker written (id {})", p(root), m.id),
-        Init::Existing(m) => info!(
-            "{}: already initialised (id {}, created {}): left as it is",
-            p(root),
-            m.id,
-            m.created
-        ),
+    if cfg.dry_run {
+        // Contract 11: say what would be done, change nothing.
+        match marker::read(root)? {
+            Some(m) => info!(
+                "{}: identified as {:?} (id {}): left as it is (dry run)",
+                p(root),
+                m.role,
+                m.id
+            ),
+            None => info!("{}: would write a backup-root marker (dry run)", p(root)),
+        }
+    } else {
+        match marker::init(root, ROLE_BACKUP_ROOT)? {
+            Init::Created(m) => info!("{}: backup-root marker written (id {})", p(root), m.id),
+            Init::Existing(m) => info!(
+                "{}: already initialised (id {}, created {}): left as it is",
+                p(root),
+                m.id,
+                m.created
+            ),
+        }
     }
     if local {
         return Ok(());

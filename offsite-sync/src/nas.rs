@@ -288,7 +288,7 @@ pub fn init(cfg: &Config) -> Result<()> {
     for d in &dests {
         // With an id recorded, a missing marker is not re-created: the
         // NAS volume may not be mounted.
-        let create = if ids.contains_key(d.role) {
+        let create = if ids.contains_key(d.role) || cfg.dry_run {
             None
         } else {
             Some(
@@ -303,6 +303,14 @@ pub fn init(cfg: &Config) -> Result<()> {
     let mut refused = Vec::new();
     for (d, f) in dests.iter().zip(&pr.found) {
         match (f, ids.get(d.role).cloned()) {
+            (Found::Missing, None) if cfg.dry_run => info!(
+                "NAS destination {} ({}): would write a marker of role {} (dry run)",
+                d.path, d.flag, d.role
+            ),
+            (Found::Present(m), None) if cfg.dry_run && m.role == d.role => info!(
+                "NAS destination {} ({}): would adopt its marker (id {}) (dry run)",
+                d.path, d.flag, m.id
+            ),
             (Found::Created(m), _) => {
                 info!(
                     "NAS destination {} ({}): marker written (id {}, role {})",
@@ -346,7 +354,9 @@ pub fn init(cfg: &Config) -> Result<()> {
             )),
         }
     }
-    write_ids(cfg, &ids)?;
+    if !cfg.dry_run {
+        write_ids(cfg, &ids)?;
+    }
     if !refused.is_empty() {
         return Err(Exit::refused(format!(
             "init: {} (nothing overwritten)",

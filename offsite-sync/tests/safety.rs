@@ -492,3 +492,20 @@ fn a_full_pass_keeps_the_nas_marker_and_never_sends_the_local_one() {
     w.leg1().append(["svc/b"]).expect("append");
     w.run("step1", &[]).succeeds().stdout_contains("1 sent");
 }
+
+/// `init --dry-run` says what it would do and writes nothing, on the NAS
+/// or on the backup disk.
+#[test]
+fn init_dry_run_writes_nothing() {
+    let mut w = World::new();
+    w.nas = Some(Nas::start(&w.sb.path().join("sshd")));
+    std::fs::remove_file(w.root.join(marker::FILE)).expect("rm");
+    w.run("init", &["--dry-run"])
+        .succeeds()
+        .stderr_contains("would write a marker of role nas-pve-backup");
+    assert!(!w.pve().exists(), "the dry run created the destination");
+    assert!(!w.root.join(marker::FILE).exists());
+    assert!(!w.root.join(".offsite-sync/nas-ids").exists());
+    w.init();
+    assert_eq!(nas_marker(&w.pve()).role, "nas-pve-backup");
+}
