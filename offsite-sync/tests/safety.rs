@@ -509,3 +509,32 @@ fn init_dry_run_writes_nothing() {
     w.init();
     assert_eq!(nas_marker(&w.pve()).role, "nas-pve-backup");
 }
+
+/// An NFS root (its own filesystem) lazily unmounted after step 2's
+/// start-up checks and before its rsync: every listed path "vanishes"
+/// silently (`--ignore-missing-args`). Before: committed, exit 0, the
+/// changes never sent until the next full pass.
+#[test]
+fn step2_keeps_the_change_log_when_an_nfs_root_is_unmounted_before_its_rsync() {
+    let w = World::with_nas();
+    recent_full(&w.root);
+    w.sb.mount_ext4("srv/nfs", 16 << 20);
+    let photos: Vec<PathBuf> = (0..5)
+        .map(|i| World::put(&w.nfs, format!("immich/upload/p{i}.jpg").as_bytes(), b"p"))
+        .collect();
+    w.leg2()
+        .append_paths(photos.iter().map(PathBuf::as_path))
+        .expect("append");
+    let rsync = wrapper(
+        &w,
+        "unmounting-rsync",
+        "*\" --files-from=- \"*",
+        &format!("umount -l '{}'", w.nfs.display()),
+    );
+    let r = Run::of(w.cmd("step2", &[]).env("RSYNC", &rsync));
+    println!("exit {}; stderr: {}", r.code, r.stderr);
+    assert!(!offsite_sync::is_mountpoint(&w.nfs), "not unmounted");
+    assert_ne!(r.code, 0, "a run that sent nothing reported success");
+    assert!(World::files(&w.nas_dir.join("nfs")).is_empty());
+    assert_eq!(w.leg2().line_count().expect("ledger"), 5, "entries lost");
+}
