@@ -157,6 +157,27 @@ impl Config {
         c
     }
 
+    /// rsync into a NAS destination: the NAS side checks the
+    /// destination's identity marker in the same connection, right before
+    /// it starts the receiving rsync (contract 12: the check made before
+    /// the run holds while acting; a NAS volume unmounted since the run
+    /// began leaves a bare directory without it). The receiver never
+    /// starts then, and the transfer fails naming the destination.
+    fn rsync_into(&self, dest_root: &str) -> Result<Cmd> {
+        let id = nas::expected_id(self, dest_root)?;
+        let marker = format!("{dest_root}/{}", backup_core::marker::FILE);
+        let check = format!(
+            "{{ grep -qxF -- {} {} 2>/dev/null || {{ echo {} >&2; exit 5; }}; }} && rsync",
+            shell_quote(OsStr::new(&format!("id={id}"))),
+            shell_quote(OsStr::new(&marker)),
+            shell_quote(OsStr::new(&format!(
+                "{}: {dest_root}: identity marker missing or different",
+                nas::REFUSED_TAG
+            ))),
+        );
+        Ok(self.rsync_base().arg(format!("--rsync-path={check}")))
+    }
+
     pub fn validate(&self) -> Result<()> {
         if !self.remote.contains('@') || self.remote.starts_with('-') || self.remote.contains(':') {
             return Err(Exit::usage(format!(
@@ -427,6 +448,7 @@ fn guard_deletions(cfg: &Config, cmd: Cmd) -> Result<DeletePlan> {
 /// in the error.
 fn transfer(cmd: Cmd, what: &str) -> Result<Vec<u8>> {
     let out = cmd.run_any().with_context(|| what.to_string())?;
+    nas::refused_by_nas(&out.stderr, what)?;
     let r = RsyncResult::classify(out.code, &out.stderr);
     match &r {
         RsyncResult::Ok => {}
@@ -502,6 +524,7 @@ fn deleting_transfer(
     rep: &mut StepReport,
 ) -> Result<u64> {
     let out = cmd.run_any().with_context(|| what.to_string())?;
+    nas::refused_by_nas(&out.stderr, what)?;
     let items = rsync_items::parse(&out.stdout);
     let deleted = items.iter().filter(|i| i.is_deletion()).count() as u64;
     rep.deletions += deleted;
@@ -627,7 +650,7 @@ fn step1_into(cfg: &Config, rep: &mut StepReport) -> Result<()> {
             )));
         }
         let mk = |dry: bool, bound: Option<u64>| {
-            let mut c = cfg.rsync_base().arg("--delete");
+            let mut c = cfg.rsync_into(&cfg.pve_dest)?.arg("--delete");
             if dry {
                 c = c.args(DRY);
             } else {
@@ -636,11 +659,13 @@ fn step1_into(cfg: &Config, rep: &mut StepReport) -> Result<()> {
             for e in STATE_EXCLUDES {
                 c = c.arg(format!("--exclude={e}"));
             }
-            c.arg("--")
-                .arg(dir_arg(root))
-                .arg(cfg.remote_path(&format!("{}/", cfg.pve_dest)))
+            Ok::<Cmd, anyhow::Error>(
+                c.arg("--")
+                    .arg(dir_arg(root))
+                    .arg(cfg.remote_path(&format!("{}/", cfg.pve_dest))),
+            )
         };
-        let plan = guard_deletions(cfg, mk(true, None))?;
+        let plan = guard_deletions(cfg, mk(true, None)?)?;
         if cfg.dry_run {
             rep.deletions = plan.deletions;
             info!(
@@ -663,7 +688,7 @@ fn step1_into(cfg: &Config, rep: &mut StepReport) -> Result<()> {
                 "full pass refused after its dry run, nothing sent or deleted: {g}"
             )));
         }
-        deleting_transfer(cfg, mk(false, bound), "full pass", bound, rep)?;
+        deleting_transfer(cfg, mk(false, bound)?, "full pass", bound, rep)?;
         if let Some(g) = start.changed(root) {
             return Err(Exit::refused(format!("full pass: {g}; nothing committed")));
         }
@@ -720,7 +745,7 @@ fn step1_into(cfg: &Config, rep: &mut StepReport) -> Result<()> {
     }
     if !plain.is_empty() {
         let c = cfg
-            .rsync_base()
+            .rsync_into(&cfg.pve_dest)?
             .args(["--from0", "--files-from=-", "--ignore-missing-args"])
             .args(LISTED)
             .arg("--")
@@ -735,7 +760,7 @@ fn step1_into(cfg: &Config, rep: &mut StepReport) -> Result<()> {
     for ((tree, week), files) in &weekly {
         let local_tree = root.join(tree);
         let earlier = earlier_weeks(&local_tree, week);
-        let mut c = cfg.rsync_base().args([
+        let mut c = cfg.rsync_into(&cfg.pve_dest)?.args([
             "--from0",
             "--files-from=-",
             "--ignore-missing-args",
@@ -930,25 +955,27 @@ fn step2_into(cfg: &Config, rep: &mut StepReport) -> Result<()> {
                 refused.join("; ")
             )));
         }
-        let mk = |src: &Path, dst: &str, ex: &[String], dry: bool, bound: Option<u64>| {
-            cfg.rsync_base()
-                // Live source (contract 6): full-precision time comparison.
-                .args(["--delete", "--mkpath", "--modify-window=-1"])
-                .args(if dry {
-                    DRY.as_slice()
-                } else {
-                    std::slice::from_ref(&rsync_items::OUT_FORMAT)
-                })
-                .args(max_delete_arg(bound))
-                .args(ex)
-                .arg("--")
-                .arg(dir_arg(src))
-                .arg(cfg.remote_path(dst))
+        let mk = |i: usize, src: &Path, dst: &str, ex: &[String], dry: bool, bound: Option<u64>| {
+            Ok::<Cmd, anyhow::Error>(
+                cfg.rsync_into(&leg2_roots(cfg)[i].1)?
+                    // Live source (contract 6): full-precision time comparison.
+                    .args(["--delete", "--mkpath", "--modify-window=-1"])
+                    .args(if dry {
+                        DRY.as_slice()
+                    } else {
+                        std::slice::from_ref(&rsync_items::OUT_FORMAT)
+                    })
+                    .args(max_delete_arg(bound))
+                    .args(ex)
+                    .arg("--")
+                    .arg(dir_arg(src))
+                    .arg(cfg.remote_path(dst)),
+            )
         };
         let mut total = DeletePlan::default();
         let mut planned = Vec::new();
-        for (_, src, dst, ex) in &runs {
-            let plan = guard_deletions(cfg, mk(src, dst, ex, true, None)).map_err(|e| {
+        for (i, src, dst, ex) in &runs {
+            let plan = guard_deletions(cfg, mk(*i, src, dst, ex, true, None)?).map_err(|e| {
                 if backup_core::exit::code_of(&e) == ExitCode::Refused {
                     Exit::refused(format!("{}: {e}", p(src)))
                 } else {
@@ -992,7 +1019,7 @@ fn step2_into(cfg: &Config, rep: &mut StepReport) -> Result<()> {
             let bound = slack.map(|s| planned + s);
             let before = rep.deletions;
             let what = format!("full pass of {}", p(src));
-            deleting_transfer(cfg, mk(src, dst, ex, false, bound), &what, bound, rep)?;
+            deleting_transfer(cfg, mk(*i, src, dst, ex, false, bound)?, &what, bound, rep)?;
             if let Some(s) = slack.as_mut() {
                 *s = s.saturating_sub((rep.deletions - before).saturating_sub(planned));
             }
@@ -1083,7 +1110,7 @@ fn step2_into(cfg: &Config, rep: &mut StepReport) -> Result<()> {
     }
     for (root, dest, keep) in &sends {
         let c = cfg
-            .rsync_base()
+            .rsync_into(dest)?
             .args([
                 "--from0",
                 "--files-from=-",

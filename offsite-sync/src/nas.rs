@@ -65,6 +65,38 @@ pub fn step_dests(cfg: &Config, step: u8) -> Vec<Dest> {
         .collect()
 }
 
+/// What the NAS side prints when a destination's marker check before a
+/// transfer fails.
+pub const REFUSED_TAG: &str = "offsite-sync: NAS destination refused";
+
+/// The id recorded for the destination at `path` (refused when none).
+pub fn expected_id(cfg: &Config, path: &str) -> Result<String> {
+    let d = all_dests(cfg)
+        .into_iter()
+        .find(|d| d.path == path)
+        .with_context(|| format!("{path}: not a configured NAS destination"))?;
+    read_ids(cfg)?.remove(d.role).ok_or_else(|| {
+        Exit::refused(format!(
+            "NAS destination {} ({}): no identity recorded for role {}: run `offsite-sync init` once",
+            d.path, d.flag, d.role
+        ))
+    })
+}
+
+/// `Err` (refused, exit 5) when the NAS refused a transfer because the
+/// destination's marker was missing or different right before it.
+pub fn refused_by_nas(stderr: &str, what: &str) -> Result<()> {
+    match stderr.lines().find(|l| l.contains(REFUSED_TAG)) {
+        Some(l) => Err(Exit::refused(format!(
+            "{what}: {}: nothing sent",
+            l.trim()
+                .trim_start_matches(REFUSED_TAG)
+                .trim_start_matches(": ")
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// The local record of the NAS markers this backup disk expects.
 fn ids_path(cfg: &Config) -> PathBuf {
     cfg.state_dir().join("nas-ids")

@@ -538,3 +538,32 @@ fn step2_keeps_the_change_log_when_an_nfs_root_is_unmounted_before_its_rsync() {
     assert!(World::files(&w.nas_dir.join("nfs")).is_empty());
     assert_eq!(w.leg2().line_count().expect("ledger"), 5, "entries lost");
 }
+
+/// The NAS volume goes away after the run checked its marker and before
+/// the transfer (a long step 1 first, an automount timing out): the NAS
+/// side checks the marker again in the transfer's own connection, before
+/// the receiving rsync starts. Before: written into the bare directory.
+#[test]
+fn a_nas_volume_unmounted_after_the_check_gets_nothing_written() {
+    let w = World::with_nas();
+    recent_full(&w.root);
+    World::put(&w.root, b"svc/a", b"a");
+    w.leg1().append(["svc/a"]).expect("append");
+    let pve = w.pve();
+    let rsync = wrapper(
+        &w,
+        "nas-unmounting-rsync",
+        "*\" --files-from=- \"*",
+        &format!("mv '{p}' '{p}.volume' && mkdir '{p}'", p = pve.display()),
+    );
+    let r = Run::of(w.cmd("step1", &[]).env("RSYNC", &rsync));
+    r.fails_with(5)
+        .stderr_contains(&pve.display().to_string())
+        .stderr_contains("identity marker missing or different");
+    assert_eq!(
+        std::fs::read_dir(&pve).expect("ls").count(),
+        0,
+        "written into the bare directory"
+    );
+    assert_eq!(w.leg1().line_count().expect("ledger"), 1);
+}
