@@ -982,7 +982,13 @@ fn step2_into(cfg: &Config, rep: &mut StepReport) -> Result<()> {
                     e
                 }
             })?;
-            planned.push(plan.deletions + plan.rsync_temps);
+            // Each tree is held to the bound on its own too (its dry run
+            // was checked on its own figures), whatever the slack.
+            let own = cfg
+                .max_delete
+                .allowed(plan.existing)
+                .map(|a| a.max(plan.deletions) + plan.rsync_temps);
+            planned.push((plan.deletions + plan.rsync_temps, own));
             total.add(plan);
         }
         if cfg.dry_run {
@@ -1001,7 +1007,7 @@ fn step2_into(cfg: &Config, rep: &mut StepReport) -> Result<()> {
             .max_delete
             .allowed(total.existing)
             .map(|a| a.saturating_sub(total.deletions));
-        for ((i, src, dst, ex), planned) in runs.iter().zip(planned) {
+        for ((i, src, dst, ex), (planned, own)) in runs.iter().zip(planned) {
             let (root, _) = &leg2_roots(cfg)[*i];
             let again = source_guard(src, false, false)
                 .or_else(|| {
@@ -1016,7 +1022,10 @@ fn step2_into(cfg: &Config, rep: &mut StepReport) -> Result<()> {
                     rep.deletions
                 )));
             }
-            let bound = slack.map(|s| planned + s);
+            let bound = match (slack.map(|s| planned + s), own) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
             let before = rep.deletions;
             let what = format!("full pass of {}", p(src));
             deleting_transfer(cfg, mk(*i, src, dst, ex, false, bound)?, &what, bound, rep)?;

@@ -567,3 +567,39 @@ fn a_nas_volume_unmounted_after_the_check_gets_nothing_written() {
     );
     assert_eq!(w.leg1().line_count().expect("ledger"), 1);
 }
+
+/// Step 2's full pass runs one transfer per direct tree; the slack the
+/// bound leaves is shared by them, but no tree loses more than the bound
+/// of its own copy (its dry run was checked on its own figures): a small
+/// tree emptied after the dry run beside a large one keeps its NAS copy.
+#[test]
+fn step2_full_pass_holds_each_tree_to_its_own_bound() {
+    let w = World::with_nas();
+    std::fs::write(&w.skip, "direct immich\ndirect paperless\n").expect("skip list");
+    for i in 0..100 {
+        World::put(&w.nfs, format!("immich/p{i:03}").as_bytes(), b"p");
+    }
+    for i in 0..10 {
+        World::put(&w.nfs, format!("paperless/d{i}").as_bytes(), b"d");
+    }
+    w.run("step2", &[]).succeeds().stdout_contains("full pass");
+    let nas = w.nas_dir.join("nfs/paperless");
+    assert_eq!(World::files(&nas).len(), 10);
+    let tree = w.nfs.join("paperless");
+    let rsync = wrapper(
+        &w,
+        "emptying-rsync",
+        &format!("*\" {}/ \"*", tree.display()),
+        &format!("find '{}' -mindepth 1 -delete", tree.display()),
+    );
+    let r = Run::of(
+        w.cmd("step2", &["--full", "always", "--max-delete", "10%"])
+            .env("RSYNC", &rsync),
+    );
+    assert!(World::files(&tree).is_empty(), "not emptied");
+    let left = World::files(&nas).len();
+    println!("exit {}, {left} of 10 left; stderr: {}", r.code, r.stderr);
+    assert!(left >= 9, "a tree lost {} of its 10 files", 10 - left);
+    assert_ne!(r.code, 0);
+    assert_eq!(World::files(&w.nas_dir.join("nfs/immich")).len(), 100);
+}
