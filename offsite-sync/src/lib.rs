@@ -7,6 +7,16 @@
 //! entry. Full passes (`--delete`) run when due, asked for or marked, and
 //! are guarded like nfs-mirror: a missing, unmounted or empty source never
 //! deletes anything on the NAS, and a dry run bounds the deletions.
+//!
+//! Guards hold while acting (contract 12): the deleting transfer carries
+//! rsync's own `--max-delete`, the source guard is checked again right
+//! before it, and the deletions reported are those rsync itemized. A
+//! batch is committed only when every listed entry was itemized (sent or
+//! up to date) or has vanished, and the source root is still the
+//! filesystem (device) it was at the start. Identity markers (contract
+//! 13): the backup root and each NAS destination must carry the marker
+//! `offsite-sync init` wrote ([`nas`]); the NAS ones are checked before
+//! any step and again in each transfer's own connection.
 
 pub mod nas;
 pub mod resolve;

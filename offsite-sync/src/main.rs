@@ -166,7 +166,9 @@ struct Opts {
     /// More pending ledger lines than this: a full pass replaces them.
     #[arg(long, global = true, default_value_t = 500_000)]
     ledger_cap: u64,
-    /// A full pass that would delete more than N items or P% is refused.
+    /// A full pass that would delete more than N items or P% is refused;
+    /// the deleting transfer itself is held to it (rsync --max-delete: a
+    /// source emptied or unmounted after the dry run stops there, exit 1).
     #[arg(long, global = true, default_value = "10%", value_name = "N|P%|off")]
     max_delete: MaxDelete,
     /// Refuse unless the backup root and the NFS roots are mountpoints.
