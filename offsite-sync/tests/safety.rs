@@ -603,3 +603,40 @@ fn step2_full_pass_holds_each_tree_to_its_own_bound() {
     assert_ne!(r.code, 0);
     assert_eq!(World::files(&w.nas_dir.join("nfs/immich")).len(), 100);
 }
+
+/// The marker check adds no connection: one ssh call reads the markers
+/// and the capacity, then one per rsync (as before: one per rsync and one
+/// for the capacity).
+#[test]
+fn the_marker_check_shares_the_capacity_call() {
+    let w = World::with_nas();
+    recent_full(&w.root);
+    World::put(&w.root, b"svc/a", b"a");
+    w.leg1().append(["svc/a"]).expect("append");
+    let log = w.sb.path().join("ssh.log");
+    let ssh = w.sb.write(
+        "counting-ssh",
+        format!(
+            "#!/bin/sh\necho call >>'{}'\nexec ssh \"$@\"\n",
+            log.display()
+        ),
+    );
+    std::fs::set_permissions(&ssh, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let metrics = w.sb.path().join("m.prom");
+    Run::of(
+        w.cmd(
+            "step1",
+            &["--metrics-file", metrics.to_str().expect("utf8")],
+        )
+        .env("SSH", &ssh),
+    )
+    .succeeds()
+    .stdout_contains("1 sent");
+    let calls = std::fs::read_to_string(&log).expect("log").lines().count();
+    assert_eq!(
+        calls, 2,
+        "ssh connections: the check and the capacity, then rsync"
+    );
+    let m = Metrics::read(&metrics).expect("metrics");
+    assert!(m.get("offsite_dest_available_bytes").expect("capacity") > 0.0);
+}
