@@ -640,3 +640,49 @@ fn the_marker_check_shares_the_capacity_call() {
     let m = Metrics::read(&metrics).expect("metrics");
     assert!(m.get("offsite_dest_available_bytes").expect("capacity") > 0.0);
 }
+
+/// Step 2's full pass with the NFS root (its own filesystem) lazily
+/// unmounted between the dry run and the transfer; the bare mountpoint
+/// still holds an empty `immich/` (as a mountpoint skeleton may): the
+/// transfer stops at the bound and the run fails.
+#[test]
+fn step2_full_pass_keeps_the_nas_copy_when_the_nfs_root_is_unmounted_after_its_dry_run() {
+    let w = World::with_nas();
+    std::fs::create_dir_all(w.nfs.join("immich")).expect("skeleton under the mountpoint");
+    w.sb.mount_ext4("srv/nfs", 16 << 20);
+    for i in 0..100 {
+        World::put(&w.nfs, format!("immich/p{i:03}").as_bytes(), b"p");
+    }
+    w.run("step2", &[]).succeeds().stdout_contains("full pass");
+    let nas = w.nas_dir.join("nfs/immich");
+    assert_eq!(World::files(&nas).len(), 100);
+    let stamp = std::fs::read(w.root.join(".offsite-sync/last-full-step2")).expect("stamp");
+    w.leg2().mark_full_sync("test: overflow").expect("mark");
+    let rsync = wrapper(
+        &w,
+        "unmounting-rsync",
+        "*\" --delete \"*",
+        &format!("umount -l '{}'", w.nfs.display()),
+    );
+    let r = Run::of(
+        w.cmd(
+            "step2",
+            &["--full", "always", "--max-delete", "10%", "--json"],
+        )
+        .env("RSYNC", &rsync),
+    );
+    assert!(!offsite_sync::is_mountpoint(&w.nfs), "not unmounted");
+    let left = World::files(&nas).len();
+    println!("exit {}, {left} of 100 left; stderr: {}", r.code, r.stderr);
+    assert!(left >= 90, "the NAS lost {} of 100 files", 100 - left);
+    assert_ne!(r.code, 0);
+    assert_eq!(json_steps(&r)[0]["deletions"], (100 - left) as u64);
+    assert_eq!(
+        std::fs::read(w.root.join(".offsite-sync/last-full-step2")).expect("stamp"),
+        stamp
+    );
+    assert!(
+        w.leg2().full_sync_needed(),
+        "the full-sync request was cleared"
+    );
+}
