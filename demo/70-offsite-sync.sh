@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # offsite-sync: the sandbox NAS is a real sshd on loopback with a directory
-# under $SANDBOX. The first run is a full pass (none on record); then new
+# under $SANDBOX. `offsite-sync init` gives the NAS destinations their
+# identity markers once. The first run is a full pass (none on record); then new
 # entries arrive by the ledgers only, a run against an unreachable NAS
 # fails with every entry kept, and the next run delivers them. Ends with
 # the NAS trees and `offsite-sync coverage`. Sourced by scripts/demo with
@@ -52,6 +53,9 @@ push() {
         --file "$SANDBOX/offsite-sync.prom" >/dev/null || true
 }
 
+echo "   offsite-sync init (once: identity markers of the backup root and the NAS destinations):"
+osync init 2>&1 | sed 's/^/     /'
+
 echo "   first run (no full pass on record -> full pass, guarded):"
 osync all --max-delete off 2>/dev/null | sed 's/^/     /'
 push 0
@@ -68,12 +72,14 @@ osync all --ssh-port 1 >/dev/null 2>"$SANDBOX/offsite.err"
 rc=$?
 set -e
 push 1
-echo "     exit $rc; pending: $(osync status --no-nas | grep -c 'inflight batch kept') ledger(s) kept for retry"
+# Refused before consuming (the NAS markers are checked first): the entries
+# wait in the ledgers themselves.
+echo "     exit $rc; pending: $(osync status --no-nas | grep 'pending line' | grep -vc ': 0 pending') ledger(s) kept for retry"
 osync all 2>/dev/null | sed 's/^/     /'
 push 0
 echo "   the NAS now holds:"
 # Names quoted (one may hold a newline, as tenants' names do).
-(cd "$nas" && find . -type f ! -path './pve-backup/.*' -print0 | sort -z |
+(cd "$nas" && find . -type f ! -path './pve-backup/.*' ! -name .backup-pipeline-id -print0 | sort -z |
     xargs -0 /usr/bin/printf '     %q\n' | head -n 30)
 echo "   offsite-sync coverage (every directory on a leg that runs, or exit 3 naming it):"
 osync coverage 2>&1 | sed 's/^/     /'

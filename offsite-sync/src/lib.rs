@@ -7,8 +7,19 @@
 //! entry. Full passes (`--delete`) run when due, asked for or marked, and
 //! are guarded like nfs-mirror: a missing, unmounted or empty source never
 //! deletes anything on the NAS, and a dry run bounds the deletions.
+//!
+//! Guards hold while acting (contract 12): the deleting transfer carries
+//! rsync's own `--max-delete`, the source guard is checked again right
+//! before it, and the deletions reported are those rsync itemized. A
+//! batch is committed only when every listed entry was itemized (sent or
+//! up to date) or has vanished, and the source root is still the
+//! filesystem (device) it was at the start. Identity markers (contract
+//! 13): the backup root and each NAS destination must carry the marker
+//! `offsite-sync init` wrote ([`nas`]); the NAS ones are checked before
+//! any step and again in each transfer's own connection.
 
 pub mod coverage;
+pub mod nas;
 pub mod resolve;
 
 use std::collections::BTreeMap;
@@ -39,6 +50,9 @@ pub const STATE_EXCLUDES: &[&str] = &[
     "/.force-full-sync",
     "/.nfs-mirror/",
     "/.offsite-sync/",
+    // The identity markers (contract 13): the backup root's is never sent
+    // as data, and the NAS destination's is never deleted by `--delete`.
+    "/.backup-pipeline-id*",
     "/lost+found/",
     "/anca-elements/",
 ];
@@ -158,6 +172,27 @@ impl Config {
         c
     }
 
+    /// rsync into a NAS destination: the NAS side checks the
+    /// destination's identity marker in the same connection, right before
+    /// it starts the receiving rsync (contract 12: the check made before
+    /// the run holds while acting; a NAS volume unmounted since the run
+    /// began leaves a bare directory without it). The receiver never
+    /// starts then, and the transfer fails naming the destination.
+    fn rsync_into(&self, dest_root: &str) -> Result<Cmd> {
+        let id = nas::expected_id(self, dest_root)?;
+        let marker = format!("{dest_root}/{}", backup_core::marker::FILE);
+        let check = format!(
+            "{{ grep -qxF -- {} {} 2>/dev/null || {{ echo {} >&2; exit 5; }}; }} && rsync",
+            shell_quote(OsStr::new(&format!("id={id}"))),
+            shell_quote(OsStr::new(&marker)),
+            shell_quote(OsStr::new(&format!(
+                "{}: {dest_root}: identity marker missing or different",
+                nas::REFUSED_TAG
+            ))),
+        );
+        Ok(self.rsync_base().arg(format!("--rsync-path={check}")))
+    }
+
     pub fn validate(&self) -> Result<()> {
         if !self.remote.contains('@') || self.remote.starts_with('-') || self.remote.contains(':') {
             return Err(Exit::usage(format!(
@@ -170,6 +205,11 @@ impl Config {
             ("--nfs-dest", &self.nfs_dest),
             ("--nfs-ssd-dest", &self.nfs_ssd_dest),
         ] {
+            if d.chars().any(char::is_control) {
+                return Err(Exit::usage(format!(
+                    "{flag} {d:?}: expected a path without control characters"
+                )));
+            }
             if !d.starts_with('/') {
                 return Err(Exit::usage(format!(
                     "{flag} {d:?}: expected an absolute path on the NAS"
@@ -230,6 +270,65 @@ fn source_guard(path: &Path, require_mountpoint: bool, ignore_state: bool) -> Op
         return Some(format!("{} is empty", p(path)));
     }
     None
+}
+
+/// The device id of a path (`None` when it cannot be read).
+pub fn dev_of(path: &Path) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| m.dev())
+}
+
+/// The backup root as it was at the start of a step: its filesystem and
+/// its identity marker. Checked again immediately before each deleting
+/// transfer and before a batch is committed: a root lazily unmounted (or
+/// replaced) meanwhile is another directory, and nothing read from it
+/// may delete on the NAS or count as sent.
+struct RootId {
+    dev: Option<u64>,
+    marker: Option<String>,
+}
+
+impl RootId {
+    fn of(root: &Path, with_marker: bool) -> Result<RootId> {
+        Ok(RootId {
+            dev: dev_of(root),
+            marker: if with_marker {
+                Some(backup_core::marker::require_backup_root(root)?.id)
+            } else {
+                None
+            },
+        })
+    }
+
+    /// Why `root` is no longer what it was, if it is not.
+    fn changed(&self, root: &Path) -> Option<String> {
+        let now = dev_of(root);
+        if now.is_none() || now != self.dev {
+            return Some(format!(
+                "{} is no longer the filesystem it was at the start (device {} then, {} now): \
+                 unmounted or replaced",
+                p(root),
+                self.dev
+                    .map(|d| d.to_string())
+                    .unwrap_or_else(|| "?".into()),
+                now.map(|d| d.to_string()).unwrap_or_else(|| "none".into())
+            ));
+        }
+        if let Some(id) = &self.marker {
+            match backup_core::marker::require_backup_root(root) {
+                Ok(m) if &m.id == id => {}
+                Ok(m) => {
+                    return Some(format!(
+                        "{}: identity marker is now id {}, was {id} at the start",
+                        p(root),
+                        m.id
+                    ));
+                }
+                Err(e) => return Some(backup_core::exit::one_line(&e)),
+            }
+        }
+        None
+    }
 }
 
 /// What one step did.
@@ -360,9 +459,11 @@ fn guard_deletions(cfg: &Config, cmd: Cmd) -> Result<DeletePlan> {
     Ok(plan)
 }
 
-/// Run a transfer; `Ok(code)` for a finished rsync, rsync's stderr in the error.
-fn transfer(cmd: Cmd, what: &str) -> Result<RsyncResult> {
+/// Run a transfer; rsync's item lines for a finished rsync, its stderr
+/// in the error.
+fn transfer(cmd: Cmd, what: &str) -> Result<Vec<u8>> {
     let out = cmd.run_any().with_context(|| what.to_string())?;
+    nas::refused_by_nas(&out.stderr, what)?;
     let r = RsyncResult::classify(out.code, &out.stderr);
     match &r {
         RsyncResult::Ok => {}
@@ -380,7 +481,92 @@ fn transfer(cmd: Cmd, what: &str) -> Result<RsyncResult> {
             );
         }
     }
-    Ok(r)
+    Ok(out.stdout)
+}
+
+/// The flags of an incremental transfer whose every listed entry must be
+/// accounted for: every item, changed or not, is itemized.
+const LISTED: [&str; 2] = ["-ii", rsync_items::OUT_FORMAT];
+
+/// Check that what rsync itemized accounts for what was listed: each
+/// listed entry was sent or found up to date, or has vanished from the
+/// source since. An entry listed, still present and not itemized was
+/// not sent (`--ignore-missing-args` makes that silent): `Err`, and the
+/// batch must not be committed. Returns (accounted for, vanished).
+fn check_listed(
+    items_out: &[u8],
+    base: &Path,
+    listed: &[PathBuf],
+    what: &str,
+) -> Result<(u64, u64)> {
+    let seen: std::collections::HashSet<PathBuf> = rsync_items::parse(items_out)
+        .iter()
+        .filter(|i| !i.is_deletion())
+        .map(|i| i.path())
+        .collect();
+    let (mut ok, mut vanished) = (0u64, 0u64);
+    let mut missing = Vec::new();
+    for l in listed {
+        if seen.contains(l) {
+            ok += 1;
+            continue;
+        }
+        match resolve_beneath(base, l) {
+            Ok(Resolved::Vanished) if base.is_dir() => vanished += 1,
+            _ => missing.push(l),
+        }
+    }
+    if !missing.is_empty() {
+        return Err(anyhow::anyhow!(
+            "{what}: {} of {} listed entries were neither sent nor reported up to date by rsync \
+             (first: {}): not committed",
+            missing.len(),
+            listed.len(),
+            p(missing[0])
+        ));
+    }
+    Ok((ok, vanished))
+}
+
+/// A deleting transfer (full pass) held to `bound` deletions by rsync
+/// itself (`--max-delete`, exit 25). The deletions it made, counted from
+/// its own itemized output, are added to `rep` whatever the outcome.
+fn deleting_transfer(
+    cfg: &Config,
+    cmd: Cmd,
+    what: &str,
+    bound: Option<u64>,
+    rep: &mut StepReport,
+) -> Result<u64> {
+    let out = cmd.run_any().with_context(|| what.to_string())?;
+    nas::refused_by_nas(&out.stderr, what)?;
+    let items = rsync_items::parse(&out.stdout);
+    let deleted = items.iter().filter(|i| i.is_deletion()).count() as u64;
+    rep.deletions += deleted;
+    rep.sent += items
+        .iter()
+        .filter(|i| !i.is_deletion() && i.is_new() && i.name != b"./")
+        .count() as u64;
+    match RsyncResult::classify(out.code, &out.stderr) {
+        RsyncResult::Ok => {}
+        RsyncResult::Vanished { files } => warn!(
+            "{what}: {files} file(s) vanished during the transfer (rsync 24): counted as success"
+        ),
+        _ if out.code == 25 => anyhow::bail!(
+            "{what}: the source changed since the dry run: rsync stopped deleting at the \
+             --max-delete {} bound ({} deletion(s) allowed, {deleted} made; exit 25), the rest \
+             of the NAS copy is kept; nothing committed",
+            cfg.max_delete,
+            bound.map(|b| b.to_string()).unwrap_or_else(|| "?".into())
+        ),
+        _ => anyhow::bail!(
+            "{what}: rsync exited {} ({}) after {deleted} deletion(s): {}",
+            out.code,
+            RsyncResult::describe(out.code),
+            backup_core::log::escape_str(out.stderr.trim())
+        ),
+    }
+    Ok(deleted)
 }
 
 fn nul_list<'a, I: IntoIterator<Item = &'a [u8]>>(names: I) -> Vec<u8> {
@@ -427,6 +613,18 @@ pub fn step1(cfg: &Config) -> Result<StepReport> {
         step: 1,
         ..Default::default()
     };
+    step1_into(cfg, &mut rep)?;
+    Ok(rep)
+}
+
+/// The `--max-delete=N` argument for a deleting transfer, when bounded.
+fn max_delete_arg(bound: Option<u64>) -> Vec<String> {
+    bound
+        .map(|b| vec![format!("--max-delete={b}")])
+        .unwrap_or_default()
+}
+
+fn step1_into(cfg: &Config, rep: &mut StepReport) -> Result<()> {
     let root = &cfg.backup_root;
     if let Err(e) = std::fs::metadata(root) {
         return Err(Exit::refused(format!("backup root {}: {e}", p(root))));
@@ -437,6 +635,8 @@ pub fn step1(cfg: &Config) -> Result<StepReport> {
             p(root)
         )));
     }
+    // Contract 13: a root without its marker is not the backup disk.
+    let start = RootId::of(root, true)?;
     let ledger = cfg.leg1();
     let (full, why, seen) = full_due(cfg, 1, &ledger)?;
     rep.full = full;
@@ -464,37 +664,60 @@ pub fn step1(cfg: &Config) -> Result<StepReport> {
                 "full pass refused, nothing sent or deleted: {g}"
             )));
         }
-        let mk = |dry: bool| {
-            let mut c = cfg.rsync_base().arg("--delete");
+        let mk = |dry: bool, bound: Option<u64>| {
+            let mut c = cfg.rsync_into(&cfg.pve_dest)?.arg("--delete");
             if dry {
                 c = c.args(DRY);
+            } else {
+                c = c.args(max_delete_arg(bound)).arg(rsync_items::OUT_FORMAT);
             }
             for e in STATE_EXCLUDES {
                 c = c.arg(format!("--exclude={e}"));
             }
-            c.arg("--")
-                .arg(dir_arg(root))
-                .arg(cfg.remote_path(&format!("{}/", cfg.pve_dest)))
+            Ok::<Cmd, anyhow::Error>(
+                c.arg("--")
+                    .arg(dir_arg(root))
+                    .arg(cfg.remote_path(&format!("{}/", cfg.pve_dest))),
+            )
         };
-        let plan = guard_deletions(cfg, mk(true))?;
-        rep.deletions = plan.deletions;
+        let plan = guard_deletions(cfg, mk(true, None)?)?;
         if cfg.dry_run {
+            rep.deletions = plan.deletions;
             info!(
                 "step 1 (dry run): full pass would delete {} of {} items on the NAS, create {}",
                 plan.deletions, plan.existing, plan.new
             );
-            return Ok(rep);
+            return Ok(());
         }
-        transfer(mk(false), "full pass")?;
-        rep.sent = plan.new;
+        // Contract 12: the transfer itself is held to the bound (what the
+        // dry run measured plus the slack it left), and the source guard
+        // is checked again right before it.
+        let bound = cfg
+            .max_delete
+            .allowed(plan.existing)
+            .map(|a| a.max(plan.deletions) + plan.rsync_temps);
+        if let Some(g) =
+            source_guard(root, cfg.require_mountpoint, true).or_else(|| start.changed(root))
+        {
+            return Err(Exit::refused(format!(
+                "full pass refused after its dry run, nothing sent or deleted: {g}"
+            )));
+        }
+        deleting_transfer(cfg, mk(false, bound)?, "full pass", bound, rep)?;
+        if let Some(g) = start.changed(root) {
+            return Err(Exit::refused(format!("full pass: {g}; nothing committed")));
+        }
         batch.commit().context("committing the ledger batch")?;
         ledger
             .clear_full_sync(seen)
             .context("clearing the marker")?;
         let _ = std::fs::remove_file(root.join(".force-full-sync"));
         write_stamp(&cfg.stamp(1))?;
-        info!("step 1: full pass done, {} deletion(s)", plan.deletions);
-        return Ok(rep);
+        info!(
+            "step 1: full pass done, {} created, {} deletion(s) (planned {})",
+            rep.sent, rep.deletions, plan.deletions
+        );
+        return Ok(());
     }
 
     // Incremental: state files never travel; the rest is checked beneath the root.
@@ -502,7 +725,7 @@ pub fn step1(cfg: &Config) -> Result<StepReport> {
         let first = r.components().next();
         !matches!(first, Some(Component::Normal(s)) if s.as_bytes().first() == Some(&b'.'))
     });
-    let rels = filter_present(root, rels, &mut rep)?;
+    let rels = filter_present(root, rels, rep)?;
     // Entries inside a week directory (`<tree>/<week>/...`) go in one rsync
     // per week, rooted there, so `--link-dest` can point at earlier weeks on
     // the NAS: unchanged files become hard links, not copies.
@@ -533,23 +756,26 @@ pub fn step1(cfg: &Config) -> Result<StepReport> {
             "step 1 (dry run): would send {} entries ({} vanished, {} unsafe, {} rejected)",
             rep.sent, rep.vanished, rep.unsafe_paths, rep.rejected
         );
-        return Ok(rep);
+        return Ok(());
     }
     if !plain.is_empty() {
         let c = cfg
-            .rsync_base()
+            .rsync_into(&cfg.pve_dest)?
             .args(["--from0", "--files-from=-", "--ignore-missing-args"])
+            .args(LISTED)
             .arg("--")
             .arg(dir_arg(root))
             .arg(cfg.remote_path(&format!("{}/", cfg.pve_dest)))
             .stdin(nul_list(plain.iter().map(|r| rel_bytes(r))));
-        transfer(c, "incremental transfer")?;
-        rep.sent += plain.len() as u64;
+        let out = transfer(c, "incremental transfer")?;
+        let (sent, vanished) = check_listed(&out, root, &plain, "incremental transfer")?;
+        rep.sent += sent;
+        rep.vanished += vanished;
     }
     for ((tree, week), files) in &weekly {
         let local_tree = root.join(tree);
         let earlier = earlier_weeks(&local_tree, week);
-        let mut c = cfg.rsync_base().args([
+        let mut c = cfg.rsync_into(&cfg.pve_dest)?.args([
             "--from0",
             "--files-from=-",
             "--ignore-missing-args",
@@ -559,20 +785,34 @@ pub fn step1(cfg: &Config) -> Result<StepReport> {
             c = c.arg(format!("--link-dest=../{e}"));
         }
         let dst = format!("{}/{}/{}/", cfg.pve_dest, tree.display(), week);
+        let src = local_tree.join(week);
         let c = c
+            .args(LISTED)
             .arg("--")
-            .arg(dir_arg(&local_tree.join(week)))
+            .arg(dir_arg(&src))
             .arg(cfg.remote_path(&dst))
             .stdin(nul_list(files.iter().map(|r| rel_bytes(r))));
-        transfer(c, &format!("transfer of {}/{week}", p(tree)))?;
-        rep.sent += files.len() as u64;
+        let what = format!("transfer of {}/{week}", p(tree));
+        let out = transfer(c, &what)?;
+        let (sent, vanished) = check_listed(&out, &src, files, &what)?;
+        rep.sent += sent;
+        rep.vanished += vanished;
+    }
+    // What was read must have come from the backup disk of the start: a
+    // root unmounted meanwhile reads as a bare directory where everything
+    // "vanished".
+    if let Some(g) = start.changed(root) {
+        return Err(Exit::err(
+            ExitCode::Failed,
+            format!("{g}: the ledger batch is kept, nothing committed"),
+        ));
     }
     batch.commit().context("committing the ledger batch")?;
     info!(
         "step 1: {} sent, {} vanished, {} unsafe, {} rejected",
         rep.sent, rep.vanished, rep.unsafe_paths, rep.rejected
     );
-    Ok(rep)
+    Ok(())
 }
 
 /// Week directories of a local tree older than `week`, newest first.
@@ -643,6 +883,22 @@ pub fn step2(cfg: &Config) -> Result<StepReport> {
         step: 2,
         ..Default::default()
     };
+    step2_into(cfg, &mut rep)?;
+    Ok(rep)
+}
+
+fn step2_into(cfg: &Config, rep: &mut StepReport) -> Result<()> {
+    // The change log and the state live in the backup root: it must be
+    // the backup disk (contract 13).
+    backup_core::marker::require_backup_root(&cfg.backup_root)?;
+    // Each NFS root's filesystem at the start (contract 12).
+    let starts: Vec<RootId> = leg2_roots(cfg)
+        .iter()
+        .map(|(r, _)| RootId {
+            dev: dev_of(r),
+            marker: None,
+        })
+        .collect();
     let skip = SkipList::load(&cfg.skip_list).map_err(|e| Exit::usage(e.to_string()))?;
     let ledger = cfg.leg2();
     let (full, why, seen) = full_due(cfg, 2, &ledger)?;
@@ -659,7 +915,7 @@ pub fn step2(cfg: &Config) -> Result<StepReport> {
         info!("step 2: full pass ({})", why.join("; "));
         let mut refused = Vec::new();
         let mut runs = Vec::new();
-        for (root, dest) in leg2_roots(cfg) {
+        for (i, (root, dest)) in leg2_roots(cfg).into_iter().enumerate() {
             if cfg.require_mountpoint && !is_mountpoint(&root) {
                 refused.push(format!("{} is not a mountpoint", p(&root)));
                 continue;
@@ -708,7 +964,7 @@ pub fn step2(cfg: &Config) -> Result<StepReport> {
                     }
                 }
                 let dst = format!("{}/{}/", dest, tree.display());
-                runs.push((src, dst, excludes));
+                runs.push((i, src, dst, excludes));
             }
         }
         if !refused.is_empty() {
@@ -717,45 +973,101 @@ pub fn step2(cfg: &Config) -> Result<StepReport> {
                 refused.join("; ")
             )));
         }
-        let mk = |src: &Path, dst: &str, ex: &[String], dry: bool| {
-            cfg.rsync_base()
-                // Live source (contract 6): full-precision time comparison.
-                .args(["--delete", "--mkpath", "--modify-window=-1"])
-                .args(if dry { DRY.as_slice() } else { &[] })
-                .args(ex)
-                .arg("--")
-                .arg(dir_arg(src))
-                .arg(cfg.remote_path(dst))
+        let mk = |i: usize, src: &Path, dst: &str, ex: &[String], dry: bool, bound: Option<u64>| {
+            Ok::<Cmd, anyhow::Error>(
+                cfg.rsync_into(&leg2_roots(cfg)[i].1)?
+                    // Live source (contract 6): full-precision time comparison.
+                    .args(["--delete", "--mkpath", "--modify-window=-1"])
+                    .args(if dry {
+                        DRY.as_slice()
+                    } else {
+                        std::slice::from_ref(&rsync_items::OUT_FORMAT)
+                    })
+                    .args(max_delete_arg(bound))
+                    .args(ex)
+                    .arg("--")
+                    .arg(dir_arg(src))
+                    .arg(cfg.remote_path(dst)),
+            )
         };
         let mut total = DeletePlan::default();
-        for (src, dst, ex) in &runs {
-            total.add(guard_deletions(cfg, mk(src, dst, ex, true)).map_err(|e| {
+        let mut planned = Vec::new();
+        for (i, src, dst, ex) in &runs {
+            let plan = guard_deletions(cfg, mk(*i, src, dst, ex, true, None)?).map_err(|e| {
                 if backup_core::exit::code_of(&e) == ExitCode::Refused {
                     Exit::refused(format!("{}: {e}", p(src)))
                 } else {
                     e
                 }
-            })?);
+            })?;
+            // Each tree is held to the bound on its own too (its dry run
+            // was checked on its own figures), whatever the slack.
+            let own = cfg
+                .max_delete
+                .allowed(plan.existing)
+                .map(|a| a.max(plan.deletions) + plan.rsync_temps);
+            planned.push((plan.deletions + plan.rsync_temps, own));
+            total.add(plan);
         }
-        rep.deletions = total.deletions;
         if cfg.dry_run {
+            rep.deletions = total.deletions;
             info!(
                 "step 2 (dry run): full pass would delete {} of {} items on the NAS, create {}",
                 total.deletions, total.existing, total.new
             );
-            return Ok(rep);
+            return Ok(());
         }
-        for (src, dst, ex) in &runs {
-            transfer(mk(src, dst, ex, false), &format!("full pass of {}", p(src)))?;
+        // Contract 12, as nfs-mirror: each transfer may delete what its dry
+        // run measured plus the slack the bound leaves, shared by the whole
+        // step (deletions beyond a tree's measured ones use it up), and
+        // rsync enforces it (--max-delete, exit 25).
+        let mut slack = cfg
+            .max_delete
+            .allowed(total.existing)
+            .map(|a| a.saturating_sub(total.deletions));
+        for ((i, src, dst, ex), (planned, own)) in runs.iter().zip(planned) {
+            let (root, _) = &leg2_roots(cfg)[*i];
+            let again = source_guard(src, false, false)
+                .or_else(|| {
+                    (cfg.require_mountpoint && !is_mountpoint(root))
+                        .then(|| format!("{} is not a mountpoint", p(root)))
+                })
+                .or_else(|| starts[*i].changed(root));
+            if let Some(g) = again {
+                return Err(Exit::refused(format!(
+                    "full pass refused after its dry run, nothing more sent or deleted \
+                     ({} deletion(s) made so far): {g}",
+                    rep.deletions
+                )));
+            }
+            let bound = match (slack.map(|s| planned + s), own) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            let before = rep.deletions;
+            let what = format!("full pass of {}", p(src));
+            deleting_transfer(cfg, mk(*i, src, dst, ex, false, bound)?, &what, bound, rep)?;
+            if let Some(s) = slack.as_mut() {
+                *s = s.saturating_sub((rep.deletions - before).saturating_sub(planned));
+            }
         }
-        rep.sent = total.new;
+        for (i, (root, _)) in leg2_roots(cfg).iter().enumerate() {
+            if runs.iter().any(|r| r.0 == i)
+                && let Some(g) = starts[i].changed(root)
+            {
+                return Err(Exit::refused(format!("full pass: {g}; nothing committed")));
+            }
+        }
         batch.commit().context("committing the change log batch")?;
         ledger
             .clear_full_sync(seen)
             .context("clearing the marker")?;
         write_stamp(&cfg.stamp(2))?;
-        info!("step 2: full pass done, {} deletion(s)", total.deletions);
-        return Ok(rep);
+        info!(
+            "step 2: full pass done, {} created, {} deletion(s) (planned {})",
+            rep.sent, rep.deletions, total.deletions
+        );
+        return Ok(());
     }
 
     // Incremental: route each path, resolve it beneath its root.
@@ -778,12 +1090,16 @@ pub fn step2(cfg: &Config) -> Result<StepReport> {
             rep.not_direct += 1;
             continue;
         };
-        if rel.as_os_str().is_empty() || skip.route(&rel) != Route::Direct {
+        if rel.as_os_str().is_empty()
+            || rel.as_os_str() == backup_core::marker::FILE
+            || skip.route(&rel) != Route::Direct
+        {
             rep.not_direct += 1;
             continue;
         }
         per_root[i].push(rel);
     }
+    let had_entries: Vec<bool> = per_root.iter().map(|v| !v.is_empty()).collect();
     let mut sends = Vec::new();
     for (i, rels) in per_root.into_iter().enumerate() {
         let (root, dest) = &roots[i];
@@ -806,7 +1122,7 @@ pub fn step2(cfg: &Config) -> Result<StepReport> {
                 p(root)
             )));
         }
-        let keep = filter_present(root, rels, &mut rep)?;
+        let keep = filter_present(root, rels, rep)?;
         if !keep.is_empty() {
             sends.push((root.clone(), dest.clone(), keep));
         }
@@ -817,11 +1133,11 @@ pub fn step2(cfg: &Config) -> Result<StepReport> {
             "step 2 (dry run): would send {} entries ({} vanished, {} not direct, {} unsafe)",
             rep.sent, rep.vanished, rep.not_direct, rep.unsafe_paths
         );
-        return Ok(rep);
+        return Ok(());
     }
     for (root, dest, keep) in &sends {
         let c = cfg
-            .rsync_base()
+            .rsync_into(dest)?
             .args([
                 "--from0",
                 "--files-from=-",
@@ -829,19 +1145,36 @@ pub fn step2(cfg: &Config) -> Result<StepReport> {
                 "--mkpath",
                 "--modify-window=-1",
             ])
+            .args(LISTED)
             .arg("--")
             .arg(dir_arg(root))
             .arg(cfg.remote_path(&format!("{dest}/")))
             .stdin(nul_list(keep.iter().map(|r| rel_bytes(r))));
-        transfer(c, &format!("transfer from {}", p(root)))?;
-        rep.sent += keep.len() as u64;
+        let what = format!("transfer from {}", p(root));
+        let out = transfer(c, &what)?;
+        let (sent, vanished) = check_listed(&out, root, keep, &what)?;
+        rep.sent += sent;
+        rep.vanished += vanished;
+    }
+    // Every root read must still be the filesystem of the start: one
+    // unmounted meanwhile reads as a bare directory where every entry
+    // "vanished" (contract 12).
+    for (i, (root, _)) in leg2_roots(cfg).iter().enumerate() {
+        if had_entries[i]
+            && let Some(g) = starts[i].changed(root)
+        {
+            return Err(Exit::err(
+                ExitCode::Failed,
+                format!("{g}: the change log batch is kept, nothing committed"),
+            ));
+        }
     }
     batch.commit().context("committing the change log batch")?;
     info!(
         "step 2: {} sent, {} vanished, {} not direct, {} unsafe, {} rejected",
         rep.sent, rep.vanished, rep.not_direct, rep.unsafe_paths, rep.rejected
     );
-    Ok(rep)
+    Ok(())
 }
 
 /// Run steps, collect reports, write metrics. Returns the exit code.
@@ -852,45 +1185,80 @@ pub fn run_steps(
 ) -> (ExitCode, Vec<StepReport>, Option<Capacity>) {
     let mut code = ExitCode::Ok;
     let mut reports = Vec::new();
-    for &s in steps {
-        let res = if s == 1 { step1(cfg) } else { step2(cfg) };
-        match res {
-            Ok(r) => reports.push(r),
-            Err(e) => {
-                let c = backup_core::exit::code_of(&e);
-                let msg = backup_core::exit::one_line(&e);
-                error!("step {s}: {msg}");
-                code = code.merge(c);
-                reports.push(StepReport {
-                    step: s,
-                    code: c.code(),
-                    message: Some(msg),
-                    ..Default::default()
-                });
-            }
-        }
-    }
-    let cap = if cfg.dry_run {
-        None
+    // One ssh call before any step (contract 13): the identity marker of
+    // every destination the steps write to, and the NAS capacity. Only
+    // for a backup root that is the backup disk: the expected ids are
+    // recorded there, and without it every step refuses anyway.
+    let dests: Vec<nas::Dest> = steps
+        .iter()
+        .flat_map(|&s| nas::step_dests(cfg, s))
+        .collect();
+    let root_ok = backup_core::marker::require_backup_root(&cfg.backup_root).is_ok();
+    let probe = root_ok.then(|| {
+        let req: Vec<(String, Option<String>)> =
+            dests.iter().map(|d| (d.path.clone(), None)).collect();
+        nas::probe(cfg, &req, &cfg.capacity_path)
+    });
+    let expected = if root_ok {
+        nas::read_ids(cfg)
     } else {
-        match capacity(cfg, &cfg.capacity_path) {
-            Ok(c) => Some(c),
-            Err(e) => {
-                // With nothing sent, this ssh call was the only contact
-                // with the NAS: a NAS that cannot be reached must not be
-                // reported as a successful night (the old probe failed the
-                // run too). After a transfer it is only a capacity gap.
-                let contacted = reports.iter().any(|r| r.sent > 0 || r.full);
-                if code == ExitCode::Ok && !contacted {
-                    error!("NAS not reachable: {}", backup_core::exit::one_line(&e));
-                    code = ExitCode::Failed;
-                } else {
-                    warn!("{}", backup_core::exit::one_line(&e));
-                }
-                None
-            }
-        }
+        Ok(Default::default())
     };
+    let mut cap = None;
+    let mut found: Vec<(nas::Dest, nas::Found)> = Vec::new();
+    let mut nas_err: Option<String> = None;
+    match probe {
+        Some(Ok(pr)) => {
+            match pr.capacity {
+                Ok(c) => cap = Some(c),
+                Err(e) => warn!("{}", backup_core::exit::one_line(&e)),
+            }
+            found = dests.iter().cloned().zip(pr.found).collect();
+        }
+        Some(Err(e)) => nas_err = Some(backup_core::exit::one_line(&e)),
+        None => {}
+    }
+    for &s in steps {
+        let mut rep = StepReport {
+            step: s,
+            ..Default::default()
+        };
+        // Nothing is sent to a destination not recognised.
+        let gate = || -> Result<()> {
+            if !root_ok {
+                backup_core::marker::require_backup_root(&cfg.backup_root)?;
+            }
+            if let Some(e) = &nas_err {
+                return Err(anyhow::anyhow!("{e}: nothing sent"));
+            }
+            let ids = expected.as_ref().map_err(|e| anyhow::anyhow!("{e:#}"))?;
+            let why: Vec<String> = found
+                .iter()
+                .filter(|(d, _)| nas::step_dests(cfg, s).contains(d))
+                .filter_map(|(d, f)| nas::refusal(d, f, ids.get(d.role)))
+                .collect();
+            if !why.is_empty() {
+                return Err(Exit::refused(why.join("; ")));
+            }
+            Ok(())
+        };
+        let res = gate().and_then(|()| {
+            if s == 1 {
+                step1_into(cfg, &mut rep)
+            } else {
+                step2_into(cfg, &mut rep)
+            }
+        });
+        if let Err(e) = res {
+            let c = backup_core::exit::code_of(&e);
+            let msg = backup_core::exit::one_line(&e);
+            error!("step {s}: {msg}");
+            code = code.merge(c);
+            rep.code = c.code();
+            rep.message = Some(msg);
+        }
+        reports.push(rep);
+    }
     // Contract 15, after everything was sent: a directory no leg carries
     // fails the night (exit 3) and is counted per root.
     if steps.contains(&1) && steps.contains(&2) {
@@ -949,6 +1317,12 @@ fn fill_metrics(
             r.unsafe_paths as f64,
         )?;
         m.gauge_with(
+            "offsite_sync_deleted_items",
+            "Items the last run's full pass deleted on the NAS, counted from rsync's own output (also when it failed).",
+            &l,
+            r.deletions as f64,
+        )?;
+        m.gauge_with(
             "offsite_sync_full_pass",
             "1 when the last run of this step was a full pass.",
             &l,
@@ -976,12 +1350,12 @@ fn fill_metrics(
     if let Some(c) = cap {
         m.gauge(
             "offsite_dest_size_bytes",
-            "Size of the NAS filesystem (df -kP).",
+            "Size of the NAS filesystem (df -kP, read before sending).",
             c.size_bytes as f64,
         )?;
         m.gauge(
             "offsite_dest_available_bytes",
-            "Available bytes on the NAS filesystem (df -kP).",
+            "Available bytes on the NAS filesystem (df -kP, read before sending).",
             c.available_bytes as f64,
         )?;
         m.gauge(
@@ -1042,8 +1416,11 @@ pub fn status(cfg: &Config, probe_nas: bool) -> Result<Status> {
     })
 }
 
-/// `offsite-sync init`: give the backup root its identity marker
-/// (contract 13). Idempotent: an existing marker of the same role is kept.
+/// `offsite-sync init`: give the backup root its identity marker and,
+/// unless `local`, each NAS destination its own (contract 13), recording
+/// the NAS ids this backup disk expects. Idempotent: an existing marker of
+/// the same role is kept (and adopted when none is recorded); a different
+/// one is never overwritten (exit 5).
 pub fn init(cfg: &Config, local: bool) -> Result<()> {
     use backup_core::marker::{self, Init, ROLE_BACKUP_ROOT};
     let root = &cfg.backup_root;
@@ -1053,19 +1430,30 @@ pub fn init(cfg: &Config, local: bool) -> Result<()> {
             p(root)
         )));
     }
-    match marker::init(root, ROLE_BACKUP_ROOT)? {
-        Init::Created(m) => info!("{}: backup-root marker written (id {})", p(root), m.id),
-        Init::Existing(m) => info!(
-            "{}: already initialised (id {}, created {}): left as it is",
-            p(root),
-            m.id,
-            m.created
-        ),
+    if cfg.dry_run {
+        // Contract 11: say what would be done, change nothing.
+        match marker::read(root)? {
+            Some(m) => info!(
+                "{}: identified as {:?} (id {}): left as it is (dry run)",
+                p(root),
+                m.role,
+                m.id
+            ),
+            None => info!("{}: would write a backup-root marker (dry run)", p(root)),
+        }
+    } else {
+        match marker::init(root, ROLE_BACKUP_ROOT)? {
+            Init::Created(m) => info!("{}: backup-root marker written (id {})", p(root), m.id),
+            Init::Existing(m) => info!(
+                "{}: already initialised (id {}, created {}): left as it is",
+                p(root),
+                m.id,
+                m.created
+            ),
+        }
     }
-    if !local {
-        return Err(Exit::usage(
-            "init of the NAS destinations is not built yet: use --local",
-        ));
+    if local {
+        return Ok(());
     }
-    Ok(())
+    nas::init(cfg)
 }

@@ -11,6 +11,13 @@ use offsite_sync::{Config, FullMode};
 
 /// Send the backup disk (step 1) and the `direct` NFS trees (step 2) to the
 /// offsite NAS over ssh, consuming the ledgers without ever losing an entry.
+///
+/// First run, a new backup disk, or migration from the old scripts (whose
+/// NAS trees carry no identity marker): run `offsite-sync init` once. It
+/// writes the identity markers of the backup root and of each NAS
+/// destination; every later run refuses (exit 5) a backup root or a NAS
+/// destination without the expected marker (a disk or NAS volume not
+/// mounted, another repository).
 #[derive(Debug, Parser)]
 #[command(name = "offsite-sync", version, after_help = EXIT_CODE_HELP, args_override_self = true)]
 struct Cli {
@@ -24,19 +31,32 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Sub {
-    /// Backup disk -> NAS pve-backup/ (ledger .changed-files).
+    /// Backup disk -> NAS pve-backup/ (ledger .changed-files). Refuses
+    /// (exit 5) without the backup root's and the NAS destination's
+    /// identity markers (`offsite-sync init` once). A full pass is held to
+    /// --max-delete by rsync itself and reports the deletions it made.
     #[command(after_help = EXIT_CODE_HELP)]
     Step1,
     /// direct NFS trees -> NAS nfs/, nfs-ssd/ (ledger .nfs-changes.log).
+    /// Refuses (exit 5) without the identity markers (`offsite-sync init`
+    /// once); full passes are held to --max-delete like step 1.
     #[command(after_help = EXIT_CODE_HELP)]
     Step2,
     /// Step 1, step 2, then the coverage check (see `coverage`): exit 3
     /// when a top-level NFS directory is carried by no leg that runs.
     #[command(after_help = EXIT_CODE_HELP)]
     All,
-    /// Write the identity marker into the backup root (once; never
-    /// overwrites). Every tool that writes to the backup root refuses a
-    /// root without it.
+    /// Write the identity markers, once: the backup root's
+    /// (`.backup-pipeline-id`) and, over ssh, one in each NAS destination
+    /// (--pve-dest, --nfs-dest, --nfs-ssd-dest; roles nas-pve-backup,
+    /// nas-nfs, nas-nfs-ssd), whose ids are recorded in the backup root's
+    /// .offsite-sync/nas-ids. Idempotent; never overwrites a marker. A NAS
+    /// destination that already has a marker of its role and none recorded
+    /// (a new backup disk) is adopted. Every tool that writes to the backup
+    /// root refuses a root without its marker, and every sync refuses a NAS
+    /// destination whose marker is missing or different (exit 5).
+    /// Migration from the old scripts: run it once after the NAS trees and
+    /// the backup disk are mounted where the configuration says.
     #[command(after_help = EXIT_CODE_HELP)]
     Init {
         /// Only the backup root (no NAS contact).
@@ -167,7 +187,9 @@ struct Opts {
     /// More pending ledger lines than this: a full pass replaces them.
     #[arg(long, global = true, default_value_t = 500_000)]
     ledger_cap: u64,
-    /// A full pass that would delete more than N items or P% is refused.
+    /// A full pass that would delete more than N items or P% is refused;
+    /// the deleting transfer itself is held to it (rsync --max-delete: a
+    /// source emptied or unmounted after the dry run stops there, exit 1).
     #[arg(long, global = true, default_value = "10%", value_name = "N|P%|off")]
     max_delete: MaxDelete,
     /// Refuse unless the backup root and the NFS roots are mountpoints.

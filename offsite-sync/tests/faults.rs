@@ -64,6 +64,7 @@ fn link_cut_mid_transfer_fails_keeps_every_entry_and_the_next_run_completes() {
             mount: None,
         },
     ));
+    Run::of(&mut pair.client_cmd(w.cmd("init", &[]))).succeeds();
     recent_full(&w);
     let mut names = Vec::new();
     for i in 0..6 {
@@ -284,6 +285,7 @@ fn a_full_nas_filesystem_fails_the_run_and_keeps_the_entries() {
             mount: Some((img, w.pve())),
         },
     ));
+    w.init();
     recent_full(&w);
     let mut names = Vec::new();
     for i in 0..6 {
@@ -307,7 +309,21 @@ fn a_full_nas_filesystem_fails_the_run_and_keeps_the_entries() {
     let m = Metrics::read(&metrics).expect("metrics");
     assert_eq!(m.get("offsite_sync_last_status"), Some(1.0));
     assert_eq!(m.get("backup_last_success_timestamp"), None);
-    // The capacity is the NAS's small filesystem, read over ssh.
+    // The capacity is the NAS's small filesystem, read over ssh before
+    // sending (the same call that checks the identity marker): the next
+    // run sees it full.
+    w.run(
+        "step1",
+        &[
+            "--metrics-file",
+            metrics.to_str().expect("utf8"),
+            "--capacity-path",
+            w.pve().to_str().expect("utf8"),
+        ],
+    )
+    .fails_with(1);
+    assert_eq!(w.leg1().line_count().expect("count"), names.len() as u64);
+    let m = Metrics::read(&metrics).expect("metrics");
     let size = m.get("offsite_dest_size_bytes").expect("size");
     assert!(size > 0.0 && size < 5.0 * 1024.0 * 1024.0, "size {size}");
     assert!(m.get("offsite_dest_available_bytes").expect("avail") < 1024.0 * 1024.0);

@@ -262,13 +262,14 @@ fn full_pass_deletes_on_the_nas_only_from_a_sound_source() {
     assert!(!w.pve().join("nextcloud/stale").exists());
     assert!(!w.leg1().full_sync_needed());
 
-    // Bug 3: the backup disk is empty (not mounted): refused, nothing deleted.
+    // Bug 3: the backup disk is empty (not mounted): refused, nothing
+    // deleted. The bare directory has no identity marker (contract 13).
     let moved = w.sb.path().join("moved");
     std::fs::rename(&w.root, &moved).expect("mv");
     std::fs::create_dir_all(&w.root).expect("mkdir");
     w.run("step1", &["--full", "always"])
         .fails_with(5)
-        .stderr_contains("is empty");
+        .stderr_contains("no backup-root identity marker");
     assert_eq!(
         World::files(&w.pve()),
         set(&[b"nextcloud/a", b"nextcloud/b"])

@@ -409,6 +409,23 @@ impl Lab {
         r
     }
 
+    /// `offsite-sync init`, once, as the operator does on the first run:
+    /// the NAS destinations get their identity markers (contract 13).
+    fn offsite_init(&self) {
+        let mut c = self.sb.cmd("offsite-sync");
+        c.arg("init")
+            .args(self.nas.flags())
+            .arg("--backup-root")
+            .arg(&self.root)
+            .arg("--pve-dest")
+            .arg(self.nas_store.join("pve-backup"))
+            .arg("--nfs-dest")
+            .arg(self.nas_store.join("nfs"))
+            .arg("--nfs-ssd-dest")
+            .arg(self.nas_store.join("nfs-ssd"));
+        Run::of(&mut c).succeeds();
+    }
+
     /// nfs-track as its unit runs it, flushing and reporting every second.
     fn start_tracker(&self) -> Tracker {
         let unit = UnitFile::load("nfs-track.service");
@@ -528,6 +545,7 @@ fn two_nights_of_the_pipeline_reach_the_nas_and_the_pushgateway() {
     let (copy, dump) = lab.daily_backup(NIGHT1_COPY, WEEK1);
     copy.succeeds();
     dump.succeeds();
+    lab.offsite_init();
     lab.offsite_sync().succeeds();
     assert!(
         !lab.pve()

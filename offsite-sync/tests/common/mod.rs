@@ -37,6 +37,7 @@ impl World {
     pub fn new() -> World {
         let sb = Sandbox::new();
         let root = sb.mkdir("mnt/backup");
+        backup_tests::harness::init_backup_root(&root);
         let nfs = sb.mkdir("srv/nfs");
         let nfs_ssd = sb.mkdir("srv/nfs-ssd");
         let skip = sb.write("skip.conf", SKIP);
@@ -60,7 +61,14 @@ impl World {
     pub fn with_nas() -> World {
         let mut w = World::new();
         w.nas = Some(Nas::start(&w.sb.path().join("sshd")));
+        w.init();
         w
+    }
+
+    /// `offsite-sync init`: the NAS destinations get their identity
+    /// markers, the backup root records them (as an operator does once).
+    pub fn init(&self) {
+        self.run("init", &[]).succeeds();
     }
 
     pub fn nas(&self) -> &Nas {
@@ -133,6 +141,10 @@ impl World {
         fn walk(base: &Path, d: &Path, out: &mut BTreeSet<Vec<u8>>) {
             let Ok(rd) = std::fs::read_dir(d) else { return };
             for e in rd.flatten() {
+                // Identity markers are not data.
+                if e.file_name() == backup_core::marker::FILE {
+                    continue;
+                }
                 let p = e.path();
                 let ft = e.file_type().expect("ft");
                 if ft.is_dir() {
