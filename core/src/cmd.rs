@@ -84,6 +84,12 @@ impl CmdError {
             _ => None,
         }
     }
+    /// The error for `prog` failing to start with `source`: [`CmdError::Absent`]
+    /// when it is missing or not executable. For the few places that spawn
+    /// a child themselves (a spool file held locked while it runs).
+    pub fn from_spawn(prog: &OsStr, source: std::io::Error) -> CmdError {
+        spawn_error(prog, Cmd::new(prog).prog_name(), source)
+    }
     /// The program does not exist (ENOENT at exec).
     pub fn is_not_found(&self) -> bool {
         matches!(self, CmdError::Absent { io, .. } if io.kind() == std::io::ErrorKind::NotFound)
@@ -475,7 +481,8 @@ fn read_capped(mut src: impl Read, mut sink: Option<std::fs::File>, cap: u64) ->
 
 /// Read `src` to its end keeping only its last `keep` bytes (memory stays
 /// under twice that); a dropped head is noted in one line at the start.
-fn read_tail(mut src: impl Read, keep: usize) -> String {
+/// What the runner does with stderr; public for children spawned elsewhere.
+pub fn read_tail(mut src: impl Read, keep: usize) -> String {
     let mut v: Vec<u8> = Vec::new();
     let mut dropped: u64 = 0;
     let mut buf = vec![0u8; CHUNK.min(keep.max(1))];
@@ -531,6 +538,44 @@ pub fn shell_quote(a: &OsStr) -> String {
         s.into_owned()
     } else {
         format!("'{}'", crate::log::escape_str(&s).replace('\'', "'\\''"))
+    }
+}
+
+/// Fail as starting `prog` would when it is absent: not found (on PATH,
+/// for a bare name) or not executable. For a tool that checks the commands
+/// it needs before it starts changing anything.
+pub fn require(prog: impl AsRef<OsStr>) -> Result<(), CmdError> {
+    use std::os::unix::fs::PermissionsExt;
+    let prog = prog.as_ref();
+    let name = Cmd::new(prog).prog_name();
+    let executable = |p: &std::path::Path| {
+        std::fs::metadata(p)
+            .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+            .unwrap_or(false)
+    };
+    let found = if prog.as_encoded_bytes().contains(&b'/') {
+        let p = std::path::Path::new(prog);
+        if p.exists() && !executable(p) {
+            return Err(spawn_error(
+                prog,
+                name,
+                std::io::Error::from(std::io::ErrorKind::PermissionDenied),
+            ));
+        }
+        p.exists()
+    } else {
+        std::env::var_os("PATH")
+            .map(|paths| std::env::split_paths(&paths).any(|d| executable(&d.join(prog))))
+            .unwrap_or(false)
+    };
+    if found {
+        Ok(())
+    } else {
+        Err(spawn_error(
+            prog,
+            name,
+            std::io::Error::from(std::io::ErrorKind::NotFound),
+        ))
     }
 }
 
@@ -659,6 +704,21 @@ mod tests {
     }
 
     #[test]
+    fn require_says_what_spawning_would() {
+        assert!(require("sh").is_ok());
+        let e = require("definitely-not-a-program-xyz").expect_err("absent");
+        assert_eq!(
+            e.to_string(),
+            "command absent: definitely-not-a-program-xyz (not found in PATH)"
+        );
+        assert!(
+            require("/nonexistent/rsync")
+                .expect_err("absent")
+                .is_absent()
+        );
+    }
+
+    #[test]
     fn a_program_that_is_not_executable_is_absent() {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().expect("tempdir");
@@ -668,7 +728,8 @@ mod tests {
         let e = Cmd::new(&prog).run().expect_err("not executable");
         assert!(e.is_absent(), "{e}");
         assert!(
-            e.to_string().starts_with("command absent: rsync (not executable: "),
+            e.to_string()
+                .starts_with("command absent: rsync (not executable: "),
             "{e}"
         );
     }
@@ -692,7 +753,10 @@ mod tests {
             .max_stdout(1 << 20)
             .run()
             .expect_err("too large");
-        assert!(matches!(e, CmdError::TooLarge { cap, .. } if cap == 1 << 20), "{e}");
+        assert!(
+            matches!(e, CmdError::TooLarge { cap, .. } if cap == 1 << 20),
+            "{e}"
+        );
         assert_eq!(e.to_string(), "head: output exceeds 1 MiB, stopped");
         assert!(start.elapsed() < Duration::from_secs(60));
         // Exactly the cap is fine.
@@ -754,7 +818,10 @@ mod tests {
             .max_stdout(3_000_000)
             .run()
             .expect_err("too large");
-        assert_eq!(e.to_string(), "head: output exceeds 3000000 bytes (2.9 MiB), stopped");
+        assert_eq!(
+            e.to_string(),
+            "head: output exceeds 3000000 bytes (2.9 MiB), stopped"
+        );
         assert!(std::fs::metadata(&f).expect("meta").len() <= 3_000_000);
     }
 

@@ -114,18 +114,36 @@ pub fn code_of(err: &anyhow::Error) -> ExitCode {
             if let Some(x) = e.downcast_ref::<Exit>() {
                 return Some(x.code);
             }
-            e.downcast_ref::<crate::cmd::CmdError>()
-                .filter(|c| c.is_absent())
-                .map(|_| ExitCode::Refused)
+            absent_cmd(e).map(|_| ExitCode::Refused)
         })
         .unwrap_or(ExitCode::Failed)
 }
 
+/// `e` as a command that is absent, when it is one (`lvs` errors wrap
+/// theirs transparently, so they are looked into too).
+fn absent_cmd<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a crate::cmd::CmdError> {
+    let c = e.downcast_ref::<crate::cmd::CmdError>().or_else(|| {
+        match e.downcast_ref::<crate::lvm::LvsError>() {
+            Some(crate::lvm::LvsError::Run(c)) => Some(c),
+            _ => None,
+        }
+    })?;
+    c.is_absent().then_some(c)
+}
+
+/// The message of an absent command in `err`'s chain
+/// ("command absent: rsync (not found in PATH)"), if there is one: for
+/// call sites that count a failure per item and must end with exit 5
+/// instead when the command itself is missing.
+pub fn absent_in(err: &anyhow::Error) -> Option<String> {
+    err.chain().find_map(absent_cmd).map(|c| c.to_string())
+}
+
 /// For a command that is absent, the error that ends the tool with exit 5
 /// ("command absent: rsync (not found in PATH)"); `None` for any other
-/// failure. For call sites that turn
-/// a command's failure into their own error (a message string, a per-item
-/// failure) and would otherwise lose that the command is missing.
+/// failure. For call sites that turn a command's failure into their own
+/// error (a message string, a per-item failure) and would otherwise lose
+/// that the command is missing.
 pub fn absent_command(err: &crate::cmd::CmdError) -> Option<anyhow::Error> {
     err.is_absent().then(|| Exit::refused(err.to_string()))
 }
@@ -196,7 +214,20 @@ mod tests {
             one_line(&e),
             "step 1: command absent: definitely-not-a-program-xyz (not found in PATH)"
         );
+        assert_eq!(
+            absent_in(&e).as_deref(),
+            Some("command absent: definitely-not-a-program-xyz (not found in PATH)")
+        );
         let failed = crate::cmd::Cmd::new("false").run().expect_err("fails");
-        assert_eq!(code_of(&anyhow::Error::new(failed)), ExitCode::Failed);
+        let failed = anyhow::Error::new(failed);
+        assert_eq!(code_of(&failed), ExitCode::Failed);
+        assert_eq!(absent_in(&failed), None);
+        let lvs = crate::lvm::LvsError::Run(
+            crate::cmd::Cmd::new("/nonexistent/lvs")
+                .run()
+                .expect_err("absent"),
+        );
+        let lvs = anyhow::Error::new(lvs).context("reading the LVs of VG pve");
+        assert_eq!(code_of(&lvs), ExitCode::Refused);
     }
 }

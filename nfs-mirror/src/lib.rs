@@ -186,6 +186,10 @@ fn rsync_args(
     c
 }
 
+/// Cap on a dry run's item list: -ii lists every item, about 10 million
+/// lines of 100 bytes.
+const DRY_RUN_MAX_OUTPUT: u64 = 1 << 30;
+
 fn rsync_cmd(
     rsync: &OsStr,
     src: &Path,
@@ -261,7 +265,6 @@ fn run_spooled(
     spool: &Path,
     timeout: Duration,
 ) -> Result<Spooled> {
-    use std::io::Read;
     use std::os::unix::fs::OpenOptionsExt;
     use std::os::unix::process::CommandExt;
     let f = std::fs::OpenOptions::new()
@@ -287,14 +290,20 @@ fn run_spooled(
     }
     let mut child = match c.spawn() {
         Ok(ch) => ch,
-        Err(e) => return Ok(Spooled::Failed(format!("cannot run rsync: {e}"))),
+        Err(e) => {
+            // rsync absent ends the run (exit 5), not just this tree.
+            let e = backup_core::cmd::CmdError::from_spawn(rsync, e);
+            if e.is_absent() {
+                return Err(e.into());
+            }
+            return Ok(Spooled::Failed(e.to_string()));
+        }
     };
     let pgid = child.id() as i32;
-    let err_thread = child.stderr.take().map(|mut s| {
+    // stderr is for messages: its tail, bounded (core's runner does the same).
+    let err_thread = child.stderr.take().map(|s| {
         std::thread::spawn(move || {
-            let mut v = Vec::new();
-            let _ = s.read_to_end(&mut v);
-            v
+            backup_core::cmd::read_tail(s, backup_core::cmd::DEFAULT_MAX_STDERR)
         })
     });
     let deadline = std::time::Instant::now() + timeout;
@@ -314,9 +323,7 @@ fn run_spooled(
     };
     // SAFETY: as above; nothing of the group may outlive the run.
     unsafe { libc::kill(-pgid, libc::SIGKILL) };
-    let stderr =
-        String::from_utf8_lossy(&err_thread.and_then(|t| t.join().ok()).unwrap_or_default())
-            .into_owned();
+    let stderr = err_thread.and_then(|t| t.join().ok()).unwrap_or_default();
     drop(f);
     if timed_out {
         return Ok(Spooled::Failed(format!(
@@ -559,8 +566,11 @@ pub fn mirror(o: &MirrorOpts, metrics: &mut Metrics) -> Result<(ExitCode, Report
             true,
             o.timeout,
         )
+        // Every item, changed or not, one line each: far beyond the
+        // runner's default cap on a large tree.
+        .max_stdout(DRY_RUN_MAX_OUTPUT)
         .run_any()
-        .map_err(|e| anyhow::anyhow!("dry run of {}: {e}", p(&pl.src)))?;
+        .with_context(|| format!("dry run of {}", p(&pl.src)))?;
         if !RsyncResult::classify(out.code, &out.stderr).is_success() {
             return Err(anyhow::anyhow!(
                 "dry run of {} failed: rsync exited {} ({}): {}",

@@ -42,6 +42,9 @@ pub const STATE_EXCLUDES: &[&str] = &[
     "/anca-elements/",
 ];
 
+/// Cap on a full pass's dry-run item list: every item is listed, about
+/// 10 million lines of 100 bytes.
+const DRY_RUN_MAX_OUTPUT: u64 = 1 << 30;
 /// The flags of a guard's dry run (every item listed, changed or not).
 const DRY: [&str; 3] = ["--dry-run", "-ii", rsync_items::OUT_FORMAT];
 
@@ -337,7 +340,12 @@ fn full_due(cfg: &Config, step: u8, ledger: &Ledger) -> Result<(bool, Vec<String
 
 /// Dry run a deleting transfer and check it against `--max-delete`.
 fn guard_deletions(cfg: &Config, cmd: Cmd) -> Result<DeletePlan> {
-    let out = cmd.run_any().context("dry run of the full pass")?;
+    // One line per item that differs on the NAS: millions on a full pass
+    // of a large tree, far beyond the runner's default cap.
+    let out = cmd
+        .max_stdout(DRY_RUN_MAX_OUTPUT)
+        .run_any()
+        .context("dry run of the full pass")?;
     if !RsyncResult::classify(out.code, &out.stderr).is_success() {
         anyhow::bail!(
             "dry run of the full pass: rsync exited {} ({}): {}",
@@ -844,8 +852,18 @@ pub fn run_steps(
 ) -> (ExitCode, Vec<StepReport>, Option<Capacity>) {
     let mut code = ExitCode::Ok;
     let mut reports = Vec::new();
+    // rsync, and the ssh it runs to reach the NAS (rsync would only exit
+    // 14 for a missing ssh): absent, no step can run (exit 5).
+    let absent = [&cfg.rsync, &cfg.ssh]
+        .into_iter()
+        .find_map(|prog| backup_core::cmd::require(prog).err())
+        .map(|e| e.to_string());
     for &s in steps {
-        let res = if s == 1 { step1(cfg) } else { step2(cfg) };
+        let res = match &absent {
+            Some(why) => Err(Exit::refused(why.clone())),
+            None if s == 1 => step1(cfg),
+            None => step2(cfg),
+        };
         match res {
             Ok(r) => reports.push(r),
             Err(e) => {
@@ -862,7 +880,7 @@ pub fn run_steps(
             }
         }
     }
-    let cap = if cfg.dry_run {
+    let cap = if cfg.dry_run || absent.is_some() {
         None
     } else {
         match capacity(cfg, &cfg.capacity_path) {

@@ -621,9 +621,7 @@ fn pull(p: &Plan, deadline: &Deadline, report: &mut Report) -> anyhow::Result<Ex
         .map_err(fetch::Failure::from)
         .and_then(|left| match p.config_from {
             Source::Ssh => match &p.ssh {
-                Some(ssh) => {
-                    fetch::config_over_ssh(ssh, &p.remote_config, left, p.max_config_size)
-                }
+                Some(ssh) => fetch::config_over_ssh(ssh, &p.remote_config, left, p.max_config_size),
                 None => Err(String::from("no SSH settings").into()),
             },
             Source::Api => match &p.api {

@@ -20,7 +20,10 @@ const SUNDAY: &str = "2026-11-29";
 /// `VmHWM` (peak resident set size) of a live process, in kB.
 fn vm_hwm_kb(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    if status.lines().any(|l| l.starts_with("State:") && l.contains('Z')) {
+    if status
+        .lines()
+        .any(|l| l.starts_with("State:") && l.contains('Z'))
+    {
         return None;
     }
     status
