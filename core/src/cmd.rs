@@ -170,6 +170,8 @@ pub struct Cmd {
     env: Vec<(OsString, OsString)>,
     /// Kept separate so the caller decides whether stdout goes to a file.
     stdout_to: Option<PathBuf>,
+    /// An open file stdout goes into instead (an unnamed temp file).
+    stdout_into: Option<Arc<std::fs::File>>,
     /// Cap on stdout; `None` is the default of the sink (memory or file).
     max_stdout: Option<u64>,
     max_stderr: usize,
@@ -184,6 +186,7 @@ impl Cmd {
             stdin: None,
             env: Vec::new(),
             stdout_to: None,
+            stdout_into: None,
             max_stdout: None,
             max_stderr: DEFAULT_MAX_STDERR,
         }
@@ -222,6 +225,13 @@ impl Cmd {
         self.stdout_to = Some(path.into());
         self
     }
+    /// Stream stdout into an open file, from its current offset: an
+    /// unnamed temp file (`tempfile::tempfile_in`) leaves nothing behind
+    /// when the tool is killed. Capped like [`Cmd::stdout_file`].
+    pub fn stdout_into(mut self, file: std::fs::File) -> Self {
+        self.stdout_into = Some(Arc::new(file));
+        self
+    }
     /// Cap on the bytes of stdout (in memory or in the file): one more
     /// kills the child's group and fails with [`CmdError::TooLarge`].
     pub fn max_stdout(mut self, bytes: u64) -> Self {
@@ -236,11 +246,12 @@ impl Cmd {
     }
     /// The stdout cap this call runs with.
     pub fn stdout_cap(&self) -> u64 {
-        self.max_stdout.unwrap_or(if self.stdout_to.is_some() {
-            DEFAULT_MAX_STDOUT_FILE
-        } else {
-            DEFAULT_MAX_STDOUT
-        })
+        self.max_stdout
+            .unwrap_or(if self.stdout_to.is_some() || self.stdout_into.is_some() {
+                DEFAULT_MAX_STDOUT_FILE
+            } else {
+                DEFAULT_MAX_STDOUT
+            })
     }
     pub fn prog_name(&self) -> String {
         std::path::Path::new(&self.prog)
@@ -309,8 +320,12 @@ impl Cmd {
         }
         // stdout always comes through a pipe, so its size is counted and
         // capped whether it ends in memory or in a file.
-        let sink = match &self.stdout_to {
-            Some(p) => Some(
+        let sink = match (&self.stdout_into, &self.stdout_to) {
+            (Some(f), _) => Some(f.try_clone().map_err(|source| CmdError::Io {
+                prog: prog.clone(),
+                source,
+            })?),
+            (None, Some(p)) => Some(
                 std::fs::OpenOptions::new()
                     .write(true)
                     .create(true)
@@ -324,7 +339,7 @@ impl Cmd {
                         ),
                     })?,
             ),
-            None => None,
+            (None, None) => None,
         };
         c.stdout(Stdio::piped());
         let mut child = c
@@ -539,6 +554,43 @@ pub fn shell_quote(a: &OsStr) -> String {
     } else {
         format!("'{}'", crate::log::escape_str(&s).replace('\'', "'\\''"))
     }
+}
+
+/// An unnamed file in `dir` (`O_TMPFILE`, else created and unlinked at
+/// once), mode 0600, for [`Cmd::stdout_into`]: a killed run leaves nothing
+/// behind, and large output goes to that disk rather than into memory.
+pub fn spool_file(dir: &std::path::Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut o = std::fs::OpenOptions::new();
+    o.read(true).write(true).mode(0o600);
+    if let Ok(f) = o.clone().custom_flags(libc::O_TMPFILE).open(dir) {
+        return Ok(f);
+    }
+    // Filesystems without O_TMPFILE: a named file, unlinked at once.
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    for i in 0..100 {
+        let p = dir.join(format!(".spool.{}.{stamp}.{i}", std::process::id()));
+        match o.clone().create_new(true).open(&p) {
+            Ok(f) => {
+                std::fs::remove_file(&p)?;
+                return Ok(f);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => {
+                return Err(std::io::Error::new(
+                    e.kind(),
+                    format!("cannot create a spool file in {}: {e}", dir.display()),
+                ));
+            }
+        }
+    }
+    Err(std::io::Error::other(format!(
+        "cannot create a spool file in {}: names taken",
+        dir.display()
+    )))
 }
 
 /// Fail as starting `prog` would when it is absent: not found (on PATH,
@@ -823,6 +875,34 @@ mod tests {
             "head: output exceeds 3000000 bytes (2.9 MiB), stopped"
         );
         assert!(std::fs::metadata(&f).expect("meta").len() <= 3_000_000);
+    }
+
+    #[test]
+    fn stdout_streams_into_an_open_file() {
+        use std::io::{Seek, SeekFrom};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut f = spool_file(dir.path()).expect("spool file");
+        assert_eq!(
+            std::fs::read_dir(dir.path()).expect("ls").count(),
+            0,
+            "unnamed"
+        );
+        Cmd::new("printf")
+            .arg("a\\nb\\n")
+            .stdout_into(f.try_clone().expect("clone"))
+            .run()
+            .expect("printf");
+        f.seek(SeekFrom::Start(0)).expect("seek");
+        let mut back = String::new();
+        f.read_to_string(&mut back).expect("read");
+        assert_eq!(back, "a\nb\n");
+        let e = Cmd::new("head")
+            .args(["-c", "100", "/dev/zero"])
+            .stdout_into(f)
+            .max_stdout(99)
+            .run()
+            .expect_err("too large");
+        assert_eq!(e.to_string(), "head: output exceeds 99 bytes, stopped");
     }
 
     #[test]

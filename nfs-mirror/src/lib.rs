@@ -186,9 +186,9 @@ fn rsync_args(
     c
 }
 
-/// Cap on a dry run's item list: -ii lists every item, about 10 million
-/// lines of 100 bytes.
-const DRY_RUN_MAX_OUTPUT: u64 = 1 << 30;
+/// Cap on a dry run's item list (spooled to disk): -ii lists every item,
+/// about 160 million lines of 100 bytes.
+const DRY_RUN_MAX_OUTPUT: u64 = 16 << 30;
 
 fn rsync_cmd(
     rsync: &OsStr,
@@ -557,6 +557,16 @@ pub fn mirror(o: &MirrorOpts, metrics: &mut Metrics) -> Result<(ExitCode, Report
         if o.max_delete == MaxDelete::Off && !o.dry_run {
             continue;
         }
+        // Every item, changed or not, one line each: millions on a large
+        // tree, so into an unnamed file (on the backup disk when the state
+        // directory exists) and counted from there as a stream.
+        let spool_dir = if state.is_dir() {
+            state.clone()
+        } else {
+            std::env::temp_dir()
+        };
+        let spool = backup_core::cmd::spool_file(&spool_dir)
+            .with_context(|| format!("dry run of {}", p(&pl.src)))?;
         let out = rsync_cmd(
             &o.rsync,
             &pl.src,
@@ -566,8 +576,7 @@ pub fn mirror(o: &MirrorOpts, metrics: &mut Metrics) -> Result<(ExitCode, Report
             true,
             o.timeout,
         )
-        // Every item, changed or not, one line each: far beyond the
-        // runner's default cap on a large tree.
+        .stdout_into(spool.try_clone().with_context(|| p(&spool_dir))?)
         .max_stdout(DRY_RUN_MAX_OUTPUT)
         .run_any()
         .with_context(|| format!("dry run of {}", p(&pl.src)))?;
@@ -580,7 +589,8 @@ pub fn mirror(o: &MirrorOpts, metrics: &mut Metrics) -> Result<(ExitCode, Report
                 out.stderr.trim()
             ));
         }
-        let plan = DeletePlan::from_items(&rsync_items::parse(&out.stdout));
+        let plan = DeletePlan::from_spool(&spool)
+            .with_context(|| format!("reading the dry run of {}", p(&pl.src)))?;
         if plan.rsync_temps > 0 {
             backup_core::info!(
                 "{}: {} temp file(s) of an interrupted rsync will be removed (not counted against --max-delete)",

@@ -42,9 +42,9 @@ pub const STATE_EXCLUDES: &[&str] = &[
     "/anca-elements/",
 ];
 
-/// Cap on a full pass's dry-run item list: every item is listed, about
-/// 10 million lines of 100 bytes.
-const DRY_RUN_MAX_OUTPUT: u64 = 1 << 30;
+/// Cap on a full pass's dry-run item list (spooled to disk): every item is
+/// listed, about 160 million lines of 100 bytes.
+const DRY_RUN_MAX_OUTPUT: u64 = 16 << 30;
 /// The flags of a guard's dry run (every item listed, changed or not).
 const DRY: [&str; 3] = ["--dry-run", "-ii", rsync_items::OUT_FORMAT];
 
@@ -340,9 +340,15 @@ fn full_due(cfg: &Config, step: u8, ledger: &Ledger) -> Result<(bool, Vec<String
 
 /// Dry run a deleting transfer and check it against `--max-delete`.
 fn guard_deletions(cfg: &Config, cmd: Cmd) -> Result<DeletePlan> {
-    // One line per item that differs on the NAS: millions on a full pass
-    // of a large tree, far beyond the runner's default cap.
+    // One line per item, changed or not: millions on a full pass of a
+    // large tree, so into an unnamed file (beside the state files when they
+    // exist) and counted from there as a stream.
+    let dir = Some(cfg.state_dir())
+        .filter(|d| d.is_dir())
+        .unwrap_or_else(std::env::temp_dir);
+    let spool = backup_core::cmd::spool_file(&dir).context("dry run of the full pass")?;
     let out = cmd
+        .stdout_into(spool.try_clone().with_context(|| p(&dir))?)
         .max_stdout(DRY_RUN_MAX_OUTPUT)
         .run_any()
         .context("dry run of the full pass")?;
@@ -354,7 +360,7 @@ fn guard_deletions(cfg: &Config, cmd: Cmd) -> Result<DeletePlan> {
             backup_core::log::escape_str(out.stderr.trim())
         );
     }
-    let plan = DeletePlan::from_items(&rsync_items::parse(&out.stdout));
+    let plan = DeletePlan::from_spool(&spool).context("reading the dry run of the full pass")?;
     if let Some(why) = cfg.max_delete.check(&plan) {
         return Err(Exit::refused(format!(
             "full pass refused, nothing sent or deleted: {why}"
