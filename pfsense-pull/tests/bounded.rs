@@ -163,13 +163,13 @@ fn tar_member_equals(tar_gz: &std::path::Path, name: &str, want: &std::path::Pat
 fn the_full_tar_streams_to_disk_with_memory_bounded_and_is_identical() {
     let fw = Firewall::new();
     let big = fw.path().join("var/db/big.bin");
-    random_file(&big, 200 << 20);
+    random_file(&big, 128 << 20);
     let sshd = Sshd::start(SshdOpts::default());
     let b = Backup::new();
     let mut cmd = b.ssh_cmd(&sshd, &fw, SUNDAY);
     cmd.args(["--timeout", "900s"]);
     let (run, rss_mb) = run_measured(&mut cmd);
-    eprintln!("pfsense-pull, full tar of a 200 MiB tree: peak RSS {rss_mb} MB");
+    eprintln!("pfsense-pull, full tar of a 128 MiB tree: peak RSS {rss_mb} MB");
     run.succeeds();
     assert!(
         rss_mb < RSS_LIMIT_MB,
@@ -177,7 +177,7 @@ fn the_full_tar_streams_to_disk_with_memory_bounded_and_is_identical() {
     );
     let tar = b.dest().join("2026-W48/pfsense-full-20261129.tar.gz");
     let size = std::fs::metadata(&tar).expect("tar kept").len();
-    assert!(size > 200 << 20, "tar is {size} bytes");
+    assert!(size > 128 << 20, "tar is {size} bytes");
     let root = fw.path().display().to_string();
     let name = format!("{}/var/db/big.bin", root.trim_start_matches('/'));
     assert!(
