@@ -223,3 +223,32 @@ fn a_missing_ssh_is_command_absent_exit_5() {
     );
     assert!(b.files().is_empty(), "{:?}", b.files());
 }
+
+#[test]
+fn an_api_reply_beyond_the_cap_is_stopped() {
+    use support::api_emu::{ApiEmu, Certs, Reply};
+    const KEY: &str = "0123456789abcdef0123456789abcdef";
+    let certs = Certs::new();
+    // 2 MiB of config.xml: its base64 alone is 2.7 MiB.
+    let emu = ApiEmu::start(&certs, KEY, Reply::Good(vec![b'x'; 2 << 20]));
+    let b = Backup::new();
+    let key = b.sb.write("api.key", format!("{KEY}\n"));
+    let mut c = b.cmd(SATURDAY);
+    c.args([
+        "--config-from",
+        "api",
+        "--max-config-size",
+        "1MiB",
+        "--api-url",
+    ])
+    .arg(emu.url())
+    .arg("--api-key-file")
+    .arg(key)
+    .arg("--ca-file")
+    .arg(certs.ca());
+    // The cap on the reply: base64 of 1 MiB plus 64 KiB for the envelope.
+    Run::of(&mut c)
+        .fails_with(1)
+        .stderr_contains(": reply exceeds 1463637 bytes (1.4 MiB), stopped");
+    assert!(b.files().is_empty(), "{:?}", b.files());
+}
