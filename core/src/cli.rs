@@ -63,9 +63,45 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     Ok(std::time::Duration::from_secs(n * mult))
 }
 
+/// Parse a size in bytes such as `32MiB`, `16GiB`, `512KiB`, `4096` (plain
+/// bytes); `K`/`M`/`G`/`T` with or without `iB` are binary units too.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("invalid size {s:?}: expected e.g. 32MiB, 16GiB or bytes"))?;
+    let shift = match unit.trim() {
+        "" | "B" => 0,
+        "K" | "KiB" => 10,
+        "M" | "MiB" => 20,
+        "G" | "GiB" => 30,
+        "T" | "TiB" => 40,
+        _ => {
+            return Err(format!(
+                "invalid size {s:?}: unit must be KiB, MiB, GiB or TiB"
+            ));
+        }
+    };
+    n.checked_mul(1u64 << shift)
+        .filter(|&b| b > 0)
+        .ok_or_else(|| format!("invalid size {s:?}: expected a positive size below 16 EiB"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("32MiB"), Ok(32 << 20));
+        assert_eq!(parse_size("16G"), Ok(16 << 30));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert!(parse_size("0").is_err());
+        assert!(parse_size("12 apples").is_err());
+        assert!(parse_size("99999999999TiB").is_err());
+    }
 
     #[test]
     fn durations() {

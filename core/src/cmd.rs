@@ -1,20 +1,56 @@
 //! Contract 6: external commands. Argument vectors only (never a shell),
 //! a timeout that kills the child's whole process group, stderr kept for
 //! the error text; rsync's exit codes classified in one place.
+//!
+//! What a child prints is bounded: stdout is read in chunks into memory up
+//! to [`DEFAULT_MAX_STDOUT`] (or a file, up to [`DEFAULT_MAX_STDOUT_FILE`]),
+//! each settable per call with [`Cmd::max_stdout`]; one byte more kills the
+//! child's process group and the call fails with [`CmdError::TooLarge`]
+//! ("ssh: output exceeds 16 MiB, stopped"). stderr is only text for
+//! messages, so it never fails a call: its last [`Cmd::max_stderr`] bytes
+//! are kept (the end is where the reason is) and the dropped head is noted
+//! in one line at the start. A program that cannot be started because it is
+//! not there (or not executable) is [`CmdError::Absent`], which
+//! [`crate::exit::code_of`] turns into exit 5 in every tool.
 
 use std::ffi::{OsStr, OsString};
 use std::io::{Read, Write};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
+
+/// Default cap on stdout read into memory.
+pub const DEFAULT_MAX_STDOUT: u64 = 16 << 20;
+/// Default cap on stdout streamed to a file ([`Cmd::stdout_file`]).
+pub const DEFAULT_MAX_STDOUT_FILE: u64 = 16 << 30;
+/// Default amount of stderr kept (its tail).
+pub const DEFAULT_MAX_STDERR: usize = 1 << 20;
+/// Reads from a child's pipes happen in chunks of this size.
+const CHUNK: usize = 64 << 10;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CmdError {
+    /// The program is not there: not found (in PATH, for a bare name), or
+    /// not executable. Exit 5 ("command absent") in every tool.
+    #[error("command absent: {prog} ({why})")]
+    Absent {
+        prog: String,
+        why: String,
+        /// The spawn error (not a `source`: the message says it already).
+        io: std::io::Error,
+    },
     #[error("{prog}: cannot run: {source}")]
     Spawn {
         prog: String,
         source: std::io::Error,
     },
+    /// The child printed more than the call's cap; it was killed (with its
+    /// process group) as soon as the cap was passed.
+    #[error("{prog}: output exceeds {}, stopped", human_bytes(*cap))]
+    TooLarge { prog: String, cap: u64 },
     #[error("{prog}: timed out after {secs}s and was killed{}", tail(stderr))]
     Timeout {
         prog: String,
@@ -48,8 +84,51 @@ impl CmdError {
             _ => None,
         }
     }
+    /// The error for `prog` failing to start with `source`: [`CmdError::Absent`]
+    /// when it is missing or not executable. For the few places that spawn
+    /// a child themselves (a spool file held locked while it runs).
+    pub fn from_spawn(prog: &OsStr, source: std::io::Error) -> CmdError {
+        spawn_error(prog, Cmd::new(prog).prog_name(), source)
+    }
+    /// The program does not exist (ENOENT at exec).
     pub fn is_not_found(&self) -> bool {
-        matches!(self, CmdError::Spawn { source, .. } if source.kind() == std::io::ErrorKind::NotFound)
+        matches!(self, CmdError::Absent { io, .. } if io.kind() == std::io::ErrorKind::NotFound)
+    }
+    /// The program could not be started because it is absent or not
+    /// executable: exit 5 ("command absent").
+    pub fn is_absent(&self) -> bool {
+        matches!(self, CmdError::Absent { .. })
+    }
+}
+
+/// A byte count in the largest binary unit that shows it exactly
+/// (`16 MiB`, `1536 KiB`, `100 bytes`).
+pub fn human_bytes(n: u64) -> String {
+    for (shift, unit) in [(40, "TiB"), (30, "GiB"), (20, "MiB"), (10, "KiB")] {
+        if n >= 1 << shift && n.is_multiple_of(1 << shift) {
+            return format!("{} {unit}", n >> shift);
+        }
+    }
+    if n >= 1 << 20 {
+        return format!("{n} bytes ({:.1} MiB)", n as f64 / (1u64 << 20) as f64);
+    }
+    format!("{n} bytes")
+}
+
+/// Turn a spawn error into [`CmdError::Absent`] when the program is
+/// missing or not executable, else [`CmdError::Spawn`].
+fn spawn_error(prog: &OsStr, name: String, source: std::io::Error) -> CmdError {
+    let bare = !prog.as_encoded_bytes().contains(&b'/');
+    let why = match source.kind() {
+        std::io::ErrorKind::NotFound if bare => "not found in PATH".to_string(),
+        std::io::ErrorKind::NotFound => format!("no such file: {}", prog.to_string_lossy()),
+        std::io::ErrorKind::PermissionDenied => format!("not executable: {source}"),
+        _ => return CmdError::Spawn { prog: name, source },
+    };
+    CmdError::Absent {
+        prog: name,
+        why,
+        io: source,
     }
 }
 
@@ -90,7 +169,12 @@ pub struct Cmd {
     stdin: Option<Vec<u8>>,
     env: Vec<(OsString, OsString)>,
     /// Kept separate so the caller decides whether stdout goes to a file.
-    stdout_to: Option<std::path::PathBuf>,
+    stdout_to: Option<PathBuf>,
+    /// An open file stdout goes into instead (an unnamed temp file).
+    stdout_into: Option<Arc<std::fs::File>>,
+    /// Cap on stdout; `None` is the default of the sink (memory or file).
+    max_stdout: Option<u64>,
+    max_stderr: usize,
 }
 
 impl Cmd {
@@ -102,6 +186,9 @@ impl Cmd {
             stdin: None,
             env: Vec::new(),
             stdout_to: None,
+            stdout_into: None,
+            max_stdout: None,
+            max_stderr: DEFAULT_MAX_STDERR,
         }
     }
     pub fn arg(mut self, a: impl AsRef<OsStr>) -> Self {
@@ -130,10 +217,41 @@ impl Cmd {
             .push((k.as_ref().to_os_string(), v.as_ref().to_os_string()));
         self
     }
-    /// Stream stdout into a file instead of memory (large outputs).
-    pub fn stdout_file(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+    /// Stream stdout into a file instead of memory (large outputs). The
+    /// file is created or truncated (an existing file keeps its mode);
+    /// its size is capped like memory, by default at
+    /// [`DEFAULT_MAX_STDOUT_FILE`].
+    pub fn stdout_file(mut self, path: impl Into<PathBuf>) -> Self {
         self.stdout_to = Some(path.into());
         self
+    }
+    /// Stream stdout into an open file, from its current offset: an
+    /// unnamed temp file (`tempfile::tempfile_in`) leaves nothing behind
+    /// when the tool is killed. Capped like [`Cmd::stdout_file`].
+    pub fn stdout_into(mut self, file: std::fs::File) -> Self {
+        self.stdout_into = Some(Arc::new(file));
+        self
+    }
+    /// Cap on the bytes of stdout (in memory or in the file): one more
+    /// kills the child's group and fails with [`CmdError::TooLarge`].
+    pub fn max_stdout(mut self, bytes: u64) -> Self {
+        self.max_stdout = Some(bytes);
+        self
+    }
+    /// How much of stderr's end is kept (default [`DEFAULT_MAX_STDERR`]);
+    /// more never fails the call, the head is dropped and noted.
+    pub fn max_stderr(mut self, bytes: usize) -> Self {
+        self.max_stderr = bytes;
+        self
+    }
+    /// The stdout cap this call runs with.
+    pub fn stdout_cap(&self) -> u64 {
+        self.max_stdout
+            .unwrap_or(if self.stdout_to.is_some() || self.stdout_into.is_some() {
+                DEFAULT_MAX_STDOUT_FILE
+            } else {
+                DEFAULT_MAX_STDOUT
+            })
     }
     pub fn prog_name(&self) -> String {
         std::path::Path::new(&self.prog)
@@ -200,22 +318,33 @@ impl Cmd {
         for (k, v) in &self.env {
             c.env(k, v);
         }
-        match &self.stdout_to {
-            Some(p) => {
-                let f = std::fs::File::create(p).map_err(|source| CmdError::Io {
-                    prog: prog.clone(),
-                    source,
-                })?;
-                c.stdout(f);
-            }
-            None => {
-                c.stdout(Stdio::piped());
-            }
-        }
-        let mut child = c.spawn().map_err(|source| CmdError::Spawn {
-            prog: prog.clone(),
-            source,
-        })?;
+        // stdout always comes through a pipe, so its size is counted and
+        // capped whether it ends in memory or in a file.
+        let sink = match (&self.stdout_into, &self.stdout_to) {
+            (Some(f), _) => Some(f.try_clone().map_err(|source| CmdError::Io {
+                prog: prog.clone(),
+                source,
+            })?),
+            (None, Some(p)) => Some(
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .open(p)
+                    .map_err(|source| CmdError::Io {
+                        prog: prog.clone(),
+                        source: std::io::Error::new(
+                            source.kind(),
+                            format!("cannot create {}: {source}", p.display()),
+                        ),
+                    })?,
+            ),
+            (None, None) => None,
+        };
+        c.stdout(Stdio::piped());
+        let mut child = c
+            .spawn()
+            .map_err(|source| spawn_error(&self.prog, prog.clone(), source))?;
         let pgid = child.id() as i32;
         let stdin_thread = child
             .stdin
@@ -226,20 +355,26 @@ impl Cmd {
                     let _ = pipe.write_all(&data);
                 })
             });
-        let out_thread = child.stdout.take().map(|mut s| {
+        // Set by the stdout reader when it stops early (cap passed, or the
+        // file cannot be written): the loop below then kills the group.
+        let stop = Arc::new(AtomicBool::new(false));
+        let cap = self.stdout_cap();
+        let out_thread = child.stdout.take().map(|s| {
+            let stop = Arc::clone(&stop);
+            let path = self.stdout_to.clone();
             std::thread::spawn(move || {
-                let mut v = Vec::new();
-                let _ = s.read_to_end(&mut v);
-                v
+                let r = read_capped(s, sink, cap);
+                if !matches!(r, StdoutEnd::Eof(_)) {
+                    stop.store(true, Ordering::SeqCst);
+                }
+                (r, path)
             })
         });
-        let err_thread = child.stderr.take().map(|mut s| {
-            std::thread::spawn(move || {
-                let mut v = Vec::new();
-                let _ = s.read_to_end(&mut v);
-                v
-            })
-        });
+        let keep_err = self.max_stderr;
+        let err_thread = child
+            .stderr
+            .take()
+            .map(|s| std::thread::spawn(move || read_tail(s, keep_err)));
         let deadline = Instant::now() + self.timeout;
         let mut timed_out = false;
         let status = loop {
@@ -248,6 +383,13 @@ impl Cmd {
                 source,
             })? {
                 Some(st) => break st,
+                None if stop.load(Ordering::SeqCst) => {
+                    kill_group(pgid);
+                    break child.wait().map_err(|source| CmdError::Io {
+                        prog: prog.clone(),
+                        source,
+                    })?;
+                }
                 None if Instant::now() >= deadline => {
                     timed_out = true;
                     kill_group(pgid);
@@ -265,10 +407,26 @@ impl Cmd {
         if let Some(t) = stdin_thread {
             let _ = t.join();
         }
-        let stdout = out_thread.and_then(|t| t.join().ok()).unwrap_or_default();
-        let stderr =
-            String::from_utf8_lossy(&err_thread.and_then(|t| t.join().ok()).unwrap_or_default())
-                .into_owned();
+        let (end, path) = match out_thread.and_then(|t| t.join().ok()) {
+            Some(r) => r,
+            None => (StdoutEnd::Eof(Vec::new()), None),
+        };
+        let stderr = err_thread.and_then(|t| t.join().ok()).unwrap_or_default();
+        // The child may have exited on its own between the reader giving up
+        // and the loop noticing: the output is short either way.
+        let stdout = match end {
+            StdoutEnd::Eof(v) => v,
+            StdoutEnd::TooLarge => return Err(CmdError::TooLarge { prog, cap }),
+            StdoutEnd::WriteFailed(e) => {
+                let what = path
+                    .map(|p| format!("writing {}: {e}", p.display()))
+                    .unwrap_or_else(|| e.to_string());
+                return Err(CmdError::Io {
+                    prog,
+                    source: std::io::Error::new(e.kind(), what),
+                });
+            }
+        };
         if timed_out {
             return Err(CmdError::Timeout {
                 prog,
@@ -291,6 +449,93 @@ impl Cmd {
     }
 }
 
+/// How reading a child's stdout ended.
+enum StdoutEnd {
+    /// End of the stream; the bytes when they were kept in memory.
+    Eof(Vec<u8>),
+    /// More than the cap arrived; reading stopped at the cap.
+    TooLarge,
+    /// The file sink could not be written (disk full...).
+    WriteFailed(std::io::Error),
+}
+
+/// Read `src` in chunks into memory or `sink`, never holding or writing
+/// more than `cap` bytes; stop at the first byte beyond it.
+fn read_capped(mut src: impl Read, mut sink: Option<std::fs::File>, cap: u64) -> StdoutEnd {
+    let mut mem = Vec::new();
+    let mut buf = vec![0u8; CHUNK];
+    let mut total: u64 = 0;
+    loop {
+        let n = match src.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            // A read error on our end of a pipe: treat as its end.
+            Err(_) => break,
+        };
+        if total + n as u64 > cap {
+            return StdoutEnd::TooLarge;
+        }
+        total += n as u64;
+        match sink.as_mut() {
+            Some(f) => {
+                if let Err(e) = f.write_all(&buf[..n]) {
+                    return StdoutEnd::WriteFailed(e);
+                }
+            }
+            None => mem.extend_from_slice(&buf[..n]),
+        }
+    }
+    if let Some(f) = sink.as_mut()
+        && let Err(e) = f.flush()
+    {
+        return StdoutEnd::WriteFailed(e);
+    }
+    StdoutEnd::Eof(mem)
+}
+
+/// Read `src` to its end keeping only its last `keep` bytes (memory stays
+/// under twice that); a dropped head is noted in one line at the start.
+/// What the runner does with stderr; public for children spawned elsewhere.
+pub fn read_tail(mut src: impl Read, keep: usize) -> String {
+    let mut v: Vec<u8> = Vec::new();
+    let mut dropped: u64 = 0;
+    let mut buf = vec![0u8; CHUNK.min(keep.max(1))];
+    loop {
+        match src.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                v.extend_from_slice(&buf[..n]);
+                if v.len() > keep.saturating_mul(2).max(CHUNK) {
+                    let cut = v.len() - keep;
+                    dropped += cut as u64;
+                    v.drain(..cut);
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => break,
+        }
+    }
+    if v.len() > keep {
+        let cut = v.len() - keep;
+        dropped += cut as u64;
+        v.drain(..cut);
+    }
+    let text = String::from_utf8_lossy(&v).into_owned();
+    if dropped == 0 {
+        return text;
+    }
+    // Start at a line boundary so no line is shown cut.
+    let rest = match text.find('\n') {
+        Some(i) => {
+            dropped += text[..=i].len() as u64;
+            &text[i + 1..]
+        }
+        None => text.as_str(),
+    };
+    format!("[first {dropped} bytes of stderr dropped]\n{rest}")
+}
+
 fn kill_group(pgid: i32) {
     // SAFETY: kill(2) with a negative pid signals a process group we created.
     unsafe {
@@ -308,6 +553,81 @@ pub fn shell_quote(a: &OsStr) -> String {
         s.into_owned()
     } else {
         format!("'{}'", crate::log::escape_str(&s).replace('\'', "'\\''"))
+    }
+}
+
+/// An unnamed file in `dir` (`O_TMPFILE`, else created and unlinked at
+/// once), mode 0600, for [`Cmd::stdout_into`]: a killed run leaves nothing
+/// behind, and large output goes to that disk rather than into memory.
+pub fn spool_file(dir: &std::path::Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut o = std::fs::OpenOptions::new();
+    o.read(true).write(true).mode(0o600);
+    if let Ok(f) = o.clone().custom_flags(libc::O_TMPFILE).open(dir) {
+        return Ok(f);
+    }
+    // Filesystems without O_TMPFILE: a named file, unlinked at once.
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    for i in 0..100 {
+        let p = dir.join(format!(".spool.{}.{stamp}.{i}", std::process::id()));
+        match o.clone().create_new(true).open(&p) {
+            Ok(f) => {
+                std::fs::remove_file(&p)?;
+                return Ok(f);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => {
+                return Err(std::io::Error::new(
+                    e.kind(),
+                    format!("cannot create a spool file in {}: {e}", dir.display()),
+                ));
+            }
+        }
+    }
+    Err(std::io::Error::other(format!(
+        "cannot create a spool file in {}: names taken",
+        dir.display()
+    )))
+}
+
+/// Fail as starting `prog` would when it is absent: not found (on PATH,
+/// for a bare name) or not executable. For a tool that checks the commands
+/// it needs before it starts changing anything.
+pub fn require(prog: impl AsRef<OsStr>) -> Result<(), CmdError> {
+    use std::os::unix::fs::PermissionsExt;
+    let prog = prog.as_ref();
+    let name = Cmd::new(prog).prog_name();
+    let executable = |p: &std::path::Path| {
+        std::fs::metadata(p)
+            .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+            .unwrap_or(false)
+    };
+    let found = if prog.as_encoded_bytes().contains(&b'/') {
+        let p = std::path::Path::new(prog);
+        if p.exists() && !executable(p) {
+            return Err(spawn_error(
+                prog,
+                name,
+                std::io::Error::from(std::io::ErrorKind::PermissionDenied),
+            ));
+        }
+        p.exists()
+    } else {
+        std::env::var_os("PATH")
+            .map(|paths| std::env::split_paths(&paths).any(|d| executable(&d.join(prog))))
+            .unwrap_or(false)
+    };
+    if found {
+        Ok(())
+    } else {
+        Err(spawn_error(
+            prog,
+            name,
+            std::io::Error::from(std::io::ErrorKind::NotFound),
+        ))
     }
 }
 
@@ -422,6 +742,186 @@ mod tests {
             .run()
             .expect_err("missing");
         assert!(e.is_not_found());
+        assert!(e.is_absent());
+        assert_eq!(
+            e.to_string(),
+            "command absent: definitely-not-a-program-xyz (not found in PATH)"
+        );
+        let e = Cmd::new("/nonexistent/rsync").run().expect_err("missing");
+        assert!(e.is_absent());
+        assert_eq!(
+            e.to_string(),
+            "command absent: rsync (no such file: /nonexistent/rsync)"
+        );
+    }
+
+    #[test]
+    fn require_says_what_spawning_would() {
+        assert!(require("sh").is_ok());
+        let e = require("definitely-not-a-program-xyz").expect_err("absent");
+        assert_eq!(
+            e.to_string(),
+            "command absent: definitely-not-a-program-xyz (not found in PATH)"
+        );
+        assert!(
+            require("/nonexistent/rsync")
+                .expect_err("absent")
+                .is_absent()
+        );
+    }
+
+    #[test]
+    fn a_program_that_is_not_executable_is_absent() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let prog = dir.path().join("rsync");
+        std::fs::write(&prog, "#!/bin/sh\n").expect("write");
+        std::fs::set_permissions(&prog, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        let e = Cmd::new(&prog).run().expect_err("not executable");
+        assert!(e.is_absent(), "{e}");
+        assert!(
+            e.to_string()
+                .starts_with("command absent: rsync (not executable: "),
+            "{e}"
+        );
+    }
+
+    /// Peak resident set size of this process, from /proc (kB).
+    fn vm_hwm_kb() -> u64 {
+        let status = std::fs::read_to_string("/proc/self/status").expect("status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmHWM")
+    }
+
+    #[test]
+    fn stdout_beyond_the_cap_stops_the_child() {
+        let start = Instant::now();
+        // 200 MB from a child that would run for long after the cap.
+        let e = Cmd::new("head")
+            .args(["-c", "200000000", "/dev/zero"])
+            .max_stdout(1 << 20)
+            .run()
+            .expect_err("too large");
+        assert!(
+            matches!(e, CmdError::TooLarge { cap, .. } if cap == 1 << 20),
+            "{e}"
+        );
+        assert_eq!(e.to_string(), "head: output exceeds 1 MiB, stopped");
+        assert!(start.elapsed() < Duration::from_secs(60));
+        // Exactly the cap is fine.
+        let out = Cmd::new("head")
+            .args(["-c", "1048576", "/dev/zero"])
+            .max_stdout(1 << 20)
+            .run()
+            .expect("at the cap");
+        assert_eq!(out.stdout.len(), 1 << 20);
+    }
+
+    #[test]
+    fn the_default_cap_bounds_memory_while_reading() {
+        // 100 MB: without a cap all of it was read into memory.
+        let before = vm_hwm_kb();
+        let e = Cmd::new("head")
+            .args(["-c", "100000000", "/dev/zero"])
+            .timeout(Duration::from_secs(120))
+            .run()
+            .expect_err("too large");
+        assert_eq!(e.to_string(), "head: output exceeds 16 MiB, stopped");
+        let grown_mb = vm_hwm_kb().saturating_sub(before) / 1024;
+        assert!(grown_mb < 48, "peak RSS grew by {grown_mb} MB");
+    }
+
+    #[test]
+    fn a_killed_group_leaves_no_grandchild_after_the_cap() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let marker = dir.path().join("survivor");
+        let script = format!(
+            "(sleep 2; touch '{}') & head -c 5000000 /dev/zero; sleep 30",
+            marker.display()
+        );
+        let e = Cmd::new("sh")
+            .args(["-c", &script])
+            .max_stdout(100_000)
+            .run()
+            .expect_err("too large");
+        assert!(matches!(e, CmdError::TooLarge { .. }), "{e}");
+        std::thread::sleep(Duration::from_millis(2500));
+        assert!(!marker.exists(), "a grandchild survived the cap");
+    }
+
+    #[test]
+    fn stdout_streams_to_a_file_under_its_cap() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let f = dir.path().join("out");
+        let out = Cmd::new("head")
+            .args(["-c", "3000000", "/dev/urandom"])
+            .stdout_file(&f)
+            .max_stdout(3_000_000)
+            .run()
+            .expect("to file");
+        assert!(out.stdout.is_empty());
+        assert_eq!(std::fs::metadata(&f).expect("meta").len(), 3_000_000);
+        let e = Cmd::new("head")
+            .args(["-c", "3000001", "/dev/zero"])
+            .stdout_file(&f)
+            .max_stdout(3_000_000)
+            .run()
+            .expect_err("too large");
+        assert_eq!(
+            e.to_string(),
+            "head: output exceeds 3000000 bytes (2.9 MiB), stopped"
+        );
+        assert!(std::fs::metadata(&f).expect("meta").len() <= 3_000_000);
+    }
+
+    #[test]
+    fn stdout_streams_into_an_open_file() {
+        use std::io::{Seek, SeekFrom};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut f = spool_file(dir.path()).expect("spool file");
+        assert_eq!(
+            std::fs::read_dir(dir.path()).expect("ls").count(),
+            0,
+            "unnamed"
+        );
+        Cmd::new("printf")
+            .arg("a\\nb\\n")
+            .stdout_into(f.try_clone().expect("clone"))
+            .run()
+            .expect("printf");
+        f.seek(SeekFrom::Start(0)).expect("seek");
+        let mut back = String::new();
+        f.read_to_string(&mut back).expect("read");
+        assert_eq!(back, "a\nb\n");
+        let e = Cmd::new("head")
+            .args(["-c", "100", "/dev/zero"])
+            .stdout_into(f)
+            .max_stdout(99)
+            .run()
+            .expect_err("too large");
+        assert_eq!(e.to_string(), "head: output exceeds 99 bytes, stopped");
+    }
+
+    #[test]
+    fn stderr_keeps_its_tail() {
+        let e = Cmd::new("sh")
+            .args([
+                "-c",
+                "i=0; while [ $i -lt 5000 ]; do echo \"noise line $i\" >&2; i=$((i+1)); done; echo 'the reason' >&2; exit 2",
+            ])
+            .max_stderr(4096)
+            .run()
+            .expect_err("fails");
+        let CmdError::Failed { stderr, .. } = &e else {
+            panic!("{e}");
+        };
+        assert!(stderr.len() <= 4096 + 64, "{} bytes kept", stderr.len());
+        assert!(stderr.starts_with("[first "), "{stderr}");
+        assert!(stderr.ends_with("the reason\n"), "{stderr}");
+        assert!(e.to_string().ends_with("| the reason"), "{e}");
     }
 
     #[test]

@@ -106,11 +106,46 @@ impl fmt::Display for Exit {
 impl std::error::Error for Exit {}
 
 /// The exit code an error ends the process with: the first [`Exit`] in
-/// its chain, else 1.
+/// its chain, or 5 for a command that could not be started because it is
+/// absent ([`crate::cmd::CmdError::Absent`]), else 1.
 pub fn code_of(err: &anyhow::Error) -> ExitCode {
     err.chain()
-        .find_map(|e| e.downcast_ref::<Exit>().map(|x| x.code))
+        .find_map(|e| {
+            if let Some(x) = e.downcast_ref::<Exit>() {
+                return Some(x.code);
+            }
+            absent_cmd(e).map(|_| ExitCode::Refused)
+        })
         .unwrap_or(ExitCode::Failed)
+}
+
+/// `e` as a command that is absent, when it is one (`lvs` errors wrap
+/// theirs transparently, so they are looked into too).
+fn absent_cmd<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a crate::cmd::CmdError> {
+    let c = e.downcast_ref::<crate::cmd::CmdError>().or_else(|| {
+        match e.downcast_ref::<crate::lvm::LvsError>() {
+            Some(crate::lvm::LvsError::Run(c)) => Some(c),
+            _ => None,
+        }
+    })?;
+    c.is_absent().then_some(c)
+}
+
+/// The message of an absent command in `err`'s chain
+/// ("command absent: rsync (not found in PATH)"), if there is one: for
+/// call sites that count a failure per item and must end with exit 5
+/// instead when the command itself is missing.
+pub fn absent_in(err: &anyhow::Error) -> Option<String> {
+    err.chain().find_map(absent_cmd).map(|c| c.to_string())
+}
+
+/// For a command that is absent, the error that ends the tool with exit 5
+/// ("command absent: rsync (not found in PATH)"); `None` for any other
+/// failure. For call sites that turn a command's failure into their own
+/// error (a message string, a per-item failure) and would otherwise lose
+/// that the command is missing.
+pub fn absent_command(err: &crate::cmd::CmdError) -> Option<anyhow::Error> {
+    err.is_absent().then(|| Exit::refused(err.to_string()))
 }
 
 /// The one-line form of an error chain, as printed in the journal.
@@ -169,5 +204,33 @@ mod tests {
         assert_eq!(one_line(&e), "preflight: /mnt/backup is not a mountpoint");
         let plain = anyhow::anyhow!("boom");
         assert_eq!(code_of(&plain), ExitCode::Failed);
+    }
+
+    #[test]
+    fn an_absent_command_is_refused_through_context() {
+        let e = crate::cmd::Cmd::new("definitely-not-a-program-xyz")
+            .run()
+            .expect_err("absent");
+        let e = anyhow::Error::new(e).context("step 1");
+        assert_eq!(code_of(&e), ExitCode::Refused);
+        assert_eq!(
+            one_line(&e),
+            "step 1: command absent: definitely-not-a-program-xyz (not found in PATH)"
+        );
+        assert_eq!(
+            absent_in(&e).as_deref(),
+            Some("command absent: definitely-not-a-program-xyz (not found in PATH)")
+        );
+        let failed = crate::cmd::Cmd::new("false").run().expect_err("fails");
+        let failed = anyhow::Error::new(failed);
+        assert_eq!(code_of(&failed), ExitCode::Failed);
+        assert_eq!(absent_in(&failed), None);
+        let lvs = crate::lvm::LvsError::Run(
+            crate::cmd::Cmd::new("/nonexistent/lvs")
+                .run()
+                .expect_err("absent"),
+        );
+        let lvs = anyhow::Error::new(lvs).context("reading the LVs of VG pve");
+        assert_eq!(code_of(&lvs), ExitCode::Refused);
     }
 }

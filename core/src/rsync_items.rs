@@ -79,27 +79,44 @@ pub fn unescape(s: &[u8]) -> Vec<u8> {
 /// Parse `%i %n` output. Lines that are not items (rsync's own notes,
 /// hard-link ` => target` suffixes are not produced by `%n`) are skipped.
 pub fn parse(out: &[u8]) -> Vec<Item> {
-    let mut items = Vec::new();
-    for line in out.split(|&b| b == b'\n') {
-        // `%i` is always 11 characters, then one space, then the name.
-        if line.len() < 13 || line[11] != b' ' {
-            continue;
-        }
-        let Ok(flags) = std::str::from_utf8(&line[..11]) else {
-            continue;
-        };
-        let known = flags.starts_with("*deleting")
-            || (matches!(line[0], b'<' | b'>' | b'c' | b'h' | b'.')
-                && matches!(line[1], b'f' | b'd' | b'L' | b'D' | b'S'));
-        if !known {
-            continue;
-        }
-        items.push(Item {
-            flags: flags.to_string(),
-            name: unescape(&line[12..]),
-        });
+    out.split(|&b| b == b'\n').filter_map(parse_line).collect()
+}
+
+/// One line of `%i %n` output (without its newline), if it is an item.
+fn parse_line(line: &[u8]) -> Option<Item> {
+    // `%i` is always 11 characters, then one space, then the name.
+    if line.len() < 13 || line[11] != b' ' {
+        return None;
     }
-    items
+    let flags = std::str::from_utf8(&line[..11]).ok()?;
+    let known = flags.starts_with("*deleting")
+        || (matches!(line[0], b'<' | b'>' | b'c' | b'h' | b'.')
+            && matches!(line[1], b'f' | b'd' | b'L' | b'D' | b'S'));
+    known.then(|| Item {
+        flags: flags.to_string(),
+        name: unescape(&line[12..]),
+    })
+}
+
+/// Call `f` for each item of the `%i %n` output in `file`, read from its
+/// start as a stream (one line in memory at a time).
+fn for_each_item(mut file: &std::fs::File, mut f: impl FnMut(Item)) -> std::io::Result<()> {
+    use std::io::{BufRead, Seek};
+    file.seek(std::io::SeekFrom::Start(0))?;
+    let mut r = std::io::BufReader::with_capacity(1 << 16, file);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        if r.read_until(b'\n', &mut line)? == 0 {
+            return Ok(());
+        }
+        if line.last() == Some(&b'\n') {
+            line.pop();
+        }
+        if let Some(it) = parse_line(&line) {
+            f(it);
+        }
+    }
 }
 
 /// What a `--dry-run -ii` pass says about deletions.
@@ -144,6 +161,47 @@ impl DeletePlan {
         }
         p
     }
+    /// [`DeletePlan::from_items`] for `-ii` output spooled to `file`, read
+    /// from its start as a stream, twice: memory holds the names that
+    /// deleted temp files belong to, never the listing (millions of lines
+    /// on a full pass).
+    pub fn from_spool(file: &std::fs::File) -> std::io::Result<DeletePlan> {
+        use std::collections::{HashMap, HashSet};
+        let (mut deletions, mut existing, mut new) = (0u64, 0u64, 0u64);
+        // Temp files being deleted, counted by the name they stand for.
+        let mut temps: HashMap<Vec<u8>, u64> = HashMap::new();
+        for_each_item(file, |it| {
+            if it.name == b"./" {
+                return;
+            }
+            if it.is_deletion() {
+                deletions += 1;
+                if let Some(orig) = rsync_temp_origin(&it.name) {
+                    *temps.entry(orig).or_default() += 1;
+                }
+            } else if it.is_new() {
+                new += 1;
+            } else {
+                existing += 1;
+            }
+        })?;
+        let mut kept: HashSet<Vec<u8>> = HashSet::new();
+        if !temps.is_empty() {
+            for_each_item(file, |it| {
+                if !it.is_deletion() && temps.contains_key(&it.name) {
+                    kept.insert(it.name);
+                }
+            })?;
+        }
+        let rsync_temps: u64 = kept.iter().filter_map(|k| temps.get(k)).sum();
+        let deletions = deletions - rsync_temps;
+        Ok(DeletePlan {
+            deletions,
+            existing: existing + deletions,
+            new,
+            rsync_temps,
+        })
+    }
     pub fn add(&mut self, o: DeletePlan) {
         self.rsync_temps += o.rsync_temps;
         self.deletions += o.deletions;
@@ -155,23 +213,27 @@ impl DeletePlan {
 /// `DIR/.NAME.XXXXXX` (rsync's temp name: a dot, the name, a dot, six
 /// characters of mkstemp's alphabet) where `DIR/NAME` is in `kept`.
 fn is_rsync_temp_of_kept(name: &[u8], kept: &std::collections::HashSet<&[u8]>) -> bool {
+    rsync_temp_origin(name).is_some_and(|full| kept.contains(full.as_slice()))
+}
+
+/// For a name shaped like an rsync temp file (`dir/.NAME.XXXXXX`), the
+/// name it stands for (`dir/NAME`).
+fn rsync_temp_origin(name: &[u8]) -> Option<Vec<u8>> {
     let (dir, base) = match name.iter().rposition(|&b| b == b'/') {
         Some(i) => name.split_at(i + 1),
         None => (&name[..0], name),
     };
-    let Some(rest) = base.strip_prefix(b".") else {
-        return false;
-    };
+    let rest = base.strip_prefix(b".")?;
     if rest.len() < 8 {
-        return false;
+        return None;
     }
     let (orig, suffix) = rest.split_at(rest.len() - 7);
     if suffix[0] != b'.' || !suffix[1..].iter().all(u8::is_ascii_alphanumeric) {
-        return false;
+        return None;
     }
     let mut full = dir.to_vec();
     full.extend_from_slice(orig);
-    kept.contains(full.as_slice())
+    Some(full)
 }
 
 /// `--max-delete N|P%|off`.
@@ -293,6 +355,25 @@ mod tests {
                 rsync_temps: 2,
             }
         );
+    }
+
+    #[test]
+    fn the_plan_from_a_spooled_listing_is_the_same() {
+        let cases: [&[u8]; 3] = [
+            b".d          ./\n>f+++++++++ d/big\n.f          d/a\n*deleting   d/.big.Ab12Cd\n*deleting   d/.gone.Zz9xY1\n*deleting   .a.Q\n*deleting   d/.a.Ab12Cd\n",
+            b"*deleting   x\n.f          y\ncreated directory z\n>f+++++++++ n\n*deleting   .y.AAAAAA\n*deleting   .y.BBBBBB",
+            b"",
+        ];
+        for out in cases {
+            let mut f = tempfile::tempfile().expect("tempfile");
+            std::io::Write::write_all(&mut f, out).expect("write");
+            assert_eq!(
+                DeletePlan::from_spool(&f).expect("read"),
+                DeletePlan::from_items(&parse(out)),
+                "{}",
+                String::from_utf8_lossy(out)
+            );
+        }
     }
 
     #[test]

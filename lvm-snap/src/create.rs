@@ -25,19 +25,28 @@ pub enum MappingSource {
 
 /// The PV mapping: from kubectl (refreshing the cache), else from the
 /// cache, else none. Never fails: a PVC must not go unsnapshotted
-/// because Kubernetes was down.
-pub fn mapping(ctx: &Ctx, cache: &Path, write_cache: bool) -> (Vec<Pv>, MappingSource) {
+/// because Kubernetes was down. The third value says kubectl is absent
+/// (not installed): the run still snapshots, then ends with exit 5.
+pub fn mapping(
+    ctx: &Ctx,
+    cache: &Path,
+    write_cache: bool,
+) -> (Vec<Pv>, MappingSource, Option<String>) {
+    let mut absent = None;
     match ctx.kubectl.get_raw(&["pv"], None) {
         Ok((text, v)) => match kube::pv_list(&v) {
             Ok(list) => {
                 if write_cache {
                     refresh_cache(cache, &text);
                 }
-                return (list, MappingSource::Kubectl);
+                return (list, MappingSource::Kubectl, None);
             }
             Err(e) => warn!("kubectl get pv: {e:#}"),
         },
-        Err(e) => warn!("cannot list PVs: {e:#}"),
+        Err(e) => {
+            absent = backup_core::exit::absent_in(&e);
+            warn!("cannot list PVs: {e:#}");
+        }
     }
     let cached = backup_core::k8s::load_mapping(cache).map(|c| {
         let ours: Vec<Pv> = c.pvs.into_iter().filter(Pv::is_ours).collect();
@@ -56,14 +65,14 @@ pub fn mapping(ctx: &Ctx, cache: &Path, write_cache: bool) -> (Vec<Pv>, MappingS
                 "using the cached PV mapping {} (written {when}) to exclude namespaces",
                 backup_core::log::p(cache)
             );
-            (list, MappingSource::Cache)
+            (list, MappingSource::Cache, absent)
         }
         Err(e) => {
             warn!(
                 "no PV mapping: kubectl failed and the cache {} is unusable ({e:#}); snapshotting EVERY PVC LV, excluded namespaces included",
                 backup_core::log::p(cache)
             );
-            (Vec::new(), MappingSource::None)
+            (Vec::new(), MappingSource::None, absent)
         }
     }
 }
@@ -138,7 +147,7 @@ pub fn create(ctx: &Ctx, a: &CreateArgs, m: &mut Metrics) -> Result<ExitCode> {
         )));
     }
 
-    let (pvs, source) = mapping(ctx, &a.mapping_cache, !a.dry_run);
+    let (pvs, source, kubectl_absent) = mapping(ctx, &a.mapping_cache, !a.dry_run);
     gauge(
         m,
         "lvm_snapshot_mapping_source",
@@ -195,6 +204,10 @@ pub fn create(ctx: &Ctx, a: &CreateArgs, m: &mut Metrics) -> Result<ExitCode> {
                 created += 1;
             }
             Err(e) => {
+                // lvcreate is not installed: no use trying the other LVs.
+                if let Some(absent) = backup_core::exit::absent_in(&e) {
+                    return Err(Exit::refused(absent));
+                }
                 warn!("{e:#}");
                 failed.push(origin.clone());
             }
@@ -240,7 +253,24 @@ pub fn create(ctx: &Ctx, a: &CreateArgs, m: &mut Metrics) -> Result<ExitCode> {
         failed.len(),
         if a.dry_run { " (dry run)" } else { "" }
     );
-    match ExitCode::from_items(created + skipped, failed.len()) {
+    let code = ExitCode::from_items(created + skipped, failed.len());
+    // Snapshots were taken (fail-open, as when the API server is down),
+    // but a host without kubectl is misconfigured: exit 5 says so.
+    if let Some(absent) = kubectl_absent {
+        let mut msg = format!(
+            "{absent}: namespaces not known from kubectl ({} mapping used)",
+            match source {
+                MappingSource::Kubectl => "kubectl",
+                MappingSource::Cache => "the cached",
+                MappingSource::None => "no",
+            }
+        );
+        if !failed.is_empty() {
+            msg.push_str(&format!("; no snapshot for: {}", failed.join(", ")));
+        }
+        return Err(Exit::refused(msg));
+    }
+    match code {
         ExitCode::Ok => Ok(ExitCode::Ok),
         code => Err(Exit::err(
             code,

@@ -720,6 +720,10 @@ fn prune_cmd(ctx: &Ctx, a: &PruneArgs, m: &mut Metrics) -> Result<ExitCode> {
                     backup_core::info!("removed {} ({})", d.name, d.reason);
                 }
                 Err(e) => {
+                    // lvremove is not installed: no use trying the others.
+                    if let Some(absent) = backup_core::exit::absent_in(&e) {
+                        return Err(Exit::refused(absent));
+                    }
                     result = "failed";
                     backup_core::warn!("{:#}", e);
                     failed.push(d.name.clone());

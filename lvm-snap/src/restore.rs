@@ -632,8 +632,18 @@ pub fn restore(ctx: &Ctx, a: &RestoreArgs, _m: &mut Metrics) -> Result<ExitCode>
                     run.journal.display()
                 ));
             }
-            Err(Exit::err(ExitCode::Failed, msg))
+            Err(Exit::err(failure_code(&e), msg))
         }
+    }
+}
+
+/// A restore step that failed because its command is not installed ends
+/// with exit 5 ("command absent"), any other failure with 1.
+fn failure_code(e: &anyhow::Error) -> ExitCode {
+    if backup_core::exit::absent_in(e).is_some() {
+        ExitCode::Refused
+    } else {
+        ExitCode::Failed
     }
 }
 
@@ -793,7 +803,7 @@ fn recover(ctx: &Ctx, a: &RestoreArgs) -> Result<ExitCode> {
             Ok(ExitCode::Ok)
         }
         Err(e) => Err(Exit::err(
-            ExitCode::Failed,
+            failure_code(&e),
             format!(
                 "recovery of the restore of {} stopped: {e:#}; the journal {} is kept, run `lvm-snap restore --recover` again once the cause is fixed",
                 p.lv,

@@ -242,6 +242,10 @@ fn rsync_args(
     c
 }
 
+/// Cap on a dry run's item list (spooled to disk): -ii lists every item,
+/// about 160 million lines of 100 bytes.
+const DRY_RUN_MAX_OUTPUT: u64 = 16 << 30;
+
 fn rsync_cmd(
     rsync: &OsStr,
     src: &Path,
@@ -317,7 +321,6 @@ fn run_spooled(
     spool: &Path,
     timeout: Duration,
 ) -> Result<Spooled> {
-    use std::io::Read;
     use std::os::unix::fs::OpenOptionsExt;
     use std::os::unix::process::CommandExt;
     let f = std::fs::OpenOptions::new()
@@ -343,14 +346,20 @@ fn run_spooled(
     }
     let mut child = match c.spawn() {
         Ok(ch) => ch,
-        Err(e) => return Ok(Spooled::Failed(format!("cannot run rsync: {e}"))),
+        Err(e) => {
+            // rsync absent ends the run (exit 5), not just this tree.
+            let e = backup_core::cmd::CmdError::from_spawn(rsync, e);
+            if e.is_absent() {
+                return Err(e.into());
+            }
+            return Ok(Spooled::Failed(e.to_string()));
+        }
     };
     let pgid = child.id() as i32;
-    let err_thread = child.stderr.take().map(|mut s| {
+    // stderr is for messages: its tail, bounded (core's runner does the same).
+    let err_thread = child.stderr.take().map(|s| {
         std::thread::spawn(move || {
-            let mut v = Vec::new();
-            let _ = s.read_to_end(&mut v);
-            v
+            backup_core::cmd::read_tail(s, backup_core::cmd::DEFAULT_MAX_STDERR)
         })
     });
     let deadline = std::time::Instant::now() + timeout;
@@ -370,9 +379,7 @@ fn run_spooled(
     };
     // SAFETY: as above; nothing of the group may outlive the run.
     unsafe { libc::kill(-pgid, libc::SIGKILL) };
-    let stderr =
-        String::from_utf8_lossy(&err_thread.and_then(|t| t.join().ok()).unwrap_or_default())
-            .into_owned();
+    let stderr = err_thread.and_then(|t| t.join().ok()).unwrap_or_default();
     drop(f);
     if timed_out {
         return Ok(Spooled::Failed(format!(
@@ -784,6 +791,17 @@ fn mirror_root(
         if o.max_delete == MaxDelete::Off && !o.dry_run {
             continue;
         }
+        // Every item, changed or not, one line each: millions on a large
+        // tree, so into an unnamed file (on the backup disk when the state
+        // directory exists) and counted from there as a stream.
+        let state = o.dest.join(STATE_DIR);
+        let spool_dir = if state.is_dir() {
+            state
+        } else {
+            std::env::temp_dir()
+        };
+        let spool = backup_core::cmd::spool_file(&spool_dir)
+            .with_context(|| format!("dry run of {}", p(&pl.src)))?;
         let out = rsync_cmd(
             &o.rsync,
             &pl.src,
@@ -793,8 +811,10 @@ fn mirror_root(
             true,
             o.timeout,
         )
+        .stdout_into(spool.try_clone().with_context(|| p(&spool_dir))?)
+        .max_stdout(DRY_RUN_MAX_OUTPUT)
         .run_any()
-        .map_err(|e| anyhow::anyhow!("dry run of {}: {e}", p(&pl.src)))?;
+        .with_context(|| format!("dry run of {}", p(&pl.src)))?;
         if !RsyncResult::classify(out.code, &out.stderr).is_success() {
             return Err(anyhow::anyhow!(
                 "dry run of {} failed: rsync exited {} ({}): {}",
@@ -804,7 +824,8 @@ fn mirror_root(
                 out.stderr.trim()
             ));
         }
-        let plan = DeletePlan::from_items(&rsync_items::parse(&out.stdout));
+        let plan = DeletePlan::from_spool(&spool)
+            .with_context(|| format!("reading the dry run of {}", p(&pl.src)))?;
         if plan.rsync_temps > 0 {
             backup_core::info!(
                 "{}: {} temp file(s) of an interrupted rsync will be removed (not counted against --max-delete)",

@@ -57,6 +57,9 @@ pub const STATE_EXCLUDES: &[&str] = &[
     "/anca-elements/",
 ];
 
+/// Cap on a full pass's dry-run item list (spooled to disk): every item is
+/// listed, about 160 million lines of 100 bytes.
+const DRY_RUN_MAX_OUTPUT: u64 = 16 << 30;
 /// The flags of a guard's dry run (every item listed, changed or not).
 const DRY: [&str; 3] = ["--dry-run", "-ii", rsync_items::OUT_FORMAT];
 
@@ -441,7 +444,18 @@ fn full_due(cfg: &Config, step: u8, ledger: &Ledger) -> Result<(bool, Vec<String
 
 /// Dry run a deleting transfer and check it against `--max-delete`.
 fn guard_deletions(cfg: &Config, cmd: Cmd) -> Result<DeletePlan> {
-    let out = cmd.run_any().context("dry run of the full pass")?;
+    // One line per item, changed or not: millions on a full pass of a
+    // large tree, so into an unnamed file (beside the state files when they
+    // exist) and counted from there as a stream.
+    let dir = Some(cfg.state_dir())
+        .filter(|d| d.is_dir())
+        .unwrap_or_else(std::env::temp_dir);
+    let spool = backup_core::cmd::spool_file(&dir).context("dry run of the full pass")?;
+    let out = cmd
+        .stdout_into(spool.try_clone().with_context(|| p(&dir))?)
+        .max_stdout(DRY_RUN_MAX_OUTPUT)
+        .run_any()
+        .context("dry run of the full pass")?;
     if !RsyncResult::classify(out.code, &out.stderr).is_success() {
         anyhow::bail!(
             "dry run of the full pass: rsync exited {} ({}): {}",
@@ -450,7 +464,7 @@ fn guard_deletions(cfg: &Config, cmd: Cmd) -> Result<DeletePlan> {
             backup_core::log::escape_str(out.stderr.trim())
         );
     }
-    let plan = DeletePlan::from_items(&rsync_items::parse(&out.stdout));
+    let plan = DeletePlan::from_spool(&spool).context("reading the dry run of the full pass")?;
     if let Some(why) = cfg.max_delete.check(&plan) {
         return Err(Exit::refused(format!(
             "full pass refused, nothing sent or deleted: {why}"
@@ -1193,8 +1207,14 @@ pub fn run_steps(
         .iter()
         .flat_map(|&s| nas::step_dests(cfg, s))
         .collect();
+    // rsync, and the ssh it runs to reach the NAS (rsync would only exit
+    // 14 for a missing ssh): absent, no step can run (exit 5).
+    let absent = [&cfg.rsync, &cfg.ssh]
+        .into_iter()
+        .find_map(|prog| backup_core::cmd::require(prog).err())
+        .map(|e| e.to_string());
     let root_ok = backup_core::marker::require_backup_root(&cfg.backup_root).is_ok();
-    let probe = root_ok.then(|| {
+    let probe = (root_ok && absent.is_none()).then(|| {
         let req: Vec<(String, Option<String>)> =
             dests.iter().map(|d| (d.path.clone(), None)).collect();
         nas::probe(cfg, &req, &cfg.capacity_path)
@@ -1225,6 +1245,9 @@ pub fn run_steps(
         };
         // Nothing is sent to a destination not recognised.
         let gate = || -> Result<()> {
+            if let Some(why) = &absent {
+                return Err(Exit::refused(why.clone()));
+            }
             if !root_ok {
                 backup_core::marker::require_backup_root(&cfg.backup_root)?;
             }

@@ -7,7 +7,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use backup_core::cmd::{Cmd, shell_quote};
+use backup_core::cmd::{Cmd, CmdError, shell_quote};
 
 /// How to reach the firewall over SSH. Always `BatchMode=yes` (never a
 /// password prompt), a connect timeout, keepalives, and a known-hosts file
@@ -78,21 +78,59 @@ pub fn tar_command(root: &str) -> String {
     s
 }
 
-/// config.xml over SSH.
+/// Why a fetch failed, in one line; `absent` when the reason is that a
+/// needed command (ssh) is not there, which ends the run with exit 5.
+#[derive(Debug, Clone)]
+pub struct Failure {
+    pub reason: String,
+    pub absent: bool,
+}
+
+impl From<String> for Failure {
+    fn from(reason: String) -> Self {
+        Failure {
+            reason,
+            absent: false,
+        }
+    }
+}
+
+impl From<CmdError> for Failure {
+    fn from(e: CmdError) -> Self {
+        Failure {
+            absent: e.is_absent(),
+            reason: e.to_string(),
+        }
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.reason)
+    }
+}
+
+/// config.xml over SSH, at most `max_bytes` of it: a longer reply stops
+/// ssh at the cap ("ssh: output exceeds 32 MiB, stopped"), so memory
+/// stays bounded whatever the far end sends.
 pub fn config_over_ssh(
     ssh: &Ssh,
     remote_config: &str,
     timeout: Duration,
-) -> Result<Vec<u8>, String> {
+    max_bytes: u64,
+) -> Result<Vec<u8>, Failure> {
     let out = ssh
         .command(&cat_command(remote_config), timeout)
-        .run()
-        .map_err(|e| e.to_string())?;
+        .max_stdout(max_bytes)
+        .run()?;
     Ok(out.stdout)
 }
 
-/// Maximum size of a config reply; a real config.xml is well below this.
-const MAX_REPLY: u64 = 256 << 20;
+/// The cap on an API reply carrying a config of at most `max_config`
+/// bytes: base64 (4/3) plus the JSON envelope.
+fn max_api_reply(max_config: u64) -> u64 {
+    max_config.saturating_mul(4) / 3 + (64 << 10)
+}
 
 /// config.xml from the REST API package (see `validate::decode_api_reply`
 /// for the reply shapes). TLS is verified against `ca_file` when given (the
@@ -102,6 +140,7 @@ pub fn config_over_api(
     api_key: &str,
     ca_file: Option<&Path>,
     timeout: Duration,
+    max_config: u64,
 ) -> Result<Vec<u8>, String> {
     use ureq::tls::{Certificate, RootCerts, TlsConfig};
     let mut tls = TlsConfig::builder();
@@ -143,10 +182,23 @@ pub fn config_over_api(
     let body = resp
         .into_body()
         .with_config()
-        .limit(MAX_REPLY)
+        .limit(max_api_reply(max_config))
         .read_to_vec()
-        .map_err(|e| describe(url, &e, timeout))?;
-    crate::validate::decode_api_reply(status, &body)
+        .map_err(|e| match e {
+            ureq::Error::BodyExceedsLimit(_) => format!(
+                "GET {url}: reply exceeds {}, stopped",
+                backup_core::cmd::human_bytes(max_api_reply(max_config))
+            ),
+            e => describe(url, &e, timeout),
+        })?;
+    let config = crate::validate::decode_api_reply(status, &body)?;
+    if config.len() as u64 > max_config {
+        return Err(format!(
+            "GET {url}: config.xml exceeds {} (--max-config-size)",
+            backup_core::cmd::human_bytes(max_config)
+        ));
+    }
+    Ok(config)
 }
 
 /// An HTTPS failure in words an operator acts on.
@@ -222,8 +274,9 @@ pub fn verify_tar_gz(path: &Path) -> Result<TarInfo, String> {
     Ok(TarInfo { bytes, entries })
 }
 
-/// Stream the remote tar into `partial`, check it, then rename it to
-/// `final_path`. On any failure the partial file is removed, so nothing
+/// Stream the remote tar into `partial` (in chunks, never in memory; at
+/// most `max_bytes`, beyond which ssh is stopped), check it, then rename it
+/// to `final_path`. On any failure the partial file is removed, so nothing
 /// unchecked ever sits under a final name (bug 22/27 of the original).
 /// `still_ours` is asked right before the rename (the stream takes long:
 /// the backup disk may have gone since).
@@ -233,16 +286,17 @@ pub fn full_tar(
     partial: &Path,
     final_path: &Path,
     timeout: Duration,
+    max_bytes: u64,
     still_ours: &dyn Fn() -> Result<(), String>,
-) -> Result<TarInfo, String> {
-    let res = (|| {
+) -> Result<TarInfo, Failure> {
+    let res = (|| -> Result<TarInfo, Failure> {
         // Created 0600 first (the stream only truncates it): the archive
         // holds the firewall's keys and password hashes.
         private_file(partial).map_err(|e| format!("cannot create {}: {e}", partial.display()))?;
         ssh.command(&tar_command(tar_root), timeout)
             .stdout_file(partial)
-            .run()
-            .map_err(|e| e.to_string())?;
+            .max_stdout(max_bytes)
+            .run()?;
         let info = verify_tar_gz(partial)?;
         let f = std::fs::File::open(partial).map_err(|e| format!("{}: {e}", partial.display()))?;
         f.sync_all()

@@ -112,6 +112,15 @@ pub struct Cli {
     /// Bound on the whole run.
     #[arg(long, value_name = "DUR", default_value = "600s", value_parser = backup_core::cli::parse_duration)]
     pub timeout: Duration,
+    /// Largest config.xml accepted (over SSH or the API): a longer reply is
+    /// cut off there and rejected, so memory stays bounded whatever the far
+    /// end sends.
+    #[arg(long, value_name = "SIZE", default_value = "32MiB", value_parser = backup_core::cli::parse_size)]
+    pub max_config_size: u64,
+    /// Largest full filesystem tar written (streamed to disk, never held in
+    /// memory); a longer stream is stopped and nothing is kept.
+    #[arg(long, value_name = "SIZE", default_value = "16GiB", value_parser = backup_core::cli::parse_size)]
+    pub max_tar_size: u64,
     /// Warn when a new config is smaller than this fraction of the last good one.
     #[arg(long, value_name = "RATIO", default_value_t = 0.5)]
     pub shrink_ratio: f64,
@@ -160,6 +169,10 @@ pub struct Plan {
     pub timeout: Duration,
     #[serde(skip)]
     pub shrink_ratio: f64,
+    #[serde(skip)]
+    pub max_config_size: u64,
+    #[serde(skip)]
+    pub max_tar_size: u64,
 }
 
 #[derive(Clone)]
@@ -345,6 +358,8 @@ pub fn plan(cli: &Cli) -> anyhow::Result<Plan> {
         tar_root: cli.tar_root.clone(),
         timeout: cli.timeout,
         shrink_ratio: cli.shrink_ratio,
+        max_config_size: cli.max_config_size,
+        max_tar_size: cli.max_tar_size,
     })
 }
 
@@ -621,16 +636,26 @@ fn pull(
     let mut failures: Vec<String> = Vec::new();
 
     // 1. config.xml: fetch, validate, and only then write.
-    let fetched = deadline.left().and_then(|left| match p.config_from {
-        Source::Ssh => match &p.ssh {
-            Some(ssh) => fetch::config_over_ssh(ssh, &p.remote_config, left),
-            None => Err("no SSH settings".into()),
-        },
-        Source::Api => match &p.api {
-            Some(api) => fetch::config_over_api(&api.url, &api.key, api.ca_file.as_deref(), left),
-            None => Err("no API settings".into()),
-        },
-    });
+    let fetched = deadline
+        .left()
+        .map_err(fetch::Failure::from)
+        .and_then(|left| match p.config_from {
+            Source::Ssh => match &p.ssh {
+                Some(ssh) => fetch::config_over_ssh(ssh, &p.remote_config, left, p.max_config_size),
+                None => Err(String::from("no SSH settings").into()),
+            },
+            Source::Api => match &p.api {
+                Some(api) => fetch::config_over_api(
+                    &api.url,
+                    &api.key,
+                    api.ca_file.as_deref(),
+                    left,
+                    p.max_config_size,
+                )
+                .map_err(fetch::Failure::from),
+                None => Err(String::from("no API settings").into()),
+            },
+        });
     let checked = fetched.and_then(|body| {
         validate::check_config(&body)?;
         Ok(body)
@@ -678,7 +703,15 @@ fn pull(
             still_ours()?;
             report.ledger_entries += ledger_now(p, &p.config_path)?;
         }
-        Err(reason) => {
+        Err(fetch::Failure {
+            reason,
+            absent: true,
+        }) => {
+            // ssh is not installed: a guard, not a firewall problem (exit 5).
+            report.config.error = Some(reason.clone());
+            return Err(Exit::refused(reason));
+        }
+        Err(fetch::Failure { reason, .. }) => {
             let src = match p.config_from {
                 Source::Ssh => format!(
                     "{}:{}",
@@ -703,15 +736,24 @@ fn pull(
 
     // 2. Full tar (Sundays with auto): .partial, checked, then renamed.
     if let (Some(tar_path), Some(ssh)) = (&p.tar_path, &p.ssh) {
-        let res = deadline.left().and_then(|left| {
-            guard.check()?;
-            std::fs::create_dir_all(&wdir)
-                .map_err(|e| format!("cannot create {}: {e}", wdir.display()))?;
-            let partial = wdir.join(layout::partial_name(&layout::tar_name(p.date)));
-            fetch::full_tar(ssh, &p.tar_root, &partial, tar_path, left, &|| {
-                guard.check()
-            })
-        });
+        let res = deadline
+            .left()
+            .map_err(fetch::Failure::from)
+            .and_then(|left| {
+                guard.check()?;
+                std::fs::create_dir_all(&wdir)
+                    .map_err(|e| format!("cannot create {}: {e}", wdir.display()))?;
+                let partial = wdir.join(layout::partial_name(&layout::tar_name(p.date)));
+                fetch::full_tar(
+                    ssh,
+                    &p.tar_root,
+                    &partial,
+                    tar_path,
+                    left,
+                    p.max_tar_size,
+                    &|| guard.check(),
+                )
+            });
         match res {
             Ok(t) => {
                 info!(
@@ -727,7 +769,14 @@ fn pull(
                 still_ours()?;
                 report.ledger_entries += ledger_now(p, tar_path)?;
             }
-            Err(reason) => {
+            Err(fetch::Failure {
+                reason,
+                absent: true,
+            }) => {
+                report.full_tar.error = Some(reason.clone());
+                return Err(Exit::refused(reason));
+            }
+            Err(fetch::Failure { reason, .. }) => {
                 let msg = format!("full tar failed: {reason}");
                 warn!(
                     "no full tar kept: nothing under {} or beside it",

@@ -370,6 +370,28 @@ fn free_pct(path: &Path) -> anyhow::Result<f64> {
 }
 
 fn copy_run(a: &RunArgs, report: &mut Report) -> anyhow::Result<ExitCode> {
+    let mut kubectl_absent = None;
+    let code = copy_run_inner(a, report, &mut kubectl_absent)?;
+    // Copied with the mapping cache (as when the API server is down), but
+    // a host without kubectl is misconfigured: exit 5 says so.
+    match kubectl_absent {
+        Some(absent) => Err(Exit::refused(format!(
+            "{absent}: PVC names came from the mapping cache{}",
+            if code == ExitCode::Ok {
+                ""
+            } else {
+                "; some PVCs failed (listed above)"
+            }
+        ))),
+        None => Ok(code),
+    }
+}
+
+fn copy_run_inner(
+    a: &RunArgs,
+    report: &mut Report,
+    kubectl_absent: &mut Option<String>,
+) -> anyhow::Result<ExitCode> {
     report.dry_run = a.dry_run;
     let now = parse_now(a.now.as_deref())?;
     let week = current_week(now);
@@ -426,7 +448,7 @@ fn copy_run(a: &RunArgs, report: &mut Report) -> anyhow::Result<ExitCode> {
     }
 
     let lvs = list_lvs(a)?;
-    let pvs = pv_list(a, root)?;
+    let pvs = pv_list(a, root, kubectl_absent)?;
     let items = plan::plan(
         &lvs,
         pvs.as_deref(),
@@ -463,6 +485,14 @@ fn copy_run(a: &RunArgs, report: &mut Report) -> anyhow::Result<ExitCode> {
             "{pvc} is claimed by several LVs ({}): the Bound PV keeps {pvc}, the others are copied to <pvc>@<pv-name>",
             lvs.join(", ")
         );
+    }
+
+    // Commands every copy needs: absent, the run stops here (exit 5)
+    // rather than failing each PVC in turn after mounting it.
+    if !a.dry_run && items.iter().any(|i| matches!(i.verdict, Verdict::Copy)) {
+        for prog in ["blkid", "mount", "umount", "rsync"] {
+            backup_core::cmd::require(prog).map_err(|e| Exit::refused(e.to_string()))?;
+        }
     }
 
     let work_root = a
@@ -542,7 +572,12 @@ fn copy_run(a: &RunArgs, report: &mut Report) -> anyhow::Result<ExitCode> {
                                 r.changed_files = done.changed;
                                 report.ledger_entries += done.changed;
                             }
-                            Err(why) => {
+                            Err(Fail { why, absent: true }) => {
+                                // cryptsetup or lvchange is not installed.
+                                error!("{}: {why}", label(it));
+                                return Err(Exit::refused(why));
+                            }
+                            Err(Fail { why, .. }) => {
                                 error!("{}: {why}", label(it));
                                 r.result = "failed".into();
                                 r.reason = Some(why);
@@ -653,7 +688,7 @@ fn dest_rel(week: &str, it: &Item) -> Option<String> {
 fn list_lvs(a: &RunArgs) -> anyhow::Result<Vec<plan::Lv>> {
     use backup_core::lvm::{LvsError, lvs_rows};
     let rows = lvs_rows(&a.vg, a.command_timeout).map_err(|e| match e {
-        LvsError::Run(e) if e.is_not_found() => Exit::refused(format!("lvs is not installed: {e}")),
+        LvsError::Run(e) if e.is_absent() => Exit::refused(e.to_string()),
         LvsError::Run(e) => Exit::err(ExitCode::Failed, format!("cannot list LVs: {e}")),
         LvsError::Report(e) => Exit::err(ExitCode::Failed, e),
     })?;
@@ -662,7 +697,12 @@ fn list_lvs(a: &RunArgs) -> anyhow::Result<Vec<plan::Lv>> {
 
 /// The PV list from kubectl (saved as the new mapping cache), else from
 /// the cache; `None` when neither is available.
-fn pv_list(a: &RunArgs, root: &Path) -> anyhow::Result<Option<Vec<plan::Pv>>> {
+/// `kubectl_absent` is set when kubectl is not installed.
+fn pv_list(
+    a: &RunArgs,
+    root: &Path,
+    kubectl_absent: &mut Option<String>,
+) -> anyhow::Result<Option<Vec<plan::Pv>>> {
     let cache = a
         .mapping_cache
         .clone()
@@ -671,7 +711,12 @@ fn pv_list(a: &RunArgs, root: &Path) -> anyhow::Result<Option<Vec<plan::Pv>>> {
         .args(["get", "pv", "-o", "json"])
         .timeout(a.command_timeout)
         .run()
-        .map_err(|e| e.to_string())
+        .map_err(|e| {
+            if e.is_absent() {
+                *kubectl_absent = Some(e.to_string());
+            }
+            e.to_string()
+        })
         .and_then(|o| plan::parse_pvs(&o.stdout).map(|pvs| (pvs, o.stdout)));
     match live {
         Ok((pvs, raw)) => {
@@ -741,6 +786,34 @@ impl Drop for Activated<'_> {
     }
 }
 
+/// Why one PVC was not copied; `absent` when a command it needs is not
+/// installed, which ends the run with exit 5.
+struct Fail {
+    why: String,
+    absent: bool,
+}
+
+impl From<String> for Fail {
+    fn from(why: String) -> Self {
+        Fail { why, absent: false }
+    }
+}
+
+impl From<&str> for Fail {
+    fn from(why: &str) -> Self {
+        Fail::from(why.to_string())
+    }
+}
+
+impl From<backup_core::cmd::CmdError> for Fail {
+    fn from(e: backup_core::cmd::CmdError) -> Self {
+        Fail {
+            absent: e.is_absent(),
+            why: e.to_string(),
+        }
+    }
+}
+
 fn copy_one(
     a: &RunArgs,
     guard: &RootGuard,
@@ -749,7 +822,7 @@ fn copy_one(
     link: Option<&Path>,
     work: &Path,
     ledger: &Ledger,
-) -> Result<Done, String> {
+) -> Result<Done, Fail> {
     let root = guard.dir();
     // Nothing is created under a root that is no longer the backup disk.
     guard.check()?;
@@ -777,6 +850,7 @@ fn copy_one(
     }
     let dev = PathBuf::from(&snap.path);
     let _activated = if snap.path.is_empty() || !dev.exists() {
+        backup_core::cmd::require("lvchange")?;
         Cmd::new("lvchange")
             .args(["-ay", "-K", "--", &format!("{}/{}", a.vg, snap.name)])
             .timeout(a.command_timeout)
@@ -802,6 +876,7 @@ fn copy_one(
     };
     let ty = mount::blkid_type(&dev, a.command_timeout)?;
     let (luks, mount_dev, fstype) = if ty == "crypto_LUKS" {
+        backup_core::cmd::require("cryptsetup")?;
         let l = mount::Luks::open(
             &dev,
             &snap.name,
@@ -840,7 +915,7 @@ fn copy_one(
                 p(&dest.partial())
             );
         }
-        Err(why)
+        Err(Fail::from(why))
     };
     let run = match run {
         Ok(r) => r,
@@ -1013,6 +1088,11 @@ fn run_preflight(a: &PreflightArgs, common: &Common) -> anyhow::Result<ExitCode>
             "{}",
             serde_json::to_string_pretty(&checks).context("encoding the checks")?
         ))?;
+    }
+    // A check that could not run because its command is not installed is
+    // a misconfigured host, not a finding about the exports: exit 5.
+    for prog in [&a.systemctl, &a.exportfs] {
+        backup_core::cmd::require(prog).map_err(|e| Exit::refused(e.to_string()))?;
     }
     if failed > 0 {
         error!("NFS export preflight: {failed} check(s) failed");

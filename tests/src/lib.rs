@@ -7,3 +7,4 @@ pub mod sshd;
 pub mod stop;
 pub mod nas;
 pub mod unitfile;
+pub mod without;
