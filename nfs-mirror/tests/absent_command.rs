@@ -13,6 +13,7 @@ fn no_rsync_is_command_absent_for_the_mirror_and_the_config_copy() {
     let sb = Sandbox::new();
     let src = sb.mkdir("srv/nfs");
     let dst = sb.mkdir("mnt/backup");
+    backup_tests::harness::init_backup_root(&dst);
     let skip = sb.write("skip.conf", "direct immich\n");
     sb.write("srv/nfs/nextcloud/a.txt", "a");
     sb.write("mnt/backup/nextcloud/old.txt", "old");

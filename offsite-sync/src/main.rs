@@ -256,31 +256,38 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Sub::Coverage => {
             let rows = offsite_sync::coverage::coverage(&cfg)?;
-            if o.json {
-                backup_core::outln!("{}", serde_json::to_string_pretty(&rows)?)?;
-            } else {
-                for r in &rows {
-                    let ex: Vec<String> = r
-                        .exceptions
-                        .iter()
-                        .map(|(p, route)| format!("{p}={}", route.as_str()))
-                        .collect();
-                    backup_core::outln!(
-                        "{:<14} {:<28} {:<12} {:<10} {}{}",
-                        r.root,
-                        r.name,
-                        r.route.as_str(),
-                        r.state.as_str(),
-                        r.reason,
-                        if ex.is_empty() {
-                            String::new()
-                        } else {
-                            format!(" [{}]", ex.join(" "))
-                        }
-                    )?;
+            // The verdict (each uncovered directory on stderr) comes first:
+            // a reader that closes stdout early never hides a gap.
+            let code = offsite_sync::coverage::verdict(&rows);
+            let print = || -> std::io::Result<()> {
+                if o.json {
+                    backup_core::outln!("{}", serde_json::to_string_pretty(&rows)?)?;
+                } else {
+                    for r in &rows {
+                        let ex: Vec<String> = r
+                            .exceptions
+                            .iter()
+                            .map(|(p, route)| format!("{p}={}", route.as_str()))
+                            .collect();
+                        backup_core::outln!(
+                            "{:<14} {:<28} {:<12} {:<10} {}{}",
+                            r.root,
+                            r.name,
+                            r.route.as_str(),
+                            r.state.as_str(),
+                            r.reason,
+                            if ex.is_empty() {
+                                String::new()
+                            } else {
+                                format!(" [{}]", ex.join(" "))
+                            }
+                        )?;
+                    }
                 }
-            }
-            return Ok(offsite_sync::coverage::verdict(&rows));
+                Ok(())
+            };
+            backup_core::out::ignore_closed(print())?;
+            return Ok(code);
         }
         Sub::Status { no_nas } => {
             let s = offsite_sync::status(&cfg, !no_nas)?;

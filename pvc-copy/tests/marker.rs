@@ -116,12 +116,27 @@ fn a_backup_disk_unmounted_mid_run_gets_nothing_committed_and_the_bare_mountpoin
     );
     r.stderr_contains("since the run started");
     let disk = env.sb.mkdir("disk-again");
-    must(
-        Command::new("mount")
+    // The lazily detached mount goes only once its last user (the tool's
+    // namespace) has gone, which a loaded machine takes a moment to do.
+    let mut tries = 0;
+    loop {
+        let o = Command::new("mount")
             .args(["-o", "loop,ro", "-t", "ext4"])
             .arg(env.sb.path().join("backup.ext4"))
-            .arg(&disk),
-    );
+            .arg(&disk)
+            .output()
+            .expect("spawn mount");
+        if o.status.success() {
+            break;
+        }
+        tries += 1;
+        assert!(
+            tries < 100,
+            "remount: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
     let week = disk.join("pvc-data").join(WEEK).join("ns");
     let ledger = fs::read_to_string(disk.join(".changed-files")).unwrap_or_default();
     let landed = (week.join("a").exists(), week.join("b").exists());

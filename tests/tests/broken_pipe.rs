@@ -59,6 +59,7 @@ fn listings_and_reports_end_quietly_when_stdout_is_closed() {
     let nfs = sb.mkdir("srv/nfs");
     let ssd = sb.mkdir("srv/nfs-ssd");
     let root = sb.mkdir("mnt/backup");
+    backup_tests::harness::init_backup_root(&root);
     for d in ["immich", "frigate", "nextcloud"] {
         std::fs::create_dir_all(nfs.join(d).join("sub")).expect("mkdir");
         std::fs::write(nfs.join(d).join("sub/f"), d).expect("write");
@@ -80,9 +81,11 @@ fn listings_and_reports_end_quietly_when_stdout_is_closed() {
     quiet(
         "offsite-sync coverage --json",
         &mut offsite(&["coverage", "--json"]),
-        0,
+        3,
     );
-    quiet("offsite-sync coverage", &mut offsite(&["coverage"]), 0);
+    // No nfs-mirror ran here: nextcloud is uncovered, and a closed stdout
+    // must not turn that verdict (exit 3) into a quiet success.
+    quiet("offsite-sync coverage", &mut offsite(&["coverage"]), 3);
     quiet(
         "offsite-sync status --no-nas --json",
         &mut offsite(&["status", "--no-nas", "--json"]),
@@ -142,7 +145,7 @@ fn listings_and_reports_end_quietly_when_stdout_is_closed() {
         let mut c = sb.cmd("sqlite-dump");
         c.arg(&db)
             .arg("--to")
-            .arg(sb.path().join("dump"))
+            .arg(root.join("sqlite-backup"))
             .args(extra);
         c
     };

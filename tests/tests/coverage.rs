@@ -114,7 +114,7 @@ impl Lab {
         put(&ssd.join("immich/thumbs/IMG_0001.webp"), b"thumb");
         put(&ssd.join("frigate/clip.mp4"), b"never offsite");
         let nas = Nas::start(&sb.path().join("nas-sshd"));
-        Lab {
+        let lab = Lab {
             sb,
             nas,
             root,
@@ -123,7 +123,11 @@ impl Lab {
             rt,
             nas_store,
             paths,
-        }
+        };
+        // The operator's one-time `offsite-sync init`: the NAS
+        // destinations get their identity markers.
+        lab.offsite("init").succeeds();
+        lab
     }
 
     fn unit_cmd(&self, unit: &UnitFile, words: &[String]) -> Command {

@@ -69,7 +69,7 @@ impl World {
         let skip = sb.write("etc/backup-skip-list.conf", SKIP);
         let nas_dir = sb.mkdir("nas");
         let nas = Nas::start(&sb.path().join("sshd"));
-        World {
+        let w = World {
             sb,
             root,
             nfs,
@@ -77,7 +77,11 @@ impl World {
             skip,
             nas_dir,
             nas,
-        }
+        };
+        // The NAS destinations get their identity markers once, as an
+        // operator's first `offsite-sync init` gives them.
+        Run::of(&mut w.offsite("init", &[])).succeeds();
+        w
     }
 
     fn pve(&self) -> PathBuf {
@@ -340,8 +344,11 @@ fn bug05_change_log_kept_when_step2_fails() {
         .expect("append");
     World::put(&w.nfs, b"nextcloud/doc.odt", b"leg 1");
     Run::of(&mut w.mirror()).succeeds();
-    // The NAS cannot take step 2: its nfs/ destination is a plain file.
-    std::fs::write(w.nas_dir.join("nfs"), b"not a directory").expect("block");
+    // The NAS cannot take step 2: its immich/ is immutable (nfs/ itself
+    // stays the recognised destination, marker and all).
+    let blocked = w.nas_dir.join("nfs/immich");
+    std::fs::create_dir_all(&blocked).expect("block");
+    chattr(&blocked, "+i");
 
     let r = Run::of(&mut w.offsite("all", &[]));
     assert_ne!(r.code, 0, "a failed step 2 reported success: {}", r.stderr);
@@ -358,7 +365,7 @@ fn bug05_change_log_kept_when_step2_fails() {
     );
     assert!(World::pending(&w.leg1_path()).is_empty());
 
-    std::fs::remove_file(w.nas_dir.join("nfs")).expect("unblock");
+    chattr(&blocked, "-i");
     Run::of(&mut w.offsite("all", &[])).succeeds();
     for (i, p) in photos.iter().enumerate() {
         let rel = p.strip_prefix(&w.nfs).expect("rel");
@@ -368,6 +375,17 @@ fn bug05_change_log_kept_when_step2_fails() {
         );
     }
     assert!(World::pending(&w.leg2_path()).is_empty());
+}
+
+/// `chattr FLAG path`: an immutable directory refuses even root.
+fn chattr(path: &Path, flag: &str) {
+    let ok = Command::new("chattr")
+        .arg(flag)
+        .arg(path)
+        .status()
+        .expect("chattr")
+        .success();
+    assert!(ok, "chattr {flag} {}", path.display());
 }
 
 /// Bug 10: `> .changed-files` ran without the lock, so entries an
