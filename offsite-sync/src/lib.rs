@@ -158,8 +158,12 @@ impl Config {
             .join(" ")
     }
 
-    fn remote_path(&self, path: &str) -> String {
-        format!("{}:{}", self.remote, path)
+    /// `USER@HOST:PATH`, the path's bytes kept (rsync `--protect-args`
+    /// sends them as they are: a non-UTF-8 tree name arrives unchanged).
+    fn remote_path(&self, path: impl AsRef<OsStr>) -> OsString {
+        let mut s = OsString::from(format!("{}:", self.remote));
+        s.push(path);
+        s
     }
 
     fn rsync_base(&self) -> Cmd {
@@ -592,6 +596,16 @@ fn nul_list<'a, I: IntoIterator<Item = &'a [u8]>>(names: I) -> Vec<u8> {
     buf
 }
 
+/// `A/B/C/`: a NAS directory from its parts, bytes kept.
+fn remote_dir(parts: &[&OsStr]) -> OsString {
+    let mut s = OsString::new();
+    for part in parts {
+        s.push(part);
+        s.push("/");
+    }
+    s
+}
+
 fn dir_arg(p: &Path) -> OsString {
     let mut s = p.as_os_str().to_os_string();
     s.push("/");
@@ -691,7 +705,7 @@ fn step1_into(cfg: &Config, rep: &mut StepReport) -> Result<()> {
             Ok::<Cmd, anyhow::Error>(
                 c.arg("--")
                     .arg(dir_arg(root))
-                    .arg(cfg.remote_path(&format!("{}/", cfg.pve_dest))),
+                    .arg(cfg.remote_path(format!("{}/", cfg.pve_dest))),
             )
         };
         let plan = guard_deletions(cfg, mk(true, None)?)?;
@@ -779,7 +793,7 @@ fn step1_into(cfg: &Config, rep: &mut StepReport) -> Result<()> {
             .args(LISTED)
             .arg("--")
             .arg(dir_arg(root))
-            .arg(cfg.remote_path(&format!("{}/", cfg.pve_dest)))
+            .arg(cfg.remote_path(format!("{}/", cfg.pve_dest)))
             .stdin(nul_list(plain.iter().map(|r| rel_bytes(r))));
         let out = transfer(c, "incremental transfer")?;
         let (sent, vanished) = check_listed(&out, root, &plain, "incremental transfer")?;
@@ -798,7 +812,11 @@ fn step1_into(cfg: &Config, rep: &mut StepReport) -> Result<()> {
         for e in earlier.iter().take(3) {
             c = c.arg(format!("--link-dest=../{e}"));
         }
-        let dst = format!("{}/{}/{}/", cfg.pve_dest, tree.display(), week);
+        let dst = remote_dir(&[
+            OsStr::new(&cfg.pve_dest),
+            tree.as_os_str(),
+            OsStr::new(week),
+        ]);
         let src = local_tree.join(week);
         let c = c
             .args(LISTED)
@@ -977,7 +995,7 @@ fn step2_into(cfg: &Config, rep: &mut StepReport) -> Result<()> {
                         ));
                     }
                 }
-                let dst = format!("{}/{}/", dest, tree.display());
+                let dst = remote_dir(&[OsStr::new(&dest), tree.as_os_str()]);
                 runs.push((i, src, dst, excludes));
             }
         }
@@ -987,23 +1005,24 @@ fn step2_into(cfg: &Config, rep: &mut StepReport) -> Result<()> {
                 refused.join("; ")
             )));
         }
-        let mk = |i: usize, src: &Path, dst: &str, ex: &[String], dry: bool, bound: Option<u64>| {
-            Ok::<Cmd, anyhow::Error>(
-                cfg.rsync_into(&leg2_roots(cfg)[i].1)?
-                    // Live source (contract 6): full-precision time comparison.
-                    .args(["--delete", "--mkpath", "--modify-window=-1"])
-                    .args(if dry {
-                        DRY.as_slice()
-                    } else {
-                        std::slice::from_ref(&rsync_items::OUT_FORMAT)
-                    })
-                    .args(max_delete_arg(bound))
-                    .args(ex)
-                    .arg("--")
-                    .arg(dir_arg(src))
-                    .arg(cfg.remote_path(dst)),
-            )
-        };
+        let mk =
+            |i: usize, src: &Path, dst: &OsStr, ex: &[String], dry: bool, bound: Option<u64>| {
+                Ok::<Cmd, anyhow::Error>(
+                    cfg.rsync_into(&leg2_roots(cfg)[i].1)?
+                        // Live source (contract 6): full-precision time comparison.
+                        .args(["--delete", "--mkpath", "--modify-window=-1"])
+                        .args(if dry {
+                            DRY.as_slice()
+                        } else {
+                            std::slice::from_ref(&rsync_items::OUT_FORMAT)
+                        })
+                        .args(max_delete_arg(bound))
+                        .args(ex)
+                        .arg("--")
+                        .arg(dir_arg(src))
+                        .arg(cfg.remote_path(dst)),
+                )
+            };
         let mut total = DeletePlan::default();
         let mut planned = Vec::new();
         for (i, src, dst, ex) in &runs {
@@ -1162,7 +1181,7 @@ fn step2_into(cfg: &Config, rep: &mut StepReport) -> Result<()> {
             .args(LISTED)
             .arg("--")
             .arg(dir_arg(root))
-            .arg(cfg.remote_path(&format!("{dest}/")))
+            .arg(cfg.remote_path(format!("{dest}/")))
             .stdin(nul_list(keep.iter().map(|r| rel_bytes(r))));
         let what = format!("transfer from {}", p(root));
         let out = transfer(c, &what)?;

@@ -416,3 +416,19 @@ fn full_every_decides_and_the_stamp_and_marker_change_only_after_success() {
     r.succeeds();
     assert!(!r.stdout.contains("full pass"), "{}", r.stdout);
 }
+
+/// A direct tree whose name is not UTF-8 (`direct */media` matching
+/// `svc\xff/media`) lands on the NAS under its own bytes in a full pass,
+/// as the incremental pass sends it; the NAS path was built with
+/// `Path::display()` and the tree landed under `svc\u{FFFD}` instead.
+#[test]
+fn a_full_pass_keeps_the_bytes_of_a_non_utf8_tree_name() {
+    let w = World::with_nas();
+    std::fs::write(&w.skip, "direct */media\n").expect("skip list");
+    World::put(&w.nfs, b"svc\xff/media/clip.mp4", b"clip");
+    w.run("step2", &["--full", "always"]).succeeds();
+    assert_eq!(
+        World::files(&w.nas_dir.join("nfs")),
+        set(&[b"svc\xff/media/clip.mp4"])
+    );
+}
