@@ -10,34 +10,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use backup_tests::harness::{Run, Sandbox, init_backup_root};
+use backup_tests::harness::{Run, Sandbox, init_backup_root, must, tree_of};
 use support::api_emu::{ApiEmu, Certs, Reply};
 use support::config_xml;
 
 const KEY: &str = "0123456789abcdef0123456789abcdef";
 const DAY: &str = "2026-11-24"; // Tuesday, week 48
-
-/// Everything under `dir` (relative paths, sorted), the filesystem's
-/// `lost+found` left out.
-fn all_entries(dir: &Path) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).expect("readdir").flatten() {
-            let p = e.path();
-            let rel = p.strip_prefix(dir).expect("under").display().to_string();
-            if rel == "lost+found" {
-                continue;
-            }
-            if e.file_type().expect("type").is_dir() {
-                stack.push(p);
-            }
-            out.push(rel);
-        }
-    }
-    out.sort();
-    out
-}
 
 fn cmd(sb: &Sandbox, root: &Path, emu: &ApiEmu, certs: &Certs) -> Command {
     let key = sb.write("api.key", format!("{KEY}\n"));
@@ -67,7 +45,7 @@ fn a_destination_on_a_root_without_its_marker_is_refused_and_nothing_is_created(
             .fails_with(5)
             .stderr_contains(&root.join("pfsense").display().to_string())
             .stderr_contains("offsite-sync init --local");
-        assert_eq!(all_entries(&root), Vec::<String>::new(), "{extra:?}");
+        assert_eq!(tree_of(&root), Vec::<String>::new(), "{extra:?}");
     }
     assert!(emu.seen.lock().expect("lock").is_empty(), "fetched anyway");
     // Initialised once, the same tree is accepted.
@@ -76,15 +54,6 @@ fn a_destination_on_a_root_without_its_marker_is_refused_and_nothing_is_created(
     assert_eq!(
         std::fs::read(root.join("pfsense/2026-W48/config-20261124.xml")).expect("copy"),
         xml
-    );
-}
-
-fn must(c: &mut Command) {
-    let o = c.output().expect("spawn");
-    assert!(
-        o.status.success(),
-        "{c:?}: {}",
-        String::from_utf8_lossy(&o.stderr)
     );
 }
 
@@ -119,7 +88,7 @@ fn a_backup_disk_unmounted_while_the_firewall_answers_gets_nothing() {
     let out = child.wait_with_output().expect("wait");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(
-        all_entries(&root),
+        tree_of(&root),
         Vec::<String>::new(),
         "written on the bare mountpoint:\n{stderr}"
     );

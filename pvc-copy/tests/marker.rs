@@ -8,31 +8,10 @@ mod common;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
 use std::process::Command;
 
-use backup_tests::harness::{Run, init_backup_root};
+use backup_tests::harness::{Run, init_backup_root, must, names_in};
 use common::*;
-
-/// Names in `dir`, sorted, the filesystem's `lost+found` left out.
-fn entries(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = fs::read_dir(dir)
-        .expect("readdir")
-        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
-        .filter(|n| n != "lost+found")
-        .collect();
-    v.sort();
-    v
-}
-
-fn must(c: &mut Command) {
-    let o = c.output().expect("spawn");
-    assert!(
-        o.status.success(),
-        "{c:?}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-}
 
 #[test]
 fn a_backup_root_without_its_marker_is_refused_and_left_untouched() {
@@ -47,7 +26,7 @@ fn a_backup_root_without_its_marker_is_refused_and_left_untouched() {
             .fails_with(5)
             .stderr_contains(&env.root.display().to_string())
             .stderr_contains("offsite-sync init --local");
-        assert_eq!(entries(&env.root), Vec::<String>::new(), "{extra:?}");
+        assert_eq!(names_in(&env.root), Vec::<String>::new(), "{extra:?}");
     }
     // Initialised once, the same directory is accepted.
     init_backup_root(&env.root);
@@ -109,7 +88,7 @@ fn a_backup_disk_unmounted_mid_run_gets_nothing_committed_and_the_bare_mountpoin
     // see the bare directory beneath, then look at the disk elsewhere.
     must(Command::new("umount").arg(&env.root));
     assert_eq!(
-        entries(&env.root),
+        names_in(&env.root),
         Vec::<String>::new(),
         "written beside the disk:\n{}",
         r.stderr

@@ -10,30 +10,8 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use backup_tests::harness::{Run, Sandbox};
+use backup_tests::harness::{Run, Sandbox, must, tree_of};
 use common::*;
-
-/// Everything under `dir` (relative paths, sorted), directories included,
-/// the filesystem's `lost+found` left out.
-fn all_entries(dir: &Path) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).expect("readdir").flatten() {
-            let p = e.path();
-            let rel = p.strip_prefix(dir).expect("under").display().to_string();
-            if rel == "lost+found" {
-                continue;
-            }
-            if e.file_type().expect("type").is_dir() {
-                stack.push(p);
-            }
-            out.push(rel);
-        }
-    }
-    out.sort();
-    out
-}
 
 /// The command without the sandbox marker `common::tool` gives.
 fn bare_tool(sb: &Sandbox) -> Command {
@@ -66,7 +44,7 @@ fn a_destination_on_a_root_without_its_marker_is_refused_and_nothing_is_created(
         .fails_with(5)
         .stderr_contains(&dest.display().to_string())
         .stderr_contains("offsite-sync init --local");
-        assert_eq!(all_entries(&root), Vec::<String>::new(), "{extra:?}");
+        assert_eq!(tree_of(&root), Vec::<String>::new(), "{extra:?}");
     }
     // Initialised once, the same tree is accepted.
     backup_tests::harness::init_backup_root(&root);
@@ -106,15 +84,6 @@ fn big_db(path: &Path, mib: u32) {
          INSERT INTO t SELECT randomblob(1048576) FROM n;"
     ))
     .expect("fill");
-}
-
-fn must(c: &mut Command) {
-    let o = c.output().expect("spawn");
-    assert!(
-        o.status.success(),
-        "{c:?}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
 }
 
 /// The backup disk is detached (`umount -l`, as an operator or a failing
@@ -170,7 +139,7 @@ fn a_backup_disk_unmounted_mid_run_gets_nothing_more_and_the_bare_mountpoint_not
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_ne!(out.status.code(), Some(0), "{stderr}");
     assert_eq!(
-        all_entries(&root),
+        tree_of(&root),
         Vec::<String>::new(),
         "written on the bare mountpoint:\n{stderr}"
     );

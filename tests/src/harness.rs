@@ -47,7 +47,7 @@ impl Drop for Sandbox {
 }
 
 /// Run a set-up command; panic with its stderr when it fails.
-fn must(c: &mut Command) {
+pub fn must(c: &mut Command) {
     let o = c.output().unwrap_or_else(|e| panic!("{c:?}: {e}"));
     assert!(
         o.status.success(),
@@ -232,4 +232,38 @@ impl Run {
 pub fn init_backup_root(dir: &Path) {
     std::fs::create_dir_all(dir).expect("backup root");
     backup_core::marker::init(dir, backup_core::marker::ROLE_BACKUP_ROOT).expect("marker");
+}
+
+/// Names directly in `dir`, sorted, the filesystem's `lost+found` left
+/// out: what a test sees on a mountpoint (bare or mounted).
+pub fn names_in(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .expect("readdir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .filter(|n| n != "lost+found")
+        .collect();
+    v.sort();
+    v
+}
+
+/// Everything under `dir` (relative paths, sorted), the filesystem's
+/// `lost+found` left out.
+pub fn tree_of(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).expect("readdir").flatten() {
+            let p = e.path();
+            let rel = p.strip_prefix(dir).expect("under").display().to_string();
+            if rel == "lost+found" {
+                continue;
+            }
+            if e.file_type().expect("type").is_dir() {
+                stack.push(p);
+            }
+            out.push(rel);
+        }
+    }
+    out.sort();
+    out
 }
