@@ -1,5 +1,6 @@
 //! `backup-core`: the contracts every tool of the backup pipeline obeys
-//! (see DESIGN.md, "Contracts"). No tool re-implements one of these.
+//! (docs/contracts.md, numbered as the modules cite them). No tool
+//! re-implements one of these.
 
 pub mod cli;
 pub mod cmd;

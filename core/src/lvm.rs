@@ -3,7 +3,7 @@
 //! their snapshots, the ownership tag, which names may reach a command
 //! line, and the `lvs --reportformat json --units b --nosuffix` report.
 //! Every name an operator or a report hands a tool is checked here before
-//! it reaches a command line (behaviour.md bug 26).
+//! it reaches a command line (docs/compatibility.md, bug 26).
 
 use std::sync::LazyLock;
 use std::time::Duration;

@@ -2,7 +2,7 @@
 //! retention, a guard on the pool's free data and metadata space, and a
 //! restore that rolls back what it did when a step fails.
 //!
-//! Replaces `lvm-pvc-snapshot` (behaviour.md section 3). LVM and Kubernetes
+//! Replaces `lvm-pvc-snapshot` (docs/compatibility.md). LVM and Kubernetes
 //! are driven only through `lvs`/`lvcreate`/`lvremove`/`lvrename`/`lvchange`
 //! and `kubectl` found on PATH.
 

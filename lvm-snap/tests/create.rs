@@ -141,7 +141,7 @@ fn kubectl_down_falls_back_to_the_cached_mapping() {
     assert_eq!(h.metrics().get("lvm_snapshot_mapping_source"), Some(1.0));
 }
 
-/// behaviour.md bug 20: kubectl failing means no exclusion (fail-open); it
+/// docs/compatibility.md, bug 20: kubectl failing means no exclusion (fail-open); it
 /// stays fail-open, but loudly and visible in a metric.
 #[test]
 fn kubectl_down_without_cache_snapshots_everything_and_says_so() {
@@ -192,7 +192,7 @@ fn pool_guard_refuses_on_low_data_space_and_still_reports() {
         .succeeds();
 }
 
-/// Regression, behaviour.md bug 20: thin-pool metadata usage was never checked.
+/// Regression, docs/compatibility.md bug 20: thin-pool metadata usage was never checked.
 #[test]
 fn pool_guard_refuses_on_low_metadata_space() {
     let h = host();
@@ -233,7 +233,7 @@ fn a_second_run_in_the_same_minute_is_a_no_op() {
     assert_eq!(h.emu.calls_of("lvcreate").len(), 6);
 }
 
-/// Regression, behaviour.md bug 20: the process exited 0 on partial or total failure.
+/// Regression, docs/compatibility.md bug 20: the process exited 0 on partial or total failure.
 #[test]
 fn one_failed_lvcreate_is_a_partial_run() {
     let h = host();
@@ -261,7 +261,7 @@ fn one_failed_lvcreate_is_a_partial_run() {
     );
 }
 
-/// Regression, behaviour.md bug 20: a failed `lvs` left free_pct empty, so
+/// Regression, docs/compatibility.md bug 20: a failed `lvs` left free_pct empty, so
 /// the guard was skipped and the pushed exposition was invalid.
 #[test]
 fn a_failing_lvs_is_a_failure_not_a_skipped_guard() {

@@ -94,7 +94,7 @@ fn dry_run_json_gives_every_candidate_a_verdict_and_a_reason() {
     assert!(c.h.changing_calls().is_empty(), "dry run removed something");
 }
 
-/// Regression, behaviour.md bugs 9 and 20: prune matched any `_snap_` or
+/// Regression, docs/compatibility.md bugs 9 and 20: prune matched any `_snap_` or
 /// `_pre_restore_` LV, including the pre-restore safety copy and untagged ones.
 #[test]
 fn prune_removes_only_what_the_decisions_drop() {

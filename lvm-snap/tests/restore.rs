@@ -68,7 +68,7 @@ fn pos(calls: &[Vec<String>], words: &[&str]) -> usize {
         .unwrap_or_else(|| panic!("no call with {words:?} in {calls:#?}"))
 }
 
-/// Regression, behaviour.md bug 9: the PV lookup compared handles with
+/// Regression, docs/compatibility.md bug 9: the PV lookup compared handles with
 /// `local-lvm:<lv>` and never matched sinextra handles (`a/b/c/<lv>`, used here).
 #[test]
 fn restore_puts_the_snapshot_data_in_place_and_keeps_the_old_volume() {
@@ -206,7 +206,7 @@ fn a_kubectl_failure_after_scale_down_rolls_back() {
     assert_rolled_back(&h, &s);
 }
 
-/// Regression, behaviour.md bug 9: after the first rename the PVC LV was
+/// Regression, docs/compatibility.md bug 9: after the first rename the PVC LV was
 /// missing and the workload stayed at 0 (no rollback).
 #[test]
 fn a_failed_second_rename_puts_the_names_back() {
@@ -262,7 +262,7 @@ fn never_ready_after_the_swap_undoes_everything() {
     );
 }
 
-/// Regression, behaviour.md bug 9: nothing checked that the snapshot belongs
+/// Regression, docs/compatibility.md bug 9: nothing checked that the snapshot belongs
 /// to the target LV.
 #[test]
 fn a_snapshot_of_another_lv_is_refused() {
@@ -307,7 +307,7 @@ fn without_yes_and_without_a_terminal_nothing_changes() {
     assert!(h.changing_calls().is_empty());
 }
 
-/// Regression, behaviour.md bug 26: operator LV names reached lvs, lvrename
+/// Regression, docs/compatibility.md bug 26: operator LV names reached lvs, lvrename
 /// and cryptsetup unvalidated; a leading `-` was read as an option.
 #[test]
 fn hostile_names_are_rejected_before_any_command_runs() {

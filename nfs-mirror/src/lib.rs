@@ -633,7 +633,7 @@ fn mirror_root(
             p(source)
         )));
     }
-    // An unmounted source looks empty (bug 3).
+    // An unmounted source looks empty (docs/compatibility.md, bug 3).
     if o.require_mountpoint && !is_mountpoint(source)? {
         return Err(Exit::refused(format!(
             "source {} is not a mountpoint (--require-mountpoint): nothing copied or deleted",

@@ -666,7 +666,7 @@ fn a_source_entry_named_like_another_jobs_tree_is_refused() {
     assert_neighbours(&t.dst);
 }
 
-/// The job's metrics file (behaviour.md 10.3 names; push-metric adds
+/// The job's metrics file (names kept from the old script, docs/metrics.md; push-metric adds
 /// nfs_mirror_last_status and _last_run_timestamp) on success and refusal.
 #[test]
 fn metrics_file_on_success_and_on_refusal() {

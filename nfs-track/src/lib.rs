@@ -2,7 +2,7 @@
 //! through the core ledger, every regular file created and written, or
 //! moved in, under the watched trees, and closes every gap it cannot see
 //! through (queue overflow, watch limit, downtime) with a ctime rescan or a
-//! full-sync marker. See behaviour.md section 8 and bug 18.
+//! full-sync marker. See docs/compatibility.md, bug 18.
 
 pub mod fanotify;
 pub mod inotify;

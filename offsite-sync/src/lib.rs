@@ -63,7 +63,7 @@ const DRY_RUN_MAX_OUTPUT: u64 = 16 << 30;
 /// The flags of a guard's dry run (every item listed, changed or not).
 const DRY: [&str; 3] = ["--dry-run", "-ii", rsync_items::OUT_FORMAT];
 
-/// Modes the NAS user can create (behaviour.md 13, 2026-04-06).
+/// Modes the NAS user can create (docs/compatibility.md, incident 2026-04-06).
 pub const CHMOD: &str = "--chmod=Du=rwx,Dgo=rx,Fu=rw,Fog=r";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -1330,7 +1330,7 @@ fn fill_metrics(
         f64::from(code.status_metric()),
     )?;
     if code == ExitCode::Ok {
-        // Only after a fully successful run (bug 16).
+        // Only after a fully successful run (docs/compatibility.md, bug 16).
         m.gauge(
             "backup_last_success_timestamp",
             "Unix time of the last fully successful offsite sync.",

@@ -1,7 +1,7 @@
 //! Resolve a ledger path beneath its tree root without following a
-//! symlink on the way (contract 9, bug 23): every intermediate component
-//! is opened with `O_NOFOLLOW | O_DIRECTORY` relative to the previous one,
-//! and the last is examined with `AT_SYMLINK_NOFOLLOW` (a symlink there is
+//! symlink on the way (docs/contracts.md 9; docs/compatibility.md bug 23):
+//! every intermediate component is opened with `O_NOFOLLOW | O_DIRECTORY`
+//! relative to the previous one, and the last is examined with `AT_SYMLINK_NOFOLLOW` (a symlink there is
 //! sent as a link, never followed).
 
 use std::ffi::CString;

@@ -262,7 +262,7 @@ fn full_pass_deletes_on_the_nas_only_from_a_sound_source() {
     assert!(!w.pve().join("nextcloud/stale").exists());
     assert!(!w.leg1().full_sync_needed());
 
-    // Bug 3: the backup disk is empty (not mounted): refused, nothing
+    // Bug 3 (docs/compatibility.md): the backup disk is empty (not mounted): refused, nothing
     // deleted. The bare directory has no identity marker (contract 13).
     let moved = w.sb.path().join("moved");
     std::fs::rename(&w.root, &moved).expect("mv");

@@ -277,7 +277,8 @@ pub fn verify_tar_gz(path: &Path) -> Result<TarInfo, String> {
 /// Stream the remote tar into `partial` (in chunks, never in memory; at
 /// most `max_bytes`, beyond which ssh is stopped), check it, then rename it
 /// to `final_path`. On any failure the partial file is removed, so nothing
-/// unchecked ever sits under a final name (bug 22/27 of the original).
+/// unchecked ever sits under a final name (bugs 22 and 27 of the old
+/// pipeline, docs/compatibility.md).
 /// `still_ours` is asked right before the rename (the stream takes long:
 /// the backup disk may have gone since).
 pub fn full_tar(

@@ -263,7 +263,7 @@ mod tests {
         }
     }
 
-    /// Bug 22: the old `ls -t | tail` kept 4 files, i.e. 4 days of daily
+    /// Bug 22 (docs/compatibility.md): the old `ls -t | tail` kept 4 files, i.e. 4 days of daily
     /// configs. Retention now counts weeks: 4 weeks keep every day in them.
     #[test]
     fn bug22_retention_keeps_weeks_of_daily_configs_not_four_files() {

@@ -1,8 +1,8 @@
 //! pfsense-pull: the firewall's config.xml every day and its full
 //! filesystem every week, never overwriting a good copy with a bad one.
 //!
-//! Replaces step 3 of the old daily-backup (behaviour.md section 7) and
-//! fixes its bugs 22 and 27: every remote step is bounded by a timeout and
+//! Replaces step 3 of the old daily-backup and fixes its bugs 22 and 27
+//! (docs/compatibility.md): every remote step is bounded by a timeout and
 //! BatchMode, a reply is validated before it is written, a tar is streamed
 //! to a `.partial` file and checked before it gets its final name, and
 //! retention counts weeks, not files, and runs only after a good run.

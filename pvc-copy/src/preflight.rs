@@ -1,5 +1,5 @@
 //! `pvc-copy preflight`: the NFS export health check added after the
-//! 2026-04-14 fsid=0 outage (behaviour.md 4.1 step 4). Its result used to
+//! 2026-04-14 fsid=0 outage (docs/compatibility.md, "Incidents"). Its result used to
 //! be discarded (BUG-6); here every failed check is listed and counted.
 
 use std::path::Path;

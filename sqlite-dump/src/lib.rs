@@ -1,10 +1,10 @@
 //! sqlite-dump: every SQLite database in a tree -> a consistent, verified
 //! copy; and `check`, an integrity check of live databases.
 //!
-//! Replaces the SQLite pass of daily-backup (behaviour.md section 6) and
-//! fixes bug 14: no `*.db`/depth filter, no URI or dot-command built from a
-//! tenant's name, no main-file-only fallback that drops the WAL, failures
-//! counted, written files in the ledger.
+//! Replaces the SQLite pass of daily-backup and fixes bug 14 of the old
+//! pipeline (docs/compatibility.md): no `*.db`/depth filter, no URI or
+//! dot-command built from a tenant's name, no main-file-only fallback that
+//! drops the WAL, failures counted, written files in the ledger.
 
 pub mod discover;
 pub mod dump;

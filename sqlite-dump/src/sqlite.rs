@@ -3,7 +3,8 @@
 //! Paths are always absolute and passed as paths, never as URIs: the flags
 //! never include `SQLITE_OPEN_URI`, and the bundled SQLite only reads a
 //! filename as a URI when it starts with `file:`, which an absolute path
-//! cannot. So `?` and `#` in a name are plain characters (bug 14).
+//! cannot. So `?` and `#` in a name are plain characters
+//! (docs/compatibility.md, bug 14).
 
 use std::path::Path;
 use std::time::{Duration, Instant};

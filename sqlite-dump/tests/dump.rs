@@ -14,7 +14,7 @@ use backup_tests::harness::Sandbox;
 use common::*;
 use rusqlite::Connection;
 
-/// Bug 14: the old `.backup` fell back to a main-file-only `cp`, losing
+/// Bug 14 (docs/compatibility.md): the old `.backup` fell back to a main-file-only `cp`, losing
 /// every transaction still in the WAL.
 #[test]
 fn bug14_rows_only_in_the_wal_reach_the_copy() {

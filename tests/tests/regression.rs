@@ -1,5 +1,5 @@
-//! One regression test per past bug of behaviour.md section 15 (STYLE.md,
-//! after ripgrep's tests/regression.rs). Bugs whose behaviour a tool's own
+//! One regression test per past bug of the old pipeline (numbered in
+//! docs/compatibility.md, "Past bugs"; after ripgrep's tests/regression.rs). Bugs whose behaviour a tool's own
 //! tests already pin down are listed here and not tested twice; the tests
 //! below cover the rest, mostly where two tools meet. Each runs the real
 //! binaries against real rsync and a real OpenSSH sshd on loopback playing
