@@ -17,9 +17,11 @@ use common::*;
 fn a_backup_root_without_its_marker_is_refused_and_left_untouched() {
     let mut env = Env::new();
     env.pvc("vm-1-pvc-aaaa", "ns", "a", &[("f", b"a")]);
-    // A bare directory, as an unmounted disk's mountpoint is; the
-    // mountpoint check is overridden so only the marker can refuse it.
-    env.root = env.sb.mkdir("bare");
+    // A filesystem never initialised (a new disk, or the wrong one); the
+    // mountpoint check is overridden so only the marker can refuse it. Its
+    // own filesystem, so pvc-copy's free-space guard measures it and never
+    // the machine's /tmp (a CI machine's /tmp may be nearly full).
+    env.root = env.sb.mount_ext4("bare", 64 << 20);
     env.root_is_mount = false;
     for extra in [&[][..], &["--dry-run"][..]] {
         env.run(NOW, extra)
