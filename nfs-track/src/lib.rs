@@ -183,7 +183,9 @@ fn plan(cli: &Cli) -> anyhow::Result<Plan> {
         ("--metrics-interval", cli.metrics_interval),
     ] {
         if d.is_zero() {
-            return Err(Exit::usage(format!("{flag} 0: expected at least 1s")));
+            return Err(Exit::usage(format!(
+                "{flag} 0: expected more than zero, e.g. 200ms or 1s"
+            )));
         }
     }
     if !cli.log.is_absolute() {
@@ -715,5 +717,18 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             sys::watchdog_tick();
             next_dog = Some(now + w);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn intervals_below_a_second_are_accepted() {
+        let cli =
+            Cli::try_parse_from(["nfs-track", "--watch", "/srv", "--flush-interval", "200ms"])
+                .expect("200ms parses");
+        assert_eq!(cli.flush_interval, Duration::from_millis(200));
     }
 }
