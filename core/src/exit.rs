@@ -153,20 +153,19 @@ pub fn one_line(err: &anyhow::Error) -> String {
     crate::log::escape_str(&format!("{err:#}"))
 }
 
-/// Shared `main`: runs `body`, prints a fatal error once as one line
-/// (`tool: a: b: c`), and exits with the right code. A write to a closed
+/// Shared `main`: names the tool for every log line, runs `body`, prints
+/// a fatal error once as one line (`tool: error: a: b: c`, see
+/// [`crate::log::format_line`]), and exits with the right code. A write to a closed
 /// stdout (`tool --json | head`) ends quietly with 0, as ripgrep does
 /// (see [`crate::out`]).
 pub fn run_main(tool: &str, body: impl FnOnce() -> anyhow::Result<ExitCode>) -> ! {
+    crate::log::set_tool(tool);
     let code = match body() {
         Ok(code) => code,
         Err(err) if crate::out::is_closed(&err) => ExitCode::Ok,
         Err(err) => {
             let code = code_of(&err);
-            crate::log::emit(
-                crate::log::Level::Error,
-                &format!("{tool}: {}", one_line(&err)),
-            );
+            crate::log::emit(crate::log::Level::Error, &one_line(&err));
             code
         }
     };
