@@ -265,15 +265,8 @@ struct Tracker {
 
 /// Bytes an unprivileged writer may still use on the ledger's filesystem.
 fn free_bytes(ledger: &Path) -> Option<u64> {
-    use std::os::unix::ffi::OsStrExt;
-    let dir = ledger.parent()?;
-    let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
-    // SAFETY: statvfs is plain data filled by the call; c is a valid path.
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
-        return None;
-    }
-    Some(st.f_bavail as u64 * st.f_frsize as u64)
+    let st = rustix::fs::statvfs(ledger.parent()?).ok()?;
+    Some(st.f_bavail * st.f_frsize)
 }
 
 fn unix(t: SystemTime) -> f64 {
