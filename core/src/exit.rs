@@ -155,9 +155,9 @@ pub fn one_line(err: &anyhow::Error) -> String {
 
 /// Shared `main`: names the tool for every log line, runs `body`, prints
 /// a fatal error once as one line (`tool: error: a: b: c`, see
-/// [`crate::log::format_line`]), and exits with the right code. A write to a closed
-/// stdout (`tool --json | head`) ends quietly with 0, as ripgrep does
-/// (see [`crate::out`]).
+/// [`crate::log::format_line`]), and exits with the right code. A write
+/// to a closed stdout (`tool --json | head`) ends quietly with 0, as
+/// ripgrep does (see [`crate::out`]).
 pub fn run_main(tool: &str, body: impl FnOnce() -> anyhow::Result<ExitCode>) -> ! {
     crate::log::set_tool(tool);
     let code = match body() {
