@@ -300,16 +300,16 @@ impl Cmd {
         // The child dies with us: a tool killed outside systemd (no cgroup
         // kill) must not leave an rsync running on its own. Safe to enable
         // always, because the spawning thread waits for the child below.
-        let parent = std::process::id() as libc::pid_t;
-        // SAFETY: only async-signal-safe calls (prctl, getppid) between
-        // fork and exec.
+        let parent = rustix::process::getpid();
+        // SAFETY: only async-signal-safe calls (prctl, getppid: one system
+        // call each, no allocation) between fork and exec.
         unsafe {
             c.pre_exec(move || {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
+                rustix::process::set_parent_process_death_signal(Some(
+                    rustix::process::Signal::KILL,
+                ))?;
                 // The parent may have died before prctl took effect.
-                if libc::getppid() != parent {
+                if rustix::process::getppid() != Some(parent) {
                     return Err(std::io::Error::other("parent exited before exec"));
                 }
                 Ok(())
@@ -536,10 +536,10 @@ pub fn read_tail(mut src: impl Read, keep: usize) -> String {
     format!("[first {dropped} bytes of stderr dropped]\n{rest}")
 }
 
+/// SIGKILL to the process group we created (an error: it is gone already).
 fn kill_group(pgid: i32) {
-    // SAFETY: kill(2) with a negative pid signals a process group we created.
-    unsafe {
-        libc::kill(-pgid, libc::SIGKILL);
+    if let Some(pgid) = rustix::process::Pid::from_raw(pgid) {
+        let _ = rustix::process::kill_process_group(pgid, rustix::process::Signal::KILL);
     }
 }
 

@@ -153,24 +153,61 @@ pub fn one_line(err: &anyhow::Error) -> String {
     crate::log::escape_str(&format!("{err:#}"))
 }
 
-/// Shared `main`: runs `body`, prints a fatal error once as one line
-/// (`tool: a: b: c`), and exits with the right code. A write to a closed
-/// stdout (`tool --json | head`) ends quietly with 0, as ripgrep does
-/// (see [`crate::out`]).
+/// Shared `main`: names the tool for every log line, runs `body`, prints
+/// a fatal error once as one line (`tool: error: a: b: c`, see
+/// [`crate::log::format_line`]), and exits with the right code. A write
+/// to a closed stdout (`tool --json | head`) ends quietly with 0, as
+/// ripgrep does (see [`crate::out`]).
 pub fn run_main(tool: &str, body: impl FnOnce() -> anyhow::Result<ExitCode>) -> ! {
+    crate::log::set_tool(tool);
     let code = match body() {
         Ok(code) => code,
         Err(err) if crate::out::is_closed(&err) => ExitCode::Ok,
         Err(err) => {
             let code = code_of(&err);
-            crate::log::emit(
-                crate::log::Level::Error,
-                &format!("{tool}: {}", one_line(&err)),
-            );
+            crate::log::emit(crate::log::Level::Error, &one_line(&err));
             code
         }
     };
     std::process::exit(code.code())
+}
+
+/// Parse the command line of `tool` with clap; see [`usage_exit`] for a
+/// bad one.
+pub fn parse_args<T: clap::Parser>(tool: &str) -> T {
+    T::try_parse().unwrap_or_else(|e| usage_exit(tool, &e))
+}
+
+/// End the process for a command line clap refused: `--help` and
+/// `--version` print as clap does; a bad usage is one error line in the
+/// shared form (`tool: error: invalid value '5y' for '--flush-interval
+/// <FLUSH_INTERVAL>': ...`), then clap's usage and hint, and exit 2.
+pub fn usage_exit(tool: &str, e: &clap::Error) -> ! {
+    use clap::error::ErrorKind;
+    if !e.use_stderr() || e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+        e.exit()
+    }
+    crate::log::set_tool(tool);
+    let (line, rest) = usage_error_line(e);
+    crate::log::emit(crate::log::Level::Error, &line);
+    if !rest.is_empty() {
+        use std::io::Write;
+        // Nowhere else to report a failed write to stderr.
+        let _ = write!(std::io::stderr().lock(), "\n{rest}");
+    }
+    std::process::exit(ExitCode::Usage.code())
+}
+
+/// A clap error as one line without clap's `error: ` tag (its first
+/// paragraph, a list of arguments joined with `, `, escaped), and the rest
+/// (usage, hint) as clap writes it.
+fn usage_error_line(e: &clap::Error) -> (String, String) {
+    let text = e.to_string();
+    let text = text.strip_prefix("error: ").unwrap_or(&text);
+    let (first, rest) = text.split_once("\n\n").unwrap_or((text, ""));
+    // clap lists missing arguments one per indented line.
+    let line = first.replacen(":\n  ", ": ", 1).replace("\n  ", ", ");
+    (crate::log::escape_str(&line), rest.to_string())
 }
 
 #[cfg(test)]
@@ -232,5 +269,35 @@ mod tests {
         );
         let lvs = anyhow::Error::new(lvs).context("reading the LVs of VG pve");
         assert_eq!(code_of(&lvs), ExitCode::Refused);
+    }
+
+    #[test]
+    fn a_bad_usage_is_one_line() {
+        let cmd = || {
+            clap::Command::new("t")
+                .arg(clap::Arg::new("to").long("to").required(true))
+                .arg(clap::Arg::new("src").required(true))
+                .arg(
+                    clap::Arg::new("every")
+                        .long("every")
+                        .value_parser(crate::cli::parse_duration),
+                )
+        };
+        let e = cmd().try_get_matches_from(["t"]).expect_err("missing");
+        let (line, rest) = usage_error_line(&e);
+        assert_eq!(
+            line,
+            "the following required arguments were not provided: --to <to>, <src>"
+        );
+        assert!(rest.starts_with("Usage: t"), "{rest}");
+        let e = cmd()
+            .try_get_matches_from(["t", "--to", "d", "s", "--every", "5y\n"])
+            .expect_err("bad value");
+        let (line, _) = usage_error_line(&e);
+        assert!(
+            line.starts_with("invalid value '5y\\n' for '--every <every>': invalid duration"),
+            "{line}"
+        );
+        assert!(!line.contains('\n'), "{line}");
     }
 }

@@ -35,17 +35,54 @@ fn journal() -> bool {
     std::env::var_os("JOURNAL_STREAM").is_some()
 }
 
-/// The line as it is written, without the trailing newline.
+static TOOL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Name the tool once at start (done by [`crate::exit::run_main`]); error
+/// and warning lines begin with it. Until then the program's file name is
+/// used. A second call changes nothing.
+pub fn set_tool(tool: &str) {
+    let _ = TOOL.set(tool.to_owned());
+}
+
+/// The tool name error and warning lines begin with.
+pub fn tool() -> String {
+    if let Some(t) = TOOL.get() {
+        return t.clone();
+    }
+    std::env::args_os()
+        .next()
+        .and_then(|a| {
+            std::path::Path::new(&a)
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+        })
+        .unwrap_or_default()
+}
+
+/// The line as it is written, without the trailing newline: errors and
+/// warnings are `TOOL: error: WHAT: WHY` and `TOOL: warning: ...`, other
+/// lines are the message alone; under systemd every line starts with its
+/// `<N>` priority.
 pub fn format_line(level: Level, msg: &str, journal: bool) -> String {
+    format_line_of(&tool(), level, msg, journal)
+}
+
+/// [`format_line`] for a given tool name (empty: no tool prefix).
+pub fn format_line_of(tool: &str, level: Level, msg: &str, journal: bool) -> String {
     let tag = match level {
         Level::Error => "error: ",
         Level::Warn => "warning: ",
         Level::Info | Level::Debug => "",
     };
-    if journal {
-        format!("<{}>{tag}{msg}", level as u8)
+    let tool = if tag.is_empty() || tool.is_empty() {
+        String::new()
     } else {
-        format!("{tag}{msg}")
+        format!("{tool}: ")
+    };
+    if journal {
+        format!("<{}>{tool}{tag}{msg}", level as u8)
+    } else {
+        format!("{tool}{tag}{msg}")
     }
 }
 
@@ -114,10 +151,30 @@ mod tests {
 
     #[test]
     fn journal_lines_carry_priority() {
-        assert_eq!(format_line(Level::Error, "x", true), "<3>error: x");
-        assert_eq!(format_line(Level::Warn, "x", true), "<4>warning: x");
-        assert_eq!(format_line(Level::Info, "x", true), "<6>x");
-        assert_eq!(format_line(Level::Info, "x", false), "x");
+        let f = |l, j| format_line_of("nfs-mirror", l, "x", j);
+        assert_eq!(f(Level::Error, true), "<3>nfs-mirror: error: x");
+        assert_eq!(f(Level::Warn, true), "<4>nfs-mirror: warning: x");
+        assert_eq!(f(Level::Info, true), "<6>x");
+        assert_eq!(f(Level::Info, false), "x");
+        assert_eq!(f(Level::Debug, false), "x");
+    }
+
+    #[test]
+    fn error_lines_name_the_tool_first() {
+        assert_eq!(
+            format_line_of(
+                "nfs-mirror",
+                Level::Error,
+                "/srv/nfs/x: rsync exited 23",
+                false
+            ),
+            "nfs-mirror: error: /srv/nfs/x: rsync exited 23"
+        );
+        assert_eq!(
+            format_line_of("pvc-copy", Level::Warn, "a: b", false),
+            "pvc-copy: warning: a: b"
+        );
+        assert_eq!(format_line_of("", Level::Error, "a", false), "error: a");
     }
 
     #[test]

@@ -10,7 +10,7 @@ fn main() {
             if e.use_stderr() {
                 lvm_snap::write_usage_metrics(&args);
             }
-            e.exit()
+            backup_core::exit::usage_exit("lvm-snap", &e)
         }
     };
     backup_core::exit::run_main("lvm-snap", || lvm_snap::run(cli));

@@ -32,7 +32,10 @@ fn create_without(h: &Host, missing: &str) -> backup_tests::harness::Run {
 }
 
 fn error_lines(stderr: &str) -> Vec<&str> {
-    stderr.lines().filter(|l| l.starts_with("error:")).collect()
+    stderr
+        .lines()
+        .filter(|l| l.starts_with("lvm-snap: error:"))
+        .collect()
 }
 
 #[test]
@@ -42,7 +45,7 @@ fn no_lvs_is_command_absent() {
     r.fails_with(5);
     assert_eq!(
         error_lines(&r.stderr),
-        ["error: lvm-snap: reading the LVs of VG pve: command absent: lvs (not found in PATH)"],
+        ["lvm-snap: error: reading the LVs of VG pve: command absent: lvs (not found in PATH)"],
         "{}",
         r.stderr
     );
@@ -55,7 +58,7 @@ fn no_lvcreate_stops_at_the_first_lv_with_exit_5() {
     r.fails_with(5);
     assert_eq!(
         error_lines(&r.stderr),
-        ["error: lvm-snap: command absent: lvcreate (not found in PATH)"],
+        ["lvm-snap: error: command absent: lvcreate (not found in PATH)"],
         "{}",
         r.stderr
     );
@@ -91,7 +94,7 @@ fn no_lvremove_stops_prune_with_exit_5() {
     r.fails_with(5);
     assert_eq!(
         error_lines(&r.stderr),
-        ["error: lvm-snap: command absent: lvremove (not found in PATH)"],
+        ["lvm-snap: error: command absent: lvremove (not found in PATH)"],
         "{}",
         r.stderr
     );

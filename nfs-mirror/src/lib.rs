@@ -165,16 +165,10 @@ pub fn is_mountpoint(path: &Path) -> Result<bool> {
 
 /// Used bytes of the filesystem holding `path` (statvfs, integers only).
 pub fn fs_used_bytes(path: &Path) -> u64 {
-    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
+    let Ok(st) = rustix::fs::statvfs(path) else {
         return 0;
     };
-    // SAFETY: statvfs writes into the zeroed struct we pass.
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: c is a valid NUL-terminated path.
-    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
-        return 0;
-    }
-    (st.f_blocks as u64).saturating_sub(st.f_bfree as u64) * st.f_frsize as u64
+    st.f_blocks.saturating_sub(st.f_bfree) * st.f_frsize
 }
 
 /// The names this tool has mirrored from one root, kept in
@@ -337,10 +331,13 @@ fn run_spooled(
         .stdout(f.try_clone().with_context(|| p(spool))?)
         .stderr(std::process::Stdio::piped())
         .process_group(0);
-    // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+    // SAFETY: prctl is async-signal-safe (one system call, no allocation);
+    // nothing else runs between fork and exec.
     unsafe {
         c.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            let _ = rustix::process::set_parent_process_death_signal(Some(
+                rustix::process::Signal::KILL,
+            ));
             Ok(())
         });
     }
@@ -355,7 +352,11 @@ fn run_spooled(
             return Ok(Spooled::Failed(e.to_string()));
         }
     };
-    let pgid = child.id() as i32;
+    let pgid = rustix::process::Pid::from_child(&child);
+    // Nothing of the group may outlive the run (an error: the group is gone).
+    let kill_group = || {
+        let _ = rustix::process::kill_process_group(pgid, rustix::process::Signal::KILL);
+    };
     // stderr is for messages: its tail, bounded (core's runner does the same).
     let err_thread = child.stderr.take().map(|s| {
         std::thread::spawn(move || {
@@ -369,16 +370,14 @@ fn run_spooled(
             Ok(Some(st)) => break Some(st),
             Ok(None) if std::time::Instant::now() >= deadline => {
                 timed_out = true;
-                // SAFETY: kill(2) on the process group we created.
-                unsafe { libc::kill(-pgid, libc::SIGKILL) };
+                kill_group();
                 break child.wait().ok();
             }
             Ok(None) => std::thread::sleep(Duration::from_millis(20)),
             Err(_) => break None,
         }
     };
-    // SAFETY: as above; nothing of the group may outlive the run.
-    unsafe { libc::kill(-pgid, libc::SIGKILL) };
+    kill_group();
     let stderr = err_thread.and_then(|t| t.join().ok()).unwrap_or_default();
     drop(f);
     if timed_out {

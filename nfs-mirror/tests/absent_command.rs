@@ -5,7 +5,10 @@ use backup_tests::harness::{Run, Sandbox};
 use backup_tests::without::PathWithout;
 
 fn error_lines(stderr: &str) -> Vec<&str> {
-    stderr.lines().filter(|l| l.starts_with("error:")).collect()
+    stderr
+        .lines()
+        .filter(|l| l.starts_with("nfs-mirror: error:"))
+        .collect()
 }
 
 #[test]
@@ -55,7 +58,7 @@ fn no_rsync_is_command_absent_for_the_mirror_and_the_config_copy() {
     r.fails_with(5);
     assert_eq!(
         error_lines(&r.stderr),
-        ["error: nfs-mirror: command absent: rsync (not found in PATH)"],
+        ["nfs-mirror: error: command absent: rsync (not found in PATH)"],
         "{}",
         r.stderr
     );

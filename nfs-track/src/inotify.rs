@@ -4,9 +4,9 @@
 //! renames (cookie pairs) and `IN_IGNORED`.
 
 use std::collections::HashMap;
-use std::ffi::{CString, OsStr};
+use std::ffi::OsStr;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
@@ -46,14 +46,10 @@ enum Added {
 
 impl Inotify {
     pub fn new(roots: &[PathBuf]) -> io::Result<Inotify> {
-        // SAFETY: plain syscall; the fd is owned below.
-        let fd = unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
+        use rustix::fs::inotify::CreateFlags;
+        let fd = rustix::fs::inotify::init(CreateFlags::NONBLOCK | CreateFlags::CLOEXEC)?;
         Ok(Inotify {
-            // SAFETY: fd was just returned by inotify_init1.
-            fd: unsafe { OwnedFd::from_raw_fd(fd) },
+            fd,
             roots: roots.to_vec(),
             wds: HashMap::new(),
             moves: HashMap::new(),
@@ -71,39 +67,47 @@ impl Inotify {
     }
 
     fn add_watch(&mut self, dir: &Path, sink: &mut Sink) -> Added {
-        let Ok(c) = CString::new(dir.as_os_str().as_bytes()) else {
-            return Added::Failed;
-        };
-        // SAFETY: c is a valid NUL-terminated path.
-        let wd = unsafe { libc::inotify_add_watch(self.fd.as_raw_fd(), c.as_ptr(), MASK) };
-        if wd < 0 {
-            let e = io::Error::last_os_error();
-            match e.raw_os_error() {
-                Some(libc::ENOSPC) => {
-                    sink.counters.watch_limit_hits += 1;
-                    if self.limit_since.is_none() {
-                        self.limit_since = Some(SystemTime::now());
-                        let now = std::fs::read_to_string("/proc/sys/fs/inotify/max_user_watches")
-                            .map(|s| s.trim().to_string())
-                            .unwrap_or_else(|_| "?".into());
-                        backup_core::error!(
-                            "cannot watch {}: inotify watch limit reached ({} watches held); raise the sysctl {WATCH_SYSCTL} (now {now}; in a container, user.max_inotify_watches) or use --backend fanotify; a full sync is requested",
-                            backup_core::log::p(dir),
-                            self.wds.len()
-                        );
-                        sink.owe_marker(&format!(
-                            "nfs-track: inotify watch limit reached ({WATCH_SYSCTL}), changes in unwatched directories may be missed"
-                        ));
-                    }
-                }
-                Some(libc::ENOENT) | Some(libc::ENOTDIR) => {}
-                _ => backup_core::warn!("cannot watch {}: {e}", backup_core::log::p(dir)),
-            }
+        if dir.as_os_str().as_bytes().contains(&0) {
             return Added::Failed;
         }
+        let flags = rustix::fs::inotify::WatchFlags::from_bits_retain(MASK);
+        let wd = match rustix::fs::inotify::add_watch(&self.fd, dir, flags) {
+            Ok(wd) => wd,
+            Err(e) => {
+                self.watch_failed(dir, e, sink);
+                return Added::Failed;
+            }
+        };
         match self.wds.insert(wd, dir.to_path_buf()) {
             Some(old) if old == dir => Added::Known,
             _ => Added::New,
+        }
+    }
+
+    /// Why `dir` could not be watched: the watch limit (logged once, a
+    /// full sync requested), gone meanwhile (nothing to say), or else.
+    fn watch_failed(&mut self, dir: &Path, e: rustix::io::Errno, sink: &mut Sink) {
+        use rustix::io::Errno;
+        match e {
+            Errno::NOSPC => {
+                sink.counters.watch_limit_hits += 1;
+                if self.limit_since.is_none() {
+                    self.limit_since = Some(SystemTime::now());
+                    let now = std::fs::read_to_string("/proc/sys/fs/inotify/max_user_watches")
+                        .map(|s| s.trim().to_string())
+                        .unwrap_or_else(|_| "?".into());
+                    backup_core::error!(
+                        "cannot watch {}: inotify watch limit reached ({} watches held); raise the sysctl {WATCH_SYSCTL} (now {now}; in a container, user.max_inotify_watches) or use --backend fanotify; a full sync is requested",
+                        backup_core::log::p(dir),
+                        self.wds.len()
+                    );
+                    sink.owe_marker(&format!(
+                        "nfs-track: inotify watch limit reached ({WATCH_SYSCTL}), changes in unwatched directories may be missed"
+                    ));
+                }
+            }
+            Errno::NOENT | Errno::NOTDIR => {}
+            _ => backup_core::warn!("cannot watch {}: {e}", backup_core::log::p(dir)),
         }
     }
 
@@ -199,8 +203,8 @@ impl Inotify {
             .map(|(&wd, _)| wd)
             .collect();
         for wd in gone {
-            // SAFETY: plain syscall on our own fd.
-            unsafe { libc::inotify_rm_watch(self.fd.as_raw_fd(), wd) };
+            // An error: the watch is gone already.
+            let _ = rustix::fs::inotify::remove_watch(&self.fd, wd);
             self.wds.remove(&wd);
         }
     }

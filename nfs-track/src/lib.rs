@@ -183,7 +183,9 @@ fn plan(cli: &Cli) -> anyhow::Result<Plan> {
         ("--metrics-interval", cli.metrics_interval),
     ] {
         if d.is_zero() {
-            return Err(Exit::usage(format!("{flag} 0: expected at least 1s")));
+            return Err(Exit::usage(format!(
+                "{flag} 0: expected more than zero, e.g. 200ms or 1s"
+            )));
         }
     }
     if !cli.log.is_absolute() {
@@ -263,15 +265,8 @@ struct Tracker {
 
 /// Bytes an unprivileged writer may still use on the ledger's filesystem.
 fn free_bytes(ledger: &Path) -> Option<u64> {
-    use std::os::unix::ffi::OsStrExt;
-    let dir = ledger.parent()?;
-    let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
-    // SAFETY: statvfs is plain data filled by the call; c is a valid path.
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
-        return None;
-    }
-    Some(st.f_bavail as u64 * st.f_frsize as u64)
+    let st = rustix::fs::statvfs(ledger.parent()?).ok()?;
+    Some(st.f_bavail * st.f_frsize)
 }
 
 fn unix(t: SystemTime) -> f64 {
@@ -715,5 +710,18 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             sys::watchdog_tick();
             next_dog = Some(now + w);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn intervals_below_a_second_are_accepted() {
+        let cli =
+            Cli::try_parse_from(["nfs-track", "--watch", "/srv", "--flush-interval", "200ms"])
+                .expect("200ms parses");
+        assert_eq!(cli.flush_interval, Duration::from_millis(200));
     }
 }

@@ -2,7 +2,7 @@
 //! SIGTERM/SIGINT (no async handler to reason about), poll, and sd_notify.
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::time::Duration;
 
 /// Block SIGTERM, SIGINT and SIGHUP and return a signalfd that reports them.
@@ -28,20 +28,17 @@ pub fn signal_fd() -> io::Result<OwnedFd> {
 /// Read pending signals from a signalfd; returns their numbers.
 pub fn read_signals(fd: &OwnedFd) -> Vec<i32> {
     let mut out = Vec::new();
+    // One signalfd_siginfo per signal; ssi_signo (u32) comes first.
+    const SIZE: usize = std::mem::size_of::<libc::signalfd_siginfo>();
+    const _: () = assert!(std::mem::offset_of!(libc::signalfd_siginfo, ssi_signo) == 0);
+    let mut info = [0u8; SIZE];
     loop {
-        // SAFETY: signalfd_siginfo is plain data; read fills at most its size.
-        let mut info: libc::signalfd_siginfo = unsafe { std::mem::zeroed() };
-        let n = unsafe {
-            libc::read(
-                fd.as_raw_fd(),
-                (&mut info as *mut libc::signalfd_siginfo).cast(),
-                std::mem::size_of::<libc::signalfd_siginfo>(),
-            )
-        };
-        if n as usize != std::mem::size_of::<libc::signalfd_siginfo>() {
+        if rustix::io::read(fd, &mut info[..]) != Ok(SIZE) {
             return out;
         }
-        out.push(info.ssi_signo as i32);
+        let mut signo = [0u8; 4];
+        signo.copy_from_slice(&info[..4]);
+        out.push(u32::from_ne_bytes(signo) as i32);
     }
 }
 

@@ -4,8 +4,9 @@
 //! relative to the previous one, and the last is examined with `AT_SYMLINK_NOFOLLOW` (a symlink there is
 //! sent as a link, never followed).
 
-use std::ffi::CString;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use rustix::fs::{AtFlags, Mode, OFlags};
+use rustix::io::Errno;
+use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path};
 
@@ -20,41 +21,25 @@ pub enum Resolved {
     Unsafe,
 }
 
-fn open_dir_at(dirfd: i32, name: &[u8]) -> Result<OwnedFd, i32> {
-    let c = CString::new(name).map_err(|_| libc::EINVAL)?;
-    // SAFETY: c is NUL-terminated; dirfd is a valid open descriptor.
-    let fd = unsafe {
-        libc::openat(
-            dirfd,
-            c.as_ptr(),
-            libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
-        )
-    };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error()
-            .raw_os_error()
-            .unwrap_or(libc::EIO));
-    }
-    // SAFETY: fd was just returned by openat and is owned by nobody else.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+/// Open the directory `name` beneath `dir`, never following a symlink (a
+/// name with a NUL byte is `EINVAL`).
+fn open_dir_at(dir: &OwnedFd, name: &[u8]) -> Result<OwnedFd, Errno> {
+    rustix::fs::openat(
+        dir,
+        name,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
 }
 
 /// Resolve `rel` (relative, no `..`) beneath the directory `root`.
 pub fn resolve_beneath(root: &Path, rel: &Path) -> std::io::Result<Resolved> {
-    let croot = CString::new(root.as_os_str().as_bytes())
-        .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
-    // SAFETY: croot is NUL-terminated. The root itself is configuration and may be followed.
-    let rfd = unsafe {
-        libc::open(
-            croot.as_ptr(),
-            libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
-        )
-    };
-    if rfd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: rfd was just opened and is ours.
-    let mut dir = unsafe { OwnedFd::from_raw_fd(rfd) };
+    // The root itself is configuration and may be followed.
+    let mut dir = rustix::fs::open(
+        root,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
     let comps: Vec<&[u8]> = rel
         .components()
         .filter_map(|c| match c {
@@ -74,33 +59,18 @@ pub fn resolve_beneath(root: &Path, rel: &Path) -> std::io::Result<Resolved> {
         return Ok(Resolved::Unsafe);
     };
     for c in parents {
-        match open_dir_at(dir.as_raw_fd(), c) {
+        match open_dir_at(&dir, c) {
             Ok(fd) => dir = fd,
-            Err(libc::ENOENT) => return Ok(Resolved::Vanished),
-            Err(libc::ELOOP) | Err(libc::ENOTDIR) => return Ok(Resolved::Unsafe),
-            Err(e) => return Err(std::io::Error::from_raw_os_error(e)),
+            Err(Errno::NOENT) => return Ok(Resolved::Vanished),
+            Err(Errno::LOOP) | Err(Errno::NOTDIR) => return Ok(Resolved::Unsafe),
+            Err(e) => return Err(e.into()),
         }
     }
-    let c = CString::new(*last).map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
-    // SAFETY: zeroed stat buffer for fstatat to fill.
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    // SAFETY: valid dirfd, NUL-terminated name, valid buffer.
-    let r = unsafe {
-        libc::fstatat(
-            dir.as_raw_fd(),
-            c.as_ptr(),
-            &mut st,
-            libc::AT_SYMLINK_NOFOLLOW,
-        )
-    };
-    if r == 0 {
-        return Ok(Resolved::Present);
-    }
-    let e = std::io::Error::last_os_error();
-    match e.raw_os_error() {
-        Some(libc::ENOENT) => Ok(Resolved::Vanished),
-        Some(libc::ENOTDIR) => Ok(Resolved::Unsafe),
-        _ => Err(e),
+    match rustix::fs::statat(&dir, *last, AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(_) => Ok(Resolved::Present),
+        Err(Errno::NOENT) => Ok(Resolved::Vanished),
+        Err(Errno::NOTDIR) => Ok(Resolved::Unsafe),
+        Err(e) => Err(e.into()),
     }
 }
 

@@ -9,7 +9,10 @@ use backup_tests::without::PathWithout;
 use common::World;
 
 fn error_lines(stderr: &str) -> Vec<&str> {
-    stderr.lines().filter(|l| l.starts_with("error:")).collect()
+    stderr
+        .lines()
+        .filter(|l| l.starts_with("offsite-sync: error:"))
+        .collect()
 }
 
 fn world() -> World {
@@ -34,8 +37,8 @@ fn no_rsync_on_path_is_command_absent() {
     assert_eq!(
         error_lines(&r.stderr),
         [
-            "error: step 1: command absent: rsync (not found in PATH)",
-            "error: step 2: command absent: rsync (not found in PATH)"
+            "offsite-sync: error: step 1: command absent: rsync (not found in PATH)",
+            "offsite-sync: error: step 2: command absent: rsync (not found in PATH)"
         ],
         "{}",
         r.stderr
@@ -53,7 +56,7 @@ fn no_ssh_is_command_absent() {
     r.fails_with(5);
     assert_eq!(
         error_lines(&r.stderr),
-        ["error: step 1: command absent: ssh (no such file: /nonexistent/ssh)"],
+        ["offsite-sync: error: step 1: command absent: ssh (no such file: /nonexistent/ssh)"],
         "{}",
         r.stderr
     );

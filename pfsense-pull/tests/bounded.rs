@@ -219,7 +219,7 @@ fn a_missing_ssh_is_command_absent_exit_5() {
     // One line, naming the command.
     assert_eq!(
         run.stderr.trim_end(),
-        "error: pfsense-pull: command absent: ssh (not found in PATH)"
+        "pfsense-pull: error: command absent: ssh (not found in PATH)"
     );
     assert!(b.files().is_empty(), "{:?}", b.files());
 }

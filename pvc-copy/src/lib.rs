@@ -1068,7 +1068,7 @@ fn run_preflight(a: &PreflightArgs, common: &Common) -> anyhow::Result<ExitCode>
         if c.ok {
             info!("ok: {}: {}", c.name, c.detail);
         } else {
-            error!("FAILED: {}: {}", c.name, c.detail);
+            error!("{}: {}", c.name, c.detail);
         }
     }
     let mut m = Metrics::new();

@@ -31,7 +31,10 @@ fn run_without(e: &Env, missing: &str) -> Run {
 }
 
 fn error_lines(stderr: &str) -> Vec<&str> {
-    stderr.lines().filter(|l| l.starts_with("error:")).collect()
+    stderr
+        .lines()
+        .filter(|l| l.starts_with("pvc-copy: error:"))
+        .collect()
 }
 
 #[test]
@@ -41,7 +44,7 @@ fn no_rsync_is_refused_before_anything_is_mounted() {
     r.fails_with(5);
     assert_eq!(
         error_lines(&r.stderr),
-        ["error: pvc-copy: command absent: rsync (not found in PATH)"],
+        ["pvc-copy: error: command absent: rsync (not found in PATH)"],
         "{}",
         r.stderr
     );
@@ -56,7 +59,7 @@ fn no_lvs_is_command_absent() {
     r.fails_with(5);
     assert_eq!(
         error_lines(&r.stderr),
-        ["error: pvc-copy: command absent: lvs (not found in PATH)"],
+        ["pvc-copy: error: command absent: lvs (not found in PATH)"],
         "{}",
         r.stderr
     );
@@ -69,7 +72,7 @@ fn no_kubectl_copies_with_the_cache_then_exits_5() {
     e.run(NOW, &[]).succeeds();
     let r = run_without(&e, "kubectl");
     r.fails_with(5).stderr_contains(
-        "error: pvc-copy: command absent: kubectl (not found in PATH): PVC names came from the mapping cache",
+        "pvc-copy: error: command absent: kubectl (not found in PATH): PVC names came from the mapping cache",
     );
     // The PVC was copied again (by its cached name) before the exit 5.
     r.stderr_contains("kubectl failed (command absent: kubectl")
@@ -90,5 +93,5 @@ fn preflight_without_exportfs_is_command_absent() {
             .arg(&exports),
     );
     r.fails_with(5)
-        .stderr_contains("error: pvc-copy: command absent: exportfs (not found in PATH)");
+        .stderr_contains("pvc-copy: error: command absent: exportfs (not found in PATH)");
 }

@@ -61,7 +61,8 @@ fn the_fsid0_outage_configuration_fails_and_counts() {
         "active",
         "/srv/nfs\\t10.0.0.0/24(rw)\\n",
     );
-    r.fails_with(3).stderr_contains("FAILED: no-fsid0-root");
+    r.fails_with(3)
+        .stderr_contains("pvc-copy: error: no-fsid0-root");
     let m = fs::read_to_string(sb.path().join("preflight.prom")).expect("metrics");
     assert!(m.contains("pvc_copy_nfs_exports_ok 0"), "{m}");
 }
@@ -71,13 +72,14 @@ fn a_stopped_server_no_exports_and_a_missing_file_each_fail() {
     let sb = Sandbox::new();
     preflight(&sb, "/srv/nfs/a *(rw)\n", "inactive", "")
         .fails_with(3)
-        .stderr_contains("FAILED: nfs-server-active")
-        .stderr_contains("FAILED: exports-active: exportfs -s lists 0 export(s)");
+        .stderr_contains("pvc-copy: error: nfs-server-active")
+        .stderr_contains("pvc-copy: error: exports-active: exportfs -s lists 0 export(s)");
     let r = Run::of(
         sb.cmd("pvc-copy")
             .args(["preflight", "--exports"])
             .arg(sb.path().join("missing"))
             .args(["--systemctl", "true", "--exportfs", "true"]),
     );
-    r.fails_with(3).stderr_contains("FAILED: exports-file");
+    r.fails_with(3)
+        .stderr_contains("pvc-copy: error: exports-file");
 }

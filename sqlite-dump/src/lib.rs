@@ -383,7 +383,7 @@ fn dump_all(a: &DumpArgs, t: &mut DumpTotals) -> anyhow::Result<ExitCode> {
         // Nothing is started on a root that is no longer the backup disk.
         if let Err(e) = guard.check() {
             t.failed += 1;
-            error!("failed: {}: {e}", bytes_of(&c.rel));
+            error!("{}: {e}", bytes_of(&c.rel));
             results.push(json!({"path": bytes_of(&c.rel), "result": "failed", "error": e}));
             continue;
         }
@@ -425,7 +425,7 @@ fn dump_all(a: &DumpArgs, t: &mut DumpTotals) -> anyhow::Result<ExitCode> {
                 t.bytes += w.bytes;
                 if let Some(e) = ledger_err {
                     t.failed += 1;
-                    error!("failed: {}: {e}", bytes_of(&c.rel));
+                    error!("{}: {e}", bytes_of(&c.rel));
                     results.push(json!({"path": bytes_of(&c.rel), "result": "failed", "error": e, "bytes": w.bytes}));
                 } else {
                     t.ok += 1;
@@ -437,7 +437,7 @@ fn dump_all(a: &DumpArgs, t: &mut DumpTotals) -> anyhow::Result<ExitCode> {
             Err(e) => {
                 t.failed += 1;
                 let msg = backup_core::exit::one_line(&e);
-                error!("failed: {}: {msg}", bytes_of(&c.rel));
+                error!("{}: {msg}", bytes_of(&c.rel));
                 results.push(json!({"path": bytes_of(&c.rel), "result": "failed", "error": msg}));
             }
         }
@@ -553,7 +553,7 @@ fn run_check(a: &CheckArgs, common: &Common) -> anyhow::Result<ExitCode> {
             }
             Err(e) => {
                 let msg = backup_core::exit::one_line(&e);
-                error!("failed: {label}: {msg}");
+                error!("{label}: {msg}");
                 results.push(json!({"db": label, "ok": false, "error": msg}));
                 failed.push(label);
             }
