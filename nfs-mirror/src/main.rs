@@ -103,7 +103,7 @@ enum Sub {
 }
 
 fn main() {
-    let cli = Cli::parse();
+    let cli = backup_core::config::parse::<Cli>("nfs-mirror");
     cli.common.init_logging();
     backup_core::exit::run_main("nfs-mirror", || run(cli))
 }

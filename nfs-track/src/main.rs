@@ -1,6 +1,4 @@
-use clap::Parser;
-
 fn main() {
-    let cli = nfs_track::Cli::parse();
+    let cli = backup_core::config::parse::<nfs_track::Cli>("nfs-track");
     backup_core::exit::run_main("nfs-track", || nfs_track::run(cli))
 }

@@ -203,7 +203,7 @@ struct Opts {
 }
 
 fn main() {
-    let cli = Cli::parse();
+    let cli = backup_core::config::parse::<Cli>("offsite-sync");
     cli.common.init_logging();
     backup_core::exit::run_main("offsite-sync", || run(cli))
 }

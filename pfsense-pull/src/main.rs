@@ -1,7 +1,6 @@
 //! pfsense-pull: argument parsing and exit code over the library.
-use clap::Parser;
 
 fn main() {
-    let cli = pfsense_pull::Cli::parse();
+    let cli = backup_core::config::parse::<pfsense_pull::Cli>(pfsense_pull::TOOL);
     backup_core::exit::run_main(pfsense_pull::TOOL, || pfsense_pull::run(cli));
 }

@@ -1,7 +1,6 @@
 //! sqlite-dump: verified copies of every SQLite database in a tree.
-use clap::Parser;
 
 fn main() {
-    let cli = sqlite_dump::Cli::parse();
+    let cli = backup_core::config::parse::<sqlite_dump::Cli>(sqlite_dump::TOOL);
     backup_core::exit::run_main(sqlite_dump::TOOL, || sqlite_dump::run(cli));
 }
