@@ -35,29 +35,46 @@ struct Cli {
 struct MirrorArgs {
     /// An NFS root whose top-level entries are mirrored, as ROOT (into
     /// DEST/<name>/) or ROOT:SUBDIR (into DEST/SUBDIR/<name>/); repeatable
-    /// (env: comma-separated).
+    /// (env: comma-separated) [default: --nfs-root, --nfs-ssd-root:nfs-ssd].
     #[arg(
         long = "source",
         env = "NFS_MIRROR_SOURCE",
         value_name = "ROOT[:SUBDIR]",
         value_delimiter = ',',
-        default_values = ["/srv/nfs", "/srv/nfs-ssd:nfs-ssd"],
         value_parser = nfs_mirror::SourceRoot::parse
     )]
     sources: Vec<nfs_mirror::SourceRoot>,
-    /// The backup disk root, with its identity marker (entries go to
+    /// The NFS export root, mirrored into DEST/<name>/ unless --source is given.
+    #[arg(long, env = "NFS_ROOT", default_value = "/srv/nfs", value_name = "DIR")]
+    nfs_root: PathBuf,
+    /// The SSD NFS root, mirrored into DEST/nfs-ssd/<name>/ unless --source is given.
+    #[arg(
+        long,
+        env = "NFS_SSD_ROOT",
+        default_value = "/srv/nfs-ssd",
+        value_name = "DIR"
+    )]
+    nfs_ssd_root: PathBuf,
+    /// The backup disk root (DEST), with its identity marker (entries go to
     /// DEST/<name>/ or DEST/SUBDIR/<name>/).
-    #[arg(long, env = "BACKUP_ROOT", default_value = "/mnt/backup")]
+    #[arg(
+        long = "backup-root",
+        visible_alias = "dest",
+        env = "BACKUP_ROOT",
+        default_value = "/mnt/backup",
+        value_name = "DIR"
+    )]
     dest: PathBuf,
     /// The skip list both legs read.
     #[arg(
         long,
         env = "BACKUP_SKIP_LIST",
-        default_value = "/etc/backup-skip-list.conf"
+        default_value = "/etc/backup-skip-list.conf",
+        value_name = "FILE"
     )]
     skip_list: PathBuf,
-    /// The leg-1 ledger (default DEST/.changed-files).
-    #[arg(long)]
+    /// The leg-1 ledger [default: DEST/.changed-files].
+    #[arg(long, value_name = "FILE")]
     ledger: Option<PathBuf>,
     /// Refuse unless the source and the destination are mountpoints.
     #[arg(long)]
@@ -75,9 +92,9 @@ struct MirrorArgs {
     /// Print the per-entry report as JSON on stdout.
     #[arg(long)]
     json: bool,
-    /// Bound for each rsync.
-    #[arg(long, default_value = "4h", value_parser = parse_duration)]
-    timeout: std::time::Duration,
+    /// Bound for each rsync (one NFS entry).
+    #[arg(long, default_value = "4h", value_name = "DURATION", value_parser = parse_duration)]
+    rsync_timeout: std::time::Duration,
 }
 
 #[derive(Debug, Subcommand)]
@@ -85,20 +102,30 @@ enum Sub {
     /// Copy host configuration directories to DEST/pve-config/<path>/.
     #[command(after_help = EXIT_CODE_HELP)]
     Config {
-        #[arg(long, env = "BACKUP_ROOT", default_value = "/mnt/backup")]
+        /// The backup disk root (DEST), with its identity marker.
+        #[arg(
+            long = "backup-root",
+            visible_alias = "dest",
+            env = "BACKUP_ROOT",
+            default_value = "/mnt/backup",
+            value_name = "DIR"
+        )]
         dest: PathBuf,
         /// A directory to copy (repeatable).
         #[arg(long = "item", default_values = ["/etc/pve", "/usr/local/bin", "/etc/systemd/system"])]
         items: Vec<PathBuf>,
-        #[arg(long)]
+        /// The ledger [default: DEST/.changed-files].
+        #[arg(long, value_name = "FILE")]
         ledger: Option<PathBuf>,
         /// Refuse unless the destination is a mountpoint.
         #[arg(long)]
         require_mountpoint: bool,
+        /// Print what would be done; change nothing.
         #[arg(long)]
         dry_run: bool,
-        #[arg(long, default_value = "300s", value_parser = parse_duration)]
-        timeout: std::time::Duration,
+        /// Bound for each item's rsync.
+        #[arg(long, default_value = "300s", value_name = "DURATION", value_parser = parse_duration)]
+        rsync_timeout: std::time::Duration,
     },
 }
 
@@ -120,7 +147,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             ledger,
             require_mountpoint,
             dry_run,
-            timeout,
+            rsync_timeout: timeout,
         }) => {
             let _lock = backup_core::lock::acquire("nfs-mirror-config")?;
             let o = nfs_mirror::ConfigOpts {
@@ -155,7 +182,19 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let a = cli.mirror;
             let _lock = backup_core::lock::acquire("nfs-mirror")?;
             let o = nfs_mirror::MirrorOpts {
-                sources: a.sources,
+                sources: if a.sources.is_empty() {
+                    vec![
+                        nfs_mirror::SourceRoot::parse(&a.nfs_root.to_string_lossy())
+                            .map_err(backup_core::exit::Exit::usage)?,
+                        nfs_mirror::SourceRoot::parse(&format!(
+                            "{}:nfs-ssd",
+                            a.nfs_ssd_root.to_string_lossy()
+                        ))
+                        .map_err(backup_core::exit::Exit::usage)?,
+                    ]
+                } else {
+                    a.sources
+                },
                 dest: a.dest,
                 skip_list: a.skip_list,
                 ledger: a.ledger,
@@ -164,7 +203,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 prune_skipped: a.prune_skipped,
                 dry_run: a.dry_run,
                 json: a.json,
-                timeout: a.timeout,
+                timeout: a.rsync_timeout,
                 rsync: rsync_prog(),
             };
             let mut m = Metrics::new();

@@ -62,21 +62,39 @@ pub enum RouteArg {
     after_help = EXIT_CODE_HELP
 )]
 pub struct Cli {
-    /// A tree to watch (repeatable).
-    #[arg(long = "watch", value_name = "DIR", required = true)]
+    /// A tree to watch (repeatable) [default: --nfs-root and --nfs-ssd-root].
+    #[arg(long = "watch", value_name = "DIR")]
     pub watch: Vec<PathBuf>,
-    /// The ledger (absolute paths, one per line).
+    /// The NFS export root (watched unless --watch is given).
+    #[arg(long, env = "NFS_ROOT", default_value = "/srv/nfs", value_name = "DIR")]
+    pub nfs_root: PathBuf,
+    /// The SSD NFS root (watched unless --watch is given).
     #[arg(
         long,
-        value_name = "FILE",
-        env = "NFS_TRACK_LOG",
-        default_value = "/mnt/backup/.nfs-changes.log"
+        env = "NFS_SSD_ROOT",
+        default_value = "/srv/nfs-ssd",
+        value_name = "DIR"
     )]
+    pub nfs_ssd_root: PathBuf,
+    /// The backup disk root: the ledger's default place and the directory
+    /// --require-mountpoint waits for.
+    #[arg(
+        long,
+        env = "BACKUP_ROOT",
+        default_value = "/mnt/backup",
+        value_name = "DIR"
+    )]
+    pub backup_root: PathBuf,
+    /// The ledger (absolute paths, one per line) [default: BACKUP_ROOT/.nfs-changes.log].
+    #[arg(long = "log", value_name = "FILE", env = "NFS_TRACK_LOG")]
+    pub log_arg: Option<PathBuf>,
+    /// The ledger, resolved from --log and --backup-root.
+    #[arg(skip)]
     pub log: PathBuf,
     /// Skip list; with it only paths of `--route` are logged.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", env = "BACKUP_SKIP_LIST")]
     pub skip_list: Option<PathBuf>,
-    /// The skip-list route to log (paths relative to each watched root).
+    /// The skip-list route to log (paths relative to each watched root) [default: direct].
     #[arg(long, value_enum, requires = "skip_list")]
     pub route: Option<RouteArg>,
     /// A regex over the full path; matching files are not logged (repeatable).
@@ -85,6 +103,7 @@ pub struct Cli {
     /// Drop the default excludes (swap files, .nfs*, .Trash, SQLite sidecars).
     #[arg(long)]
     pub no_default_excludes: bool,
+    /// How changes are seen (fanotify needs CAP_SYS_ADMIN; auto falls back to inotify).
     #[arg(long, value_enum, default_value = "auto")]
     pub backend: BackendKind,
     /// Paths are deduplicated and written once per interval.
@@ -105,11 +124,15 @@ pub struct Cli {
     /// The ledger is written only on the backup root's disk, identified by its
     /// marker (`offsite-sync init --local`): without this flag a missing marker
     /// refuses the start (exit 5); with it, the start waits for the disk.
-    #[arg(long, value_name = "DIR")]
+    /// A bare --require-mountpoint means --backup-root.
+    #[arg(long = "require-mountpoint", value_name = "DIR", num_args = 0..=1)]
+    pub require_mountpoint_arg: Option<Option<PathBuf>>,
+    /// Resolved from --require-mountpoint and --backup-root.
+    #[arg(skip)]
     pub require_mountpoint: Option<PathBuf>,
     /// Paths held in memory at most while the ledger is unavailable; past
     /// it they are dropped and a full sync is requested.
-    #[arg(long, default_value_t = 1_000_000)]
+    #[arg(long, default_value_t = 1_000_000, value_name = "N")]
     pub max_pending: usize,
     #[command(flatten)]
     pub common: Common,
@@ -508,7 +531,26 @@ impl Tracker {
     }
 }
 
-pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+impl Cli {
+    /// Fill the settings derived from others: the watched trees, the
+    /// ledger, the mountpoint waited for.
+    pub fn resolve(&mut self) {
+        if self.watch.is_empty() {
+            self.watch = vec![self.nfs_root.clone(), self.nfs_ssd_root.clone()];
+        }
+        self.log = self
+            .log_arg
+            .clone()
+            .unwrap_or_else(|| self.backup_root.join(".nfs-changes.log"));
+        self.require_mountpoint = self
+            .require_mountpoint_arg
+            .clone()
+            .map(|d| d.unwrap_or_else(|| self.backup_root.clone()));
+    }
+}
+
+pub fn run(mut cli: Cli) -> anyhow::Result<ExitCode> {
+    cli.resolve();
     cli.common.init_logging();
     let plan = plan(&cli)?;
     // Contract 13: the ledger goes only to the initialised backup disk.

@@ -92,8 +92,10 @@ struct Opts {
         default_value = "backup@nas.invalid"
     )]
     remote: String,
+    /// The NAS's ssh port.
     #[arg(long, global = true, env = "OFFSITE_SSH_PORT", default_value_t = 22)]
     ssh_port: u16,
+    /// The ssh key for the NAS login.
     #[arg(
         long,
         global = true,
@@ -109,7 +111,8 @@ struct Opts {
         default_value = "/etc/backup-pipeline/offsite_known_hosts"
     )]
     known_hosts: PathBuf,
-    #[arg(long, global = true, default_value = "10s", value_parser = parse_duration)]
+    /// ssh ConnectTimeout.
+    #[arg(long, global = true, default_value = "10s", value_name = "DURATION", value_parser = parse_duration)]
     connect_timeout: Duration,
     /// ssh ServerAliveInterval (3 missed replies end the connection).
     #[arg(long, global = true, default_value = "15s", value_parser = parse_duration)]
@@ -117,52 +120,88 @@ struct Opts {
     /// rsync --timeout: no data for this long ends the transfer.
     #[arg(long, global = true, default_value = "300s", value_parser = parse_duration)]
     io_timeout: Duration,
-    /// Bound for each rsync run.
-    #[arg(long, global = true, default_value = "2h", value_parser = parse_duration)]
+    /// Bound for each rsync (one transfer, not the whole run).
+    #[arg(
+        long = "rsync-timeout",
+        alias = "run-timeout",
+        global = true,
+        default_value = "4h",
+        value_name = "DURATION",
+        value_parser = parse_duration
+    )]
     run_timeout: Duration,
     /// rsync --bwlimit (e.g. 20m).
-    #[arg(long, global = true)]
+    #[arg(long, global = true, env = "OFFSITE_BWLIMIT", value_name = "RATE")]
     bwlimit: Option<String>,
+    /// The backup disk root (step 1's source; its ledger .changed-files).
     #[arg(
         long,
         global = true,
         env = "BACKUP_ROOT",
-        default_value = "/mnt/backup"
+        default_value = "/mnt/backup",
+        value_name = "DIR"
     )]
     backup_root: PathBuf,
-    #[arg(long, global = true, default_value = "/srv/nfs")]
+    /// The NFS export root (step 2's direct trees, coverage).
+    #[arg(
+        long,
+        global = true,
+        env = "NFS_ROOT",
+        default_value = "/srv/nfs",
+        value_name = "DIR"
+    )]
     nfs_root: PathBuf,
-    #[arg(long, global = true, default_value = "/srv/nfs-ssd")]
+    /// The SSD NFS root (step 2's direct trees, coverage).
+    #[arg(
+        long,
+        global = true,
+        env = "NFS_SSD_ROOT",
+        default_value = "/srv/nfs-ssd",
+        value_name = "DIR"
+    )]
     nfs_ssd_root: PathBuf,
+    /// Step 1's destination on the NAS.
     #[arg(
         long,
         global = true,
         env = "OFFSITE_PVE_DEST",
-        default_value = "/Backup/Viki/pve-backup"
+        default_value = "/volume1/Backup/Viki/pve-backup",
+        value_name = "NAS_PATH"
     )]
     pve_dest: String,
     /// Where the NAS capacity is read (df -kP); default: the parent of --pve-dest.
-    #[arg(long, global = true, env = "OFFSITE_CAPACITY_PATH")]
+    #[arg(
+        long,
+        global = true,
+        env = "OFFSITE_CAPACITY_PATH",
+        value_name = "NAS_PATH"
+    )]
     capacity_path: Option<String>,
+    /// Step 2's destination on the NAS for --nfs-root's direct trees.
     #[arg(
         long,
         global = true,
         env = "OFFSITE_NFS_DEST",
-        default_value = "/Backup/Viki/nfs"
+        default_value = "/volume1/Backup/Viki/nfs",
+        value_name = "NAS_PATH"
     )]
     nfs_dest: String,
+    /// Step 2's destination on the NAS for --nfs-ssd-root's direct trees.
     #[arg(
         long,
         global = true,
         env = "OFFSITE_NFS_SSD_DEST",
-        default_value = "/Backup/Viki/nfs-ssd"
+        default_value = "/volume1/Backup/Viki/nfs-ssd",
+        value_name = "NAS_PATH"
     )]
     nfs_ssd_dest: String,
+    /// The skip list (routes of the NFS trees) both legs read.
     #[arg(
         long,
         global = true,
         env = "BACKUP_SKIP_LIST",
-        default_value = "/etc/backup-skip-list.conf"
+        default_value = "/etc/backup-skip-list.conf",
+        value_name = "FILE"
     )]
     skip_list: PathBuf,
     /// nfs-track's state directory: its `last-watching` file says which
@@ -176,16 +215,17 @@ struct Opts {
     nfs_track_state_dir: PathBuf,
     /// A leg whose last record (nfs-mirror's run, nfs-track's watch) is
     /// older than this no longer counts as carrying its directories.
-    #[arg(long, global = true, default_value = "2d", value_parser = parse_duration)]
+    #[arg(long, global = true, default_value = "2d", value_name = "DURATION", value_parser = parse_duration)]
     coverage_max_age: Duration,
     /// auto: when the last full pass is older than --full-every or a
     /// full-sync-needed marker exists.
     #[arg(long, global = true, value_enum, default_value = "auto")]
     full: FullMode,
-    #[arg(long, global = true, default_value = "30d", value_parser = parse_duration)]
+    /// A full pass is due when the last one is older than this.
+    #[arg(long, global = true, default_value = "30d", value_name = "DURATION", value_parser = parse_duration)]
     full_every: Duration,
     /// More pending ledger lines than this: a full pass replaces them.
-    #[arg(long, global = true, default_value_t = 500_000)]
+    #[arg(long, global = true, default_value_t = 500_000, value_name = "N")]
     ledger_cap: u64,
     /// A full pass that would delete more than N items or P% is refused;
     /// the deleting transfer itself is held to it (rsync --max-delete: a
@@ -195,6 +235,7 @@ struct Opts {
     /// Refuse unless the backup root and the NFS roots are mountpoints.
     #[arg(long, global = true)]
     require_mountpoint: bool,
+    /// Print what would be sent and deleted; change nothing.
     #[arg(long, global = true)]
     dry_run: bool,
     /// Step reports as JSON on stdout.

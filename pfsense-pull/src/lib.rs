@@ -50,10 +50,19 @@ pub enum FullTar {
     after_help = EXIT_CODE_HELP
 )]
 pub struct Cli {
-    /// Destination directory (copies go to <dest>/<ISO week>/), below a backup
-    /// root carrying its identity marker (`offsite-sync init --local`).
-    #[arg(long, env = "PFSENSE_DEST", value_name = "DIR")]
-    pub dest: PathBuf,
+    /// The backup disk root, carrying its identity marker (`offsite-sync
+    /// init --local`); copies go to BACKUP_ROOT/pfsense/<ISO week>/.
+    #[arg(
+        long,
+        env = "BACKUP_ROOT",
+        default_value = "/mnt/backup",
+        value_name = "DIR"
+    )]
+    pub backup_root: PathBuf,
+    /// Another destination directory below the backup root (copies go to
+    /// <dest>/<ISO week>/) [default: BACKUP_ROOT/pfsense].
+    #[arg(long = "dest", env = "PFSENSE_DEST", value_name = "DIR")]
+    pub dest_arg: Option<PathBuf>,
     /// SSH login of the firewall.
     #[arg(
         long,
@@ -124,7 +133,8 @@ pub struct Cli {
     /// Warn when a new config is smaller than this fraction of the last good one.
     #[arg(long, value_name = "RATIO", default_value_t = 0.5)]
     pub shrink_ratio: f64,
-    /// Ledger of changed files (paths relative to --ledger-root).
+    /// Ledger of changed files (paths relative to --ledger-root)
+    /// [default: LEDGER_ROOT/.changed-files].
     #[arg(long, env = "BACKUP_LEDGER", value_name = "FILE")]
     pub ledger: Option<PathBuf>,
     /// Root the ledger's paths are relative to (default: the parent of --dest).
@@ -225,7 +235,17 @@ fn ser_date<S: serde::Serializer>(d: &NaiveDate, s: S) -> Result<S::Ok, S::Error
 }
 
 /// Turn arguments into a plan; every bad input is exit 2 with one line.
+impl Cli {
+    /// Where the weekly copies go: --dest, else BACKUP_ROOT/pfsense.
+    pub fn dest(&self) -> PathBuf {
+        self.dest_arg
+            .clone()
+            .unwrap_or_else(|| self.backup_root.join("pfsense"))
+    }
+}
+
 pub fn plan(cli: &Cli) -> anyhow::Result<Plan> {
+    let dest = cli.dest();
     let date = cli
         .today
         .unwrap_or_else(|| chrono::Local::now().date_naive());
@@ -243,10 +263,10 @@ pub fn plan(cli: &Cli) -> anyhow::Result<Plan> {
     if cli.timeout.is_zero() {
         return Err(Exit::usage("--timeout 0: expected a positive duration"));
     }
-    if cli.dest.as_os_str().is_empty() || cli.dest.parent().is_none() {
+    if dest.as_os_str().is_empty() || dest.parent().is_none() {
         return Err(Exit::usage(format!(
             "--dest {}: expected a directory below a backup root",
-            cli.dest.display()
+            dest.display()
         )));
     }
     let full_tar = match cli.full_tar {
@@ -321,8 +341,7 @@ pub fn plan(cli: &Cli) -> anyhow::Result<Plan> {
     };
     let ledger_root = match &cli.ledger_root {
         Some(r) => r.clone(),
-        None => cli
-            .dest
+        None => dest
             .parent()
             .map(Path::to_path_buf)
             .filter(|p| !p.as_os_str().is_empty())
@@ -332,21 +351,21 @@ pub fn plan(cli: &Cli) -> anyhow::Result<Plan> {
         .ledger
         .clone()
         .unwrap_or_else(|| ledger_root.join(".changed-files"));
-    if !cli.dest.starts_with(&ledger_root) {
+    if !dest.starts_with(&ledger_root) {
         return Err(Exit::usage(format!(
             "--dest {} is not below --ledger-root {}",
-            cli.dest.display(),
+            dest.display(),
             ledger_root.display()
         )));
     }
     let week = backup_core::weeks::week_key(date);
-    let wdir = cli.dest.join(&week);
+    let wdir = dest.join(&week);
     Ok(Plan {
         date,
         config_path: wdir.join(layout::config_name(date)),
         tar_path: full_tar.then(|| wdir.join(layout::tar_name(date))),
         week,
-        dest: cli.dest.clone(),
+        dest: dest.clone(),
         config_from: cli.config_from,
         full_tar,
         ledger,

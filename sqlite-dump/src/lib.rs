@@ -65,17 +65,27 @@ pub enum Command {
 
 #[derive(Debug, Clone, Args)]
 pub struct DumpArgs {
-    /// The tree to search (e.g. /mnt/backup/pvc-data/<week>); never written to.
-    #[arg(value_name = "SRC_DIR", required = true)]
+    /// The tree to search; never written to [default: BACKUP_ROOT/pvc-data/<this week>].
+    #[arg(value_name = "SRC_DIR")]
     pub src: Option<PathBuf>,
-    /// Where the copies go, at the same relative paths (e.g. /mnt/backup/sqlite-backup/<week>),
-    /// below a backup root carrying its identity marker (`offsite-sync init --local`).
-    #[arg(long, value_name = "DEST_DIR", required = true)]
+    /// Where the copies go, at the same relative paths, below a backup root
+    /// carrying its identity marker (`offsite-sync init --local`)
+    /// [default: BACKUP_ROOT/sqlite-backup/<this week>].
+    #[arg(long, value_name = "DEST_DIR")]
     pub to: Option<PathBuf>,
-    /// Append every written file to this ledger (e.g. /mnt/backup/.changed-files).
+    /// The backup disk root: the default source, destination and ledger.
+    #[arg(
+        long,
+        env = "BACKUP_ROOT",
+        default_value = "/mnt/backup",
+        value_name = "DIR"
+    )]
+    pub backup_root: PathBuf,
+    /// Append every written file to this ledger [default, when DEST_DIR is
+    /// under BACKUP_ROOT: BACKUP_ROOT/.changed-files].
     #[arg(long, value_name = "FILE", requires = "ledger_root")]
     pub ledger: Option<PathBuf>,
-    /// Ledger entries are relative to this directory (e.g. /mnt/backup).
+    /// Ledger entries are relative to this directory [default: BACKUP_ROOT, with the default ledger].
     #[arg(long, value_name = "DIR", requires = "ledger")]
     pub ledger_root: Option<PathBuf>,
     /// Give up on one database after this long (e.g. 300s, 10m).
@@ -238,13 +248,11 @@ fn run_dump(a: &DumpArgs, common: &Common) -> anyhow::Result<ExitCode> {
 }
 
 fn dump_all(a: &DumpArgs, t: &mut DumpTotals) -> anyhow::Result<ExitCode> {
-    let src_arg = a
-        .src
-        .as_deref()
-        .ok_or_else(|| Exit::usage("missing SRC_DIR"))?;
-    let dest_arg =
-        a.to.as_deref()
-            .ok_or_else(|| Exit::usage("missing --to DEST_DIR"))?;
+    let week = backup_core::weeks::current_key();
+    let src_default = a.backup_root.join("pvc-data").join(&week);
+    let dest_default = a.backup_root.join("sqlite-backup").join(&week);
+    let src_arg = a.src.as_deref().unwrap_or(&src_default);
+    let dest_arg = a.to.as_deref().unwrap_or(&dest_default);
     if !src_arg.exists() {
         return Err(Exit::refused(format!(
             "source {} does not exist (expected a directory to search)",
@@ -284,7 +292,16 @@ fn dump_all(a: &DumpArgs, t: &mut DumpTotals) -> anyhow::Result<ExitCode> {
             })?;
             Some((Ledger::new(l, PathKind::Relative), prefix.to_path_buf()))
         }
-        _ => None,
+        _ => {
+            // The default ledger: the backup root's, when DEST_DIR is on it.
+            let root = resolve(&a.backup_root, "--backup-root")?;
+            dest.strip_prefix(&root).ok().map(|prefix| {
+                (
+                    Ledger::new(root.join(".changed-files"), PathKind::Relative),
+                    prefix.to_path_buf(),
+                )
+            })
+        }
     };
 
     let (root, dev) = discover::open_root(&src)
@@ -634,7 +651,8 @@ mod tests {
         let c =
             Cli::try_parse_from(["sqlite-dump", "dump", "/s", "--to", "/d", "-q"]).expect("parse");
         assert!(matches!(c.command, Some(Command::Dump(_))));
-        assert!(Cli::try_parse_from(["sqlite-dump", "/src"]).is_err());
+        // SRC_DIR and --to default to this week's directories of BACKUP_ROOT.
+        assert!(Cli::try_parse_from(["sqlite-dump", "/src"]).is_ok());
         assert!(
             Cli::try_parse_from(["sqlite-dump", "/s", "--to", "/d", "--ledger", "/l"]).is_err()
         );

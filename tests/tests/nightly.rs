@@ -287,7 +287,7 @@ impl Lab {
             self.sb.path().join("var/lib/backup-pipeline"),
         );
         c.envs(self.host.env()).env(
-            "LVM_SNAP_MAPPING_CACHE",
+            "MAPPING_CACHE",
             self.sb
                 .path()
                 .join("var/lib/backup-pipeline/lv-pvc-mapping.json"),
