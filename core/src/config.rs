@@ -41,7 +41,6 @@ pub const RENAMED: &[(&str, &str)] = &[
     ("LVM_SNAP_EXCLUDE_NS", "EXCLUDED_NAMESPACES"),
     ("LVM_SNAP_MAPPING_CACHE", "MAPPING_CACHE"),
     ("PVC_COPY_NFS_ROOT", "NFS_ROOT"),
-    ("NFS_TRACK_LOG", "NFS_CHANGES_LOG"),
 ];
 
 /// One `KEY=VALUE` line.
@@ -285,18 +284,46 @@ where
     T: Into<OsString> + Clone,
 {
     let loaded = load_and_apply(tool);
+    let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
     let cmd = C::command();
-    let matches = cmd.clone().try_get_matches_from(args)?;
-    if wants_show_config(&matches) {
-        print!("{}", show_config(tool, &cmd, &matches, loaded));
-        std::process::exit(0);
+    // `--show-config` shows the settings of a command line that may still
+    // lack its required arguments (a source, a job name).
+    if args.iter().any(|a| a == "--show-config") {
+        let relaxed = relax(cmd);
+        let matches = relaxed.clone().try_get_matches_from(&args)?;
+        if wants_show_config(&matches) {
+            print!("{}", show_config(tool, &relaxed, &matches, loaded));
+            std::process::exit(0);
+        }
+        return C::from_arg_matches(&matches);
     }
+    let matches = cmd.try_get_matches_from(&args)?;
     C::from_arg_matches(&matches)
 }
 
 /// [`try_parse_from`] on the process's arguments; a bad command line exits 2.
 pub fn parse<C: clap::Parser>(tool: &str) -> C {
     try_parse_from(tool, std::env::args_os()).unwrap_or_else(|e| e.exit())
+}
+
+/// `cmd` with nothing required (arguments, groups, subcommands).
+fn relax(cmd: clap::Command) -> clap::Command {
+    let groups: Vec<clap::Id> = cmd.get_groups().map(|g| g.get_id().clone()).collect();
+    let mut cmd = cmd
+        .subcommand_required(false)
+        .arg_required_else_help(false)
+        .mut_args(|a| a.required(false));
+    for g in groups {
+        cmd = cmd.mut_group(g, |g| g.required(false));
+    }
+    let subs: Vec<String> = cmd
+        .get_subcommands()
+        .map(|s| s.get_name().to_string())
+        .collect();
+    for s in subs {
+        cmd = cmd.mut_subcommand(s, relax);
+    }
+    cmd
 }
 
 fn deepest(m: &clap::ArgMatches) -> &clap::ArgMatches {

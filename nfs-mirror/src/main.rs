@@ -1,133 +1,10 @@
-use std::path::PathBuf;
+//! nfs-mirror: argument parsing (cli.rs) and the run over the library.
+mod cli;
 
 use anyhow::Result;
-use backup_core::cli::{Common, parse_duration};
-use backup_core::exit::{EXIT_CODE_HELP, ExitCode};
+use backup_core::exit::ExitCode;
 use backup_core::metrics::Metrics;
-use backup_core::rsync_items::MaxDelete;
-use clap::{Parser, Subcommand};
-
-/// Mirror the NFS trees routed to the backup disk (leg 1) onto the backup
-/// disk, guarded against mass deletion; or copy the host configuration
-/// (`config`).
-///
-/// Each --source root is mirrored on its own: /srv/nfs/<svc> into
-/// DEST/<svc>/ (the layout the NAS already holds), /srv/nfs-ssd/<svc> into
-/// DEST/nfs-ssd/<svc>/ (`--source /srv/nfs-ssd:nfs-ssd`: its own subtree,
-/// since the same service name exists on both roots). Skip-list patterns
-/// are relative to each root. DEST must carry the backup root's identity
-/// marker (`offsite-sync init --local`), or nothing is written (exit 5).
-/// Every run records which top-level directories of each root it saw and
-/// mirrored in DEST/.nfs-mirror/coverage, which `offsite-sync coverage`
-/// reads: a root left out here is reported uncovered there.
-#[derive(Debug, Parser)]
-#[command(name = "nfs-mirror", version, after_help = EXIT_CODE_HELP, args_conflicts_with_subcommands = true)]
-struct Cli {
-    #[command(flatten)]
-    common: Common,
-    #[command(subcommand)]
-    cmd: Option<Sub>,
-    #[command(flatten)]
-    mirror: MirrorArgs,
-}
-
-#[derive(Debug, clap::Args)]
-struct MirrorArgs {
-    /// An NFS root whose top-level entries are mirrored, as ROOT (into
-    /// DEST/<name>/) or ROOT:SUBDIR (into DEST/SUBDIR/<name>/); repeatable
-    /// (env: comma-separated) [default: --nfs-root, --nfs-ssd-root:nfs-ssd].
-    #[arg(
-        long = "source",
-        env = "NFS_MIRROR_SOURCE",
-        value_name = "ROOT[:SUBDIR]",
-        value_delimiter = ',',
-        value_parser = nfs_mirror::SourceRoot::parse
-    )]
-    sources: Vec<nfs_mirror::SourceRoot>,
-    /// The NFS export root, mirrored into DEST/<name>/ unless --source is given.
-    #[arg(long, env = "NFS_ROOT", default_value = "/srv/nfs", value_name = "DIR")]
-    nfs_root: PathBuf,
-    /// The SSD NFS root, mirrored into DEST/nfs-ssd/<name>/ unless --source is given.
-    #[arg(
-        long,
-        env = "NFS_SSD_ROOT",
-        default_value = "/srv/nfs-ssd",
-        value_name = "DIR"
-    )]
-    nfs_ssd_root: PathBuf,
-    /// The backup disk root (DEST), with its identity marker (entries go to
-    /// DEST/<name>/ or DEST/SUBDIR/<name>/).
-    #[arg(
-        long = "backup-root",
-        visible_alias = "dest",
-        env = "BACKUP_ROOT",
-        default_value = "/mnt/backup",
-        value_name = "DIR"
-    )]
-    dest: PathBuf,
-    /// The skip list both legs read.
-    #[arg(
-        long,
-        env = "BACKUP_SKIP_LIST",
-        default_value = "/etc/backup-skip-list.conf",
-        value_name = "FILE"
-    )]
-    skip_list: PathBuf,
-    /// The leg-1 ledger [default: DEST/.changed-files].
-    #[arg(long, value_name = "FILE")]
-    ledger: Option<PathBuf>,
-    /// Refuse unless the source and the destination are mountpoints.
-    #[arg(long)]
-    require_mountpoint: bool,
-    /// Refuse the whole run when it would delete more than N items or P% of
-    /// the mirrored items ('off' disables this guard).
-    #[arg(long, default_value = "10%", value_name = "N|P%|off")]
-    max_delete: MaxDelete,
-    /// Remove mirrors of entries the skip list now routes elsewhere.
-    #[arg(long)]
-    prune_skipped: bool,
-    /// Print what would be done; change nothing.
-    #[arg(long)]
-    dry_run: bool,
-    /// Print the per-entry report as JSON on stdout.
-    #[arg(long)]
-    json: bool,
-    /// Bound for each rsync (one NFS entry).
-    #[arg(long, default_value = "4h", value_name = "DURATION", value_parser = parse_duration)]
-    rsync_timeout: std::time::Duration,
-}
-
-#[derive(Debug, Subcommand)]
-enum Sub {
-    /// Copy host configuration directories to DEST/pve-config/<path>/.
-    #[command(after_help = EXIT_CODE_HELP)]
-    Config {
-        /// The backup disk root (DEST), with its identity marker.
-        #[arg(
-            long = "backup-root",
-            visible_alias = "dest",
-            env = "BACKUP_ROOT",
-            default_value = "/mnt/backup",
-            value_name = "DIR"
-        )]
-        dest: PathBuf,
-        /// A directory to copy (repeatable).
-        #[arg(long = "item", default_values = ["/etc/pve", "/usr/local/bin", "/etc/systemd/system"])]
-        items: Vec<PathBuf>,
-        /// The ledger [default: DEST/.changed-files].
-        #[arg(long, value_name = "FILE")]
-        ledger: Option<PathBuf>,
-        /// Refuse unless the destination is a mountpoint.
-        #[arg(long)]
-        require_mountpoint: bool,
-        /// Print what would be done; change nothing.
-        #[arg(long)]
-        dry_run: bool,
-        /// Bound for each item's rsync.
-        #[arg(long, default_value = "300s", value_name = "DURATION", value_parser = parse_duration)]
-        rsync_timeout: std::time::Duration,
-    },
-}
+use cli::{Cli, Sub};
 
 fn main() {
     let cli = backup_core::config::parse::<Cli>("nfs-mirror");
@@ -146,13 +23,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
             items,
             ledger,
             require_mountpoint,
+            allow_unmounted_root,
             dry_run,
             rsync_timeout: timeout,
         }) => {
             let _lock = backup_core::lock::acquire("nfs-mirror-config")?;
             let o = nfs_mirror::ConfigOpts {
                 dest,
-                require_mountpoint,
+                require_mountpoint: require_mountpoint || !allow_unmounted_root,
                 items,
                 ledger,
                 dry_run,
@@ -198,7 +76,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 dest: a.dest,
                 skip_list: a.skip_list,
                 ledger: a.ledger,
-                require_mountpoint: a.require_mountpoint,
+                require_mountpoint: a.require_mountpoint || !a.allow_unmounted_root,
                 max_delete: a.max_delete,
                 prune_skipped: a.prune_skipped,
                 dry_run: a.dry_run,

@@ -91,11 +91,19 @@ pub struct Cli {
     /// The ledger, resolved from --log and --backup-root.
     #[arg(skip)]
     pub log: PathBuf,
-    /// Skip list; with it only paths of `--route` are logged.
-    #[arg(long, value_name = "FILE", env = "BACKUP_SKIP_LIST")]
-    pub skip_list: Option<PathBuf>,
+    /// The skip list: only paths of `--route` are logged.
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "BACKUP_SKIP_LIST",
+        default_value = "/etc/backup-skip-list.conf"
+    )]
+    pub skip_list: PathBuf,
+    /// Log every path, whatever its route (no skip list is read).
+    #[arg(long, conflicts_with = "route")]
+    pub all_routes: bool,
     /// The skip-list route to log (paths relative to each watched root) [default: direct].
-    #[arg(long, value_enum, requires = "skip_list")]
+    #[arg(long, value_enum)]
     pub route: Option<RouteArg>,
     /// A regex over the full path; matching files are not logged (repeatable).
     #[arg(long = "exclude", value_name = "REGEX")]
@@ -124,9 +132,14 @@ pub struct Cli {
     /// The ledger is written only on the backup root's disk, identified by its
     /// marker (`offsite-sync init --local`): without this flag a missing marker
     /// refuses the start (exit 5); with it, the start waits for the disk.
-    /// A bare --require-mountpoint means --backup-root.
+    /// A bare --require-mountpoint means --backup-root (the default unless
+    /// --allow-unmounted-root).
     #[arg(long = "require-mountpoint", value_name = "DIR", num_args = 0..=1)]
     pub require_mountpoint_arg: Option<Option<PathBuf>>,
+    /// Write the ledger without waiting for the backup root to be a
+    /// mountpoint (a sandbox or test); its identity marker is still required.
+    #[arg(long, env = "ALLOW_UNMOUNTED_ROOT", value_parser = clap::builder::FalseyValueParser::new())]
+    pub allow_unmounted_root: bool,
     /// Resolved from --require-mountpoint and --backup-root.
     #[arg(skip)]
     pub require_mountpoint: Option<PathBuf>,
@@ -233,7 +246,7 @@ fn plan(cli: &Cli) -> anyhow::Result<Plan> {
             .map_err(|err| Exit::usage(format!("--exclude {e:?}: not a valid regex: {err}")))?;
         excludes.push(e.clone());
     }
-    let skip = match &cli.skip_list {
+    let skip = match (!cli.all_routes).then_some(&cli.skip_list) {
         Some(f) => {
             let list = SkipList::load(f).map_err(|e| Exit::usage(format!("--skip-list: {e}")))?;
             let route = match cli.route.unwrap_or(RouteArg::Direct) {
@@ -542,10 +555,12 @@ impl Cli {
             .log_arg
             .clone()
             .unwrap_or_else(|| self.backup_root.join(".nfs-changes.log"));
-        self.require_mountpoint = self
-            .require_mountpoint_arg
-            .clone()
-            .map(|d| d.unwrap_or_else(|| self.backup_root.clone()));
+        self.require_mountpoint = match &self.require_mountpoint_arg {
+            Some(d) => Some(d.clone().unwrap_or_else(|| self.backup_root.clone())),
+            None if self.allow_unmounted_root => None,
+            None if self.log.starts_with(&self.backup_root) => Some(self.backup_root.clone()),
+            None => self.log.parent().map(Path::to_path_buf),
+        };
     }
 }
 

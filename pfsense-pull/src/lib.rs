@@ -59,6 +59,10 @@ pub struct Cli {
         value_name = "DIR"
     )]
     pub backup_root: PathBuf,
+    /// Accept a backup root that is not a mountpoint (a sandbox or test);
+    /// its identity marker is still required.
+    #[arg(long, env = "ALLOW_UNMOUNTED_ROOT", value_parser = clap::builder::FalseyValueParser::new())]
+    pub allow_unmounted_root: bool,
     /// Another destination directory below the backup root (copies go to
     /// <dest>/<ISO week>/) [default: BACKUP_ROOT/pfsense].
     #[arg(long = "dest", env = "PFSENSE_DEST", value_name = "DIR")]
@@ -119,7 +123,7 @@ pub struct Cli {
     #[arg(long, value_name = "N", default_value_t = 4)]
     pub keep_weeks: usize,
     /// Bound on the whole run.
-    #[arg(long, value_name = "DUR", default_value = "600s", value_parser = backup_core::cli::parse_duration)]
+    #[arg(long, value_name = "DUR", default_value = "15m", value_parser = backup_core::cli::parse_duration)]
     pub timeout: Duration,
     /// Largest config.xml accepted (over SSH or the API): a longer reply is
     /// cut off there and rejected, so memory stays bounded whatever the far
@@ -499,7 +503,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     // Contract 13, dry runs included (a plan read from a bare directory
     // misleads): --dest is on the initialised backup disk, found upwards
     // on its filesystem. Re-checked before every write and ledger line.
-    let guard = match RootGuard::find(&p.dest) {
+    let guard = match RootGuard::find(&p.dest)
+        .and_then(|g| g.require_mounted(cli.allow_unmounted_root).map(|()| g))
+    {
         Ok(g) => g,
         Err(e) => {
             if !cli.dry_run {

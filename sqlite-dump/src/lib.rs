@@ -81,6 +81,10 @@ pub struct DumpArgs {
         value_name = "DIR"
     )]
     pub backup_root: PathBuf,
+    /// Accept a backup root that is not a mountpoint (a sandbox or test);
+    /// its identity marker is still required.
+    #[arg(long, env = "ALLOW_UNMOUNTED_ROOT", value_parser = clap::builder::FalseyValueParser::new())]
+    pub allow_unmounted_root: bool,
     /// Append every written file to this ledger [default, when DEST_DIR is
     /// under BACKUP_ROOT: BACKUP_ROOT/.changed-files].
     #[arg(long, value_name = "FILE", requires = "ledger_root")]
@@ -104,11 +108,17 @@ pub struct DumpArgs {
 
 #[derive(Debug, Clone, Args)]
 pub struct CheckArgs {
-    /// Database files to check (opened read-only; a live WAL database is fine).
-    #[arg(value_name = "DB", required = true)]
+    /// Database files to check (opened read-only; a live WAL database is
+    /// fine); the environment or configuration gives them space-separated.
+    #[arg(
+        value_name = "DB",
+        required = true,
+        env = "SQLITE_CHECK_DBS",
+        value_delimiter = ' '
+    )]
     pub dbs: Vec<PathBuf>,
     /// Give up on one database after this long.
-    #[arg(long, value_name = "DURATION", default_value = "300s", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = parse_duration)]
     pub timeout_per_db: Duration,
     /// Print the result as JSON on stdout.
     #[arg(long)]
@@ -273,6 +283,7 @@ fn dump_all(a: &DumpArgs, t: &mut DumpTotals) -> anyhow::Result<ExitCode> {
     // disk (found upwards, never across a mount), else nothing is written
     // there, no directory created. Re-checked before every commit.
     let guard = RootGuard::find(&dest)?;
+    guard.require_mounted(a.allow_unmounted_root)?;
     if dest.starts_with(&src) || src.starts_with(&dest) {
         return Err(Exit::usage(format!(
             "destination {} and source {} overlap; the source is never written to",

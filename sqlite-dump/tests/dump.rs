@@ -457,7 +457,8 @@ fn another_filesystem_inside_the_source_is_not_entered() {
         .arg(&db)
         .arg(env!("CARGO_BIN_EXE_sqlite-dump"))
         .arg(&dest)
-        .env("BACKUP_LOCK_DIR", sb.lock_dir()));
+        .env("BACKUP_LOCK_DIR", sb.lock_dir())
+        .env("ALLOW_UNMOUNTED_ROOT", "1"));
     r.succeeds();
     assert_eq!(files(&dest), vec![PathBuf::from("here.db")]);
     let out: serde_json::Value = serde_json::from_str(&r.stdout).expect("json");

@@ -138,6 +138,7 @@ impl Env {
         let mut c = self.sb.cmd("pvc-copy");
         c.envs(self.host.env())
             .env("BACKUP_PIPELINE_CONFIG", self.sb.path().join("no-config"))
+            .env_remove("ALLOW_UNMOUNTED_ROOT")
             .env("MAPPING_CACHE", self.root.join(".lv-pvc-mapping.json"))
             .args(self.args(now));
         c
