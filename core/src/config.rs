@@ -391,7 +391,11 @@ pub fn show_config(
                     }
                 }
                 (Some(clap::parser::ValueSource::DefaultValue), _) => "default".to_string(),
-                _ => "unset".to_string(),
+                // A setting derived from others says so in its help text.
+                _ => match derived_default(a) {
+                    Some(d) => format!("unset: {d}"),
+                    None => "unset".to_string(),
+                },
             };
             let val = vals.map(|v| v.join(",")).unwrap_or_default();
             let line = format!("{label}={val}\t{src}");
@@ -423,6 +427,23 @@ pub fn show_config(
         out.push('\n');
     }
     out
+}
+
+/// `X` of a `[default: X]` in an argument's help text (defaults derived at
+/// run time from other settings, e.g. `BACKUP_ROOT/.nfs-changes.log`).
+fn derived_default(a: &clap::Arg) -> Option<String> {
+    let help = a
+        .get_long_help()
+        .or_else(|| a.get_help())
+        .map(|h| h.to_string())?;
+    let start = help.find("[default: ")? + "[default: ".len();
+    let end = help[start..].find(']')? + start;
+    Some(
+        help[start..end]
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" "),
+    )
 }
 
 #[cfg(test)]

@@ -557,7 +557,8 @@ fn run_check(a: &CheckArgs, common: &Common) -> anyhow::Result<ExitCode> {
     let mut m = Metrics::new();
     let mut failed = Vec::new();
     let mut results = Vec::new();
-    for db in &a.dbs {
+    // SQLITE_CHECK_DBS is split on single spaces: doubled ones give empty words.
+    for db in a.dbs.iter().filter(|d| !d.as_os_str().is_empty()) {
         let label = bytes_of(db);
         let deadline = sqlite::Deadline::after(a.timeout_per_db);
         let r = check_one(db, deadline).map_err(|e| sqlite::explain(e, &deadline));

@@ -14,9 +14,13 @@
 //! backup-disk guards (pvc-copy's mount and free-space checks, nfs-track's
 //! `--require-mountpoint`) run as on the host.
 //!
+//! The units carry no paths: every tool reads the sandbox's configuration
+//! file (BACKUP_PIPELINE_CONFIG), as on the host /etc/default/backup-pipeline.
+//!
 //! Sandbox deviations from the units, each because the host piece is absent:
-//! nfs-mirror's and offsite-sync's `--require-mountpoint` is dropped (they
-//! also require the NFS roots to be mount points, plain directories here); daily-backup's `pvc-copy preflight` line is not
+//! ALLOW_UNMOUNTED_ROOT=1 for nfs-mirror, nfs-track and offsite-sync (they
+//! also require the NFS roots to be mount points, plain directories here;
+//! pvc-copy and sqlite-dump run with the guard on); daily-backup's `pvc-copy preflight` line is not
 //! run (no NFS server; pvc-copy's own unit test covers it with stand-ins);
 //! the night's instant is injected with the tools' `--now`.
 
@@ -212,7 +216,7 @@ impl Lab {
             host.add_pv(ns, claim, lv);
         }
         // A database PVC: lvm-snap's default exclusions and daily-backup's
-        // PVC_COPY_ARGS both leave it out (backed up by its own dumps).
+        // EXCLUDED_NAMESPACES (read by both tools) leave it out (backed up by its own dumps).
         let (lv, ns, claim) = EXCLUDED;
         let pg_dir = src.join("pg");
         std::fs::create_dir_all(&pg_dir).expect("mkdir");
