@@ -554,3 +554,56 @@ fn the_shipped_example_is_a_valid_configuration_file() {
         );
     }
 }
+
+/// Every option of every tool and subcommand has help text.
+#[test]
+fn every_flag_has_help_text() {
+    let tools = [
+        "lvm-snap",
+        "pvc-copy",
+        "sqlite-dump",
+        "pfsense-pull",
+        "nfs-track",
+        "nfs-mirror",
+        "offsite-sync",
+        "push-metric",
+    ];
+    let help = |tool: &str, sub: Option<&str>| -> String {
+        let mut c = Command::new(backup_tests::harness::bin(tool));
+        c.args(sub)
+            .arg("--help")
+            .env("BACKUP_PIPELINE_CONFIG", "/nonexistent");
+        let o = c.output().expect("--help");
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let mut bare = Vec::new();
+    for tool in tools {
+        let top = help(tool, None);
+        let subs: Vec<String> = top
+            .lines()
+            .skip_while(|l| !l.starts_with("Commands:"))
+            .skip(1)
+            .take_while(|l| !l.trim().is_empty())
+            .filter_map(|l| l.split_whitespace().next().map(String::from))
+            .filter(|s| s != "help")
+            .collect();
+        for sub in std::iter::once(None).chain(subs.iter().map(|s| Some(s.as_str()))) {
+            let text = help(tool, sub);
+            let lines: Vec<&str> = text.lines().collect();
+            for (i, l) in lines.iter().enumerate() {
+                let t = l.trim_start();
+                if !(l.starts_with("  -") || l.starts_with("      --")) || !t.starts_with('-') {
+                    continue;
+                }
+                // `--flag <V>  Help` on one line, or the help on the next line.
+                let same_line = t.split("  ").filter(|p| !p.trim().is_empty()).count() >= 2;
+                let next = lines.get(i + 1).copied().unwrap_or("");
+                let next_line = next.starts_with("          ") && !next.trim().is_empty();
+                if !same_line && !next_line {
+                    bare.push(format!("{tool} {}: {t}", sub.unwrap_or("")));
+                }
+            }
+        }
+    }
+    assert!(bare.is_empty(), "options without help text: {bare:#?}");
+}
