@@ -65,8 +65,8 @@ EOF
 echo "   emulated host: 3 PVC LVs in thin pool pve/data, their PVs in the emulated cluster"
 
 snap() {
-    HOMELAB_EMU_STATE="$emu" PATH="$emubin:$PATH" LVM_SNAP_STATE_DIR="$SANDBOX/state" \
-        LVM_SNAP_MAPPING_CACHE="$SANDBOX/lv-pvc-mapping.json" "$BIN/lvm-snap" "$@"
+    # State dir and mapping cache: from the configuration file.
+    HOMELAB_EMU_STATE="$emu" PATH="$emubin:$PATH" "$BIN/lvm-snap" "$@"
 }
 
 # --- Two earlier nights, replayed with the injected clock (--now).

@@ -67,8 +67,9 @@ fi
 [ -f "$key" ] || key="$emu/luks.key"
 
 run_copy() {
+    # The backup root and the mapping cache: from the configuration file.
     HOMELAB_EMU_STATE="$emu" PATH="$emubin:$PATH" "$BIN/pvc-copy" \
-        --backup-root "$backup" --allow-unmounted-root --mapper-dir "$emu/mapper" \
+        --mapper-dir "$emu/mapper" \
         --luks-key "$key" --work-dir "$SANDBOX" --metrics-file "$SANDBOX/pvc-copy.prom" "$@"
 }
 

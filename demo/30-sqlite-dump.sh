@@ -38,7 +38,8 @@ dest="$backup/sqlite-backup/$wk"
 mkdir -p "$backup"
 echo "   source $src"
 rc=0
-"$BIN/sqlite-dump" "$src" --to "$dest" --ledger "$backup/.changed-files" --ledger-root "$backup" \
+# The ledger: the backup root's (BACKUP_ROOT in the configuration file).
+"$BIN/sqlite-dump" "$src" --to "$dest" \
     --metrics-file "$SANDBOX/sqlite-dump.prom" || rc=$?
 echo "   exit $rc; copies:"
 (cd "$dest" && find . -type f -printf '     %p  %s bytes\n' | sort)

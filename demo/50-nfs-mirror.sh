@@ -27,8 +27,8 @@ echo "vm image of another job" >"$backup/vzdump/vm-100.vma.zst"
 : >"$backup/.changed-files.lock"
 
 mirror() {
-    "$BIN/nfs-mirror" --source "$nfs" --dest "$backup" --skip-list "$skip" \
-        --metrics-file "$SANDBOX/nfs-mirror.prom" "$@"
+    # Roots, backup root and skip list: from the configuration file.
+    "$BIN/nfs-mirror" --metrics-file "$SANDBOX/nfs-mirror.prom" "$@"
 }
 echo "   first run:"
 mirror | sed 's/^/     /'
@@ -53,4 +53,4 @@ mirror >/dev/null
 echo "   host configuration copy (nfs-mirror config):"
 mkdir -p "$SANDBOX/etc/pve"
 echo "dir: local" >"$SANDBOX/etc/pve/storage.cfg"
-"$BIN/nfs-mirror" config --dest "$backup" --item "$SANDBOX/etc/pve" 2>&1 | sed 's/^/     /'
+"$BIN/nfs-mirror" config --item "$SANDBOX/etc/pve" 2>&1 | sed 's/^/     /'

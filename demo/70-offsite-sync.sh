@@ -25,8 +25,8 @@ port=$SSHD_PORT nas_pid=$SSHD_PID
 # The direct route's tracker on both roots: coverage counts `direct` as
 # carried only while nfs-track records watching them.
 track_state="$SANDBOX/nfs-track-state"
-"$BIN/nfs-track" --watch "$nfs" --watch "$nfs_ssd" --log "$backup/.nfs-changes.log" \
-    --skip-list "$skip" --route direct --state-dir "$track_state" --flush-interval 1s \
+# Both roots, the ledger, the skip list and the state dir: from the configuration file.
+"$BIN/nfs-track" --flush-interval 1s \
     2>"$SANDBOX/nfs-track-roots.stderr" &
 track_pid=$!
 trap 'kill "$nas_pid" "$track_pid" 2>/dev/null || true; wait "$nas_pid" "$track_pid" 2>/dev/null || true' EXIT
@@ -42,9 +42,6 @@ osync() {
     # The caller's flags come last: a repeated flag overrides the one before.
     "$BIN/offsite-sync" "$sub" --remote root@127.0.0.1 --ssh-port "$port" \
         --ssh-key "$sd/client_key" --known-hosts "$sd/known_hosts" \
-        --backup-root "$backup" --nfs-root "$nfs" --nfs-ssd-root "$nfs_ssd" \
-        --pve-dest "$nas/pve-backup" --nfs-dest "$nas/nfs" --nfs-ssd-dest "$nas/nfs-ssd" \
-        --skip-list "$skip" --nfs-track-state-dir "$track_state" \
         --keepalive 2s --io-timeout 20s --connect-timeout 5s \
         --metrics-file "$SANDBOX/offsite-sync.prom" "$@"
 }
@@ -63,7 +60,7 @@ push 0
 echo "   new entries by the ledgers; the NAS is unreachable:"
 echo "new config" >"$backup/pfsense-demo-$(date +%s).xml"
 new_leg1=$(cd "$backup" && ls pfsense-demo-*.xml | tail -n1)
-"$BIN/nfs-mirror" --source "$nfs" --dest "$backup" --skip-list "$skip" >/dev/null 2>&1 || true
+"$BIN/nfs-mirror" >/dev/null 2>&1 || true
 echo "new photo" >"$nfs/immich/upload/IMG_0002.jpg"
 printf '%s\n' "$new_leg1" >>"$backup/.changed-files"
 printf '%s\n' "$nfs/immich/upload/IMG_0002.jpg" "$nfs/immich/upload/gone.jpg" >>"$backup/.nfs-changes.log"

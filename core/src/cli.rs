@@ -13,6 +13,10 @@ pub struct Common {
     /// Write this run's figures here (Prometheus text format, atomically).
     #[arg(long, global = true, env = "METRICS_FILE", value_name = "PATH")]
     pub metrics_file: Option<PathBuf>,
+    /// Print every effective setting, its value and where it came from
+    /// (flag, env, configuration file:line, default), then exit 0.
+    #[arg(long, global = true)]
+    pub show_config: bool,
 }
 
 impl Common {

@@ -20,7 +20,7 @@ pub const CSI_DRIVER: &str = "csi.proxmox.sinextra.dev";
 /// it too).
 pub const DEFAULT_MAPPING_CACHE: &str = "/var/lib/backup-pipeline/lv-pvc-mapping.json";
 
-/// Namespaces lvm-snap never snapshots by default (`LVM_SNAP_EXCLUDE_NS`);
+/// Namespaces lvm-snap never snapshots by default (`EXCLUDED_NAMESPACES`, read by lvm-snap and pvc-copy);
 /// pvc-copy must be told to skip them (`--skip NS/*`), or their PVCs fail
 /// for lack of a snapshot.
 pub const DEFAULT_EXCLUDED_NAMESPACES: &str = "dbaas,monitoring";

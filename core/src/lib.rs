@@ -4,6 +4,7 @@
 
 pub mod cli;
 pub mod cmd;
+pub mod config;
 pub mod exit;
 pub mod fsutil;
 pub mod k8s;

@@ -44,6 +44,20 @@ impl RootGuard {
         })
     }
 
+    /// Refuse (exit 5) a backup root that is not a mountpoint, unless
+    /// `allow_unmounted` (`--allow-unmounted-root`, ALLOW_UNMOUNTED_ROOT:
+    /// a sandbox): an unmounted disk leaves its bare mountpoint, on the
+    /// root filesystem, where nothing must be written.
+    pub fn require_mounted(&self, allow_unmounted: bool) -> anyhow::Result<()> {
+        if allow_unmounted || is_mountpoint(&self.dir) {
+            return Ok(());
+        }
+        Err(crate::exit::Exit::refused(format!(
+            "backup root {} is not a mountpoint (backup disk not mounted?); --allow-unmounted-root (ALLOW_UNMOUNTED_ROOT=1) for a sandbox",
+            p(&self.dir)
+        )))
+    }
+
     /// The backup root's directory.
     pub fn dir(&self) -> &Path {
         &self.dir
@@ -75,6 +89,15 @@ impl RootGuard {
             Err(e) => gone(format!("has an unreadable identity marker ({e})")),
         }
     }
+}
+
+/// `dir` is a mountpoint: another device than its parent's, or the same
+/// inode as its parent (`/`).
+pub fn is_mountpoint(dir: &Path) -> bool {
+    let (Ok(d), Ok(up)) = (std::fs::metadata(dir), std::fs::metadata(dir.join(".."))) else {
+        return false;
+    };
+    d.dev() != up.dev() || d.ino() == up.ino()
 }
 
 #[cfg(test)]

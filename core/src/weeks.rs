@@ -5,6 +5,11 @@
 
 use chrono::{Datelike, Duration, NaiveDate, Weekday};
 
+/// The week key of today in the host's local time (the week a run writes).
+pub fn current_key() -> String {
+    week_key(chrono::Local::now().date_naive())
+}
+
 /// The week key of a date: ISO year, ISO week.
 pub fn week_key(date: NaiveDate) -> String {
     let w = date.iso_week();

@@ -67,10 +67,10 @@ pub struct Cli {
 #[derive(Debug, Clone, Args)]
 pub struct Target {
     /// Volume group holding the thin pool and the PVC LVs.
-    #[arg(long, global = true, env = "LVM_SNAP_VG", default_value = "pve")]
+    #[arg(long, global = true, env = "LVM_VG", default_value = "pve")]
     pub vg: String,
     /// Thin pool the PVC LVs live in.
-    #[arg(long, global = true, env = "LVM_SNAP_POOL", default_value = "data")]
+    #[arg(long, global = true, env = "LVM_POOL", default_value = "data")]
     pub pool: String,
     /// kubectl to run (KUBECONFIG is passed through).
     #[arg(
@@ -126,13 +126,11 @@ pub enum Command {
 
 #[derive(Debug, Clone, Args)]
 pub struct CreateArgs {
-    /// Namespace whose PVCs are not snapshotted (repeat, or comma-separated).
-    /// pvc-copy counts a PVC without a snapshot as failed: give it
-    /// `--skip NS/*` for each of these (units/daily-backup.service does for
-    /// the default).
+    /// Namespace whose PVCs are not snapshotted (repeat, or comma-separated);
+    /// pvc-copy reads the same key and skips them.
     #[arg(
         long = "exclude-namespace",
-        env = "LVM_SNAP_EXCLUDE_NS",
+        env = "EXCLUDED_NAMESPACES",
         value_delimiter = ',',
         default_value = backup_core::k8s::DEFAULT_EXCLUDED_NAMESPACES,
         value_name = "NS"
@@ -143,10 +141,10 @@ pub struct CreateArgs {
     /// Cached `kubectl get pv -o json`, used when kubectl fails; refreshed
     /// (atomically) whenever kubectl works and the directory exists. On the
     /// host's own disk by default, so it is there when the backup disk is not
-    /// (pvc-copy reads LVM_SNAP_MAPPING_CACHE too: one setting for both).
+    /// (pvc-copy reads MAPPING_CACHE too: one setting for both).
     #[arg(
         long,
-        env = "LVM_SNAP_MAPPING_CACHE",
+        env = "MAPPING_CACHE",
         default_value = backup_core::k8s::DEFAULT_MAPPING_CACHE,
         value_name = "PATH"
     )]
@@ -189,6 +187,7 @@ pub struct PruneArgs {
 pub struct PoolArgs {
     #[command(flatten)]
     pub guard: Guard,
+    /// Print the usage as JSON.
     #[arg(long)]
     pub json: bool,
 }

@@ -1,9 +1,8 @@
 //! lvm-snap: thin snapshots of every PVC volume (see `lvm-snap --help`).
-use clap::Parser;
 
 fn main() {
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
-    let cli = match lvm_snap::Cli::try_parse_from(&args) {
+    let cli = match backup_core::config::try_parse_from::<lvm_snap::Cli, _, _>("lvm-snap", &args) {
         Ok(cli) => cli,
         Err(e) => {
             // A bad flag or env value is still a run the metrics must show.

@@ -478,7 +478,7 @@ fn check_dest_and_roots(o: &MirrorOpts) -> Result<()> {
     // An unmounted backup disk would fill the root filesystem.
     if o.require_mountpoint && !is_mountpoint(&o.dest)? {
         return Err(Exit::refused(format!(
-            "destination {} is not a mountpoint (--require-mountpoint): nothing copied or deleted",
+            "destination {} is not a mountpoint (--allow-unmounted-root for a sandbox): nothing copied or deleted",
             p(&o.dest)
         )));
     }
@@ -635,7 +635,7 @@ fn mirror_root(
     // An unmounted source looks empty (docs/compatibility.md, bug 3).
     if o.require_mountpoint && !is_mountpoint(source)? {
         return Err(Exit::refused(format!(
-            "source {} is not a mountpoint (--require-mountpoint): nothing copied or deleted",
+            "source {} is not a mountpoint (--allow-unmounted-root for a sandbox): nothing copied or deleted",
             p(source)
         )));
     }
@@ -1037,7 +1037,7 @@ pub fn config(o: &ConfigOpts) -> Result<(ExitCode, u64)> {
     backup_core::marker::require_backup_root(&o.dest)?;
     if o.require_mountpoint && !is_mountpoint(&o.dest)? {
         return Err(Exit::refused(format!(
-            "destination {} is not a mountpoint (--require-mountpoint): nothing copied",
+            "destination {} is not a mountpoint (--allow-unmounted-root for a sandbox): nothing copied",
             p(&o.dest)
         )));
     }

@@ -1,109 +1,13 @@
-use std::path::PathBuf;
+//! nfs-mirror: argument parsing (cli.rs) and the run over the library.
+mod cli;
 
 use anyhow::Result;
-use backup_core::cli::{Common, parse_duration};
-use backup_core::exit::{EXIT_CODE_HELP, ExitCode};
+use backup_core::exit::ExitCode;
 use backup_core::metrics::Metrics;
-use backup_core::rsync_items::MaxDelete;
-use clap::{Parser, Subcommand};
-
-/// Mirror the NFS trees routed to the backup disk (leg 1) onto the backup
-/// disk, guarded against mass deletion; or copy the host configuration
-/// (`config`).
-///
-/// Each --source root is mirrored on its own: /srv/nfs/<svc> into
-/// DEST/<svc>/ (the layout the NAS already holds), /srv/nfs-ssd/<svc> into
-/// DEST/nfs-ssd/<svc>/ (`--source /srv/nfs-ssd:nfs-ssd`: its own subtree,
-/// since the same service name exists on both roots). Skip-list patterns
-/// are relative to each root. DEST must carry the backup root's identity
-/// marker (`offsite-sync init --local`), or nothing is written (exit 5).
-/// Every run records which top-level directories of each root it saw and
-/// mirrored in DEST/.nfs-mirror/coverage, which `offsite-sync coverage`
-/// reads: a root left out here is reported uncovered there.
-#[derive(Debug, Parser)]
-#[command(name = "nfs-mirror", version, after_help = EXIT_CODE_HELP, args_conflicts_with_subcommands = true)]
-struct Cli {
-    #[command(flatten)]
-    common: Common,
-    #[command(subcommand)]
-    cmd: Option<Sub>,
-    #[command(flatten)]
-    mirror: MirrorArgs,
-}
-
-#[derive(Debug, clap::Args)]
-struct MirrorArgs {
-    /// An NFS root whose top-level entries are mirrored, as ROOT (into
-    /// DEST/<name>/) or ROOT:SUBDIR (into DEST/SUBDIR/<name>/); repeatable
-    /// (env: comma-separated).
-    #[arg(
-        long = "source",
-        env = "NFS_MIRROR_SOURCE",
-        value_name = "ROOT[:SUBDIR]",
-        value_delimiter = ',',
-        default_values = ["/srv/nfs", "/srv/nfs-ssd:nfs-ssd"],
-        value_parser = nfs_mirror::SourceRoot::parse
-    )]
-    sources: Vec<nfs_mirror::SourceRoot>,
-    /// The backup disk root, with its identity marker (entries go to
-    /// DEST/<name>/ or DEST/SUBDIR/<name>/).
-    #[arg(long, env = "BACKUP_ROOT", default_value = "/mnt/backup")]
-    dest: PathBuf,
-    /// The skip list both legs read.
-    #[arg(
-        long,
-        env = "BACKUP_SKIP_LIST",
-        default_value = "/etc/backup-skip-list.conf"
-    )]
-    skip_list: PathBuf,
-    /// The leg-1 ledger (default DEST/.changed-files).
-    #[arg(long)]
-    ledger: Option<PathBuf>,
-    /// Refuse unless the source and the destination are mountpoints.
-    #[arg(long)]
-    require_mountpoint: bool,
-    /// Refuse the whole run when it would delete more than N items or P% of
-    /// the mirrored items ('off' disables this guard).
-    #[arg(long, default_value = "10%", value_name = "N|P%|off")]
-    max_delete: MaxDelete,
-    /// Remove mirrors of entries the skip list now routes elsewhere.
-    #[arg(long)]
-    prune_skipped: bool,
-    /// Print what would be done; change nothing.
-    #[arg(long)]
-    dry_run: bool,
-    /// Print the per-entry report as JSON on stdout.
-    #[arg(long)]
-    json: bool,
-    /// Bound for each rsync.
-    #[arg(long, default_value = "4h", value_parser = parse_duration)]
-    timeout: std::time::Duration,
-}
-
-#[derive(Debug, Subcommand)]
-enum Sub {
-    /// Copy host configuration directories to DEST/pve-config/<path>/.
-    #[command(after_help = EXIT_CODE_HELP)]
-    Config {
-        #[arg(long, env = "BACKUP_ROOT", default_value = "/mnt/backup")]
-        dest: PathBuf,
-        /// A directory to copy (repeatable).
-        #[arg(long = "item", default_values = ["/etc/pve", "/usr/local/bin", "/etc/systemd/system"])]
-        items: Vec<PathBuf>,
-        #[arg(long)]
-        ledger: Option<PathBuf>,
-        /// Refuse unless the destination is a mountpoint.
-        #[arg(long)]
-        require_mountpoint: bool,
-        #[arg(long)]
-        dry_run: bool,
-        #[arg(long, default_value = "300s", value_parser = parse_duration)]
-        timeout: std::time::Duration,
-    },
-}
+use cli::{Cli, Sub};
 
 fn main() {
-    let cli = backup_core::exit::parse_args::<Cli>("nfs-mirror");
+    let cli = backup_core::config::parse::<Cli>("nfs-mirror");
     cli.common.init_logging();
     backup_core::exit::run_main("nfs-mirror", || run(cli))
 }
@@ -119,13 +23,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
             items,
             ledger,
             require_mountpoint,
+            allow_unmounted_root,
             dry_run,
-            timeout,
+            rsync_timeout: timeout,
         }) => {
             let _lock = backup_core::lock::acquire("nfs-mirror-config")?;
             let o = nfs_mirror::ConfigOpts {
                 dest,
-                require_mountpoint,
+                require_mountpoint: require_mountpoint || !allow_unmounted_root,
                 items,
                 ledger,
                 dry_run,
@@ -155,16 +60,28 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let a = cli.mirror;
             let _lock = backup_core::lock::acquire("nfs-mirror")?;
             let o = nfs_mirror::MirrorOpts {
-                sources: a.sources,
+                sources: if a.sources.is_empty() {
+                    vec![
+                        nfs_mirror::SourceRoot::parse(&a.nfs_root.to_string_lossy())
+                            .map_err(backup_core::exit::Exit::usage)?,
+                        nfs_mirror::SourceRoot::parse(&format!(
+                            "{}:nfs-ssd",
+                            a.nfs_ssd_root.to_string_lossy()
+                        ))
+                        .map_err(backup_core::exit::Exit::usage)?,
+                    ]
+                } else {
+                    a.sources
+                },
                 dest: a.dest,
                 skip_list: a.skip_list,
                 ledger: a.ledger,
-                require_mountpoint: a.require_mountpoint,
+                require_mountpoint: a.require_mountpoint || !a.allow_unmounted_root,
                 max_delete: a.max_delete,
                 prune_skipped: a.prune_skipped,
                 dry_run: a.dry_run,
                 json: a.json,
-                timeout: a.timeout,
+                timeout: a.rsync_timeout,
                 rsync: rsync_prog(),
             };
             let mut m = Metrics::new();

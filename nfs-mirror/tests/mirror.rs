@@ -370,6 +370,7 @@ fn full_backup_disk_fails_and_ledgers_what_arrived() {
         .arg(&listing)
         .arg(marked.join(backup_core::marker::FILE))
         .env("BACKUP_LOCK_DIR", t.sb.lock_dir())
+        .env("ALLOW_UNMOUNTED_ROOT", "1")
         .output()
         .expect("unshare");
     let stderr = String::from_utf8_lossy(&out.stderr);

@@ -62,22 +62,48 @@ pub enum RouteArg {
     after_help = EXIT_CODE_HELP
 )]
 pub struct Cli {
-    /// A tree to watch (repeatable).
-    #[arg(long = "watch", value_name = "DIR", required = true)]
+    /// A tree to watch (repeatable) [default: --nfs-root and --nfs-ssd-root].
+    #[arg(long = "watch", value_name = "DIR")]
     pub watch: Vec<PathBuf>,
-    /// The ledger (absolute paths, one per line).
+    /// The NFS export root (watched unless --watch is given).
+    #[arg(long, env = "NFS_ROOT", default_value = "/srv/nfs", value_name = "DIR")]
+    pub nfs_root: PathBuf,
+    /// The SSD NFS root (watched unless --watch is given).
+    #[arg(
+        long,
+        env = "NFS_SSD_ROOT",
+        default_value = "/srv/nfs-ssd",
+        value_name = "DIR"
+    )]
+    pub nfs_ssd_root: PathBuf,
+    /// The backup disk root: the ledger's default place and the directory
+    /// --require-mountpoint waits for.
+    #[arg(
+        long,
+        env = "BACKUP_ROOT",
+        default_value = "/mnt/backup",
+        value_name = "DIR"
+    )]
+    pub backup_root: PathBuf,
+    /// The ledger (absolute paths, one per line) [default: BACKUP_ROOT/.nfs-changes.log].
+    #[arg(long = "log", value_name = "FILE", env = "NFS_TRACK_LOG")]
+    pub log_arg: Option<PathBuf>,
+    /// The ledger, resolved from --log and --backup-root.
+    #[arg(skip)]
+    pub log: PathBuf,
+    /// The skip list: only paths of `--route` are logged.
     #[arg(
         long,
         value_name = "FILE",
-        env = "NFS_TRACK_LOG",
-        default_value = "/mnt/backup/.nfs-changes.log"
+        env = "BACKUP_SKIP_LIST",
+        default_value = "/etc/backup-skip-list.conf"
     )]
-    pub log: PathBuf,
-    /// Skip list; with it only paths of `--route` are logged.
-    #[arg(long, value_name = "FILE")]
-    pub skip_list: Option<PathBuf>,
-    /// The skip-list route to log (paths relative to each watched root).
-    #[arg(long, value_enum, requires = "skip_list")]
+    pub skip_list: PathBuf,
+    /// Log every path, whatever its route (no skip list is read).
+    #[arg(long, conflicts_with = "route")]
+    pub all_routes: bool,
+    /// The skip-list route to log (paths relative to each watched root) [default: direct].
+    #[arg(long, value_enum)]
     pub route: Option<RouteArg>,
     /// A regex over the full path; matching files are not logged (repeatable).
     #[arg(long = "exclude", value_name = "REGEX")]
@@ -85,6 +111,7 @@ pub struct Cli {
     /// Drop the default excludes (swap files, .nfs*, .Trash, SQLite sidecars).
     #[arg(long)]
     pub no_default_excludes: bool,
+    /// How changes are seen (fanotify needs CAP_SYS_ADMIN; auto falls back to inotify).
     #[arg(long, value_enum, default_value = "auto")]
     pub backend: BackendKind,
     /// Paths are deduplicated and written once per interval.
@@ -105,11 +132,20 @@ pub struct Cli {
     /// The ledger is written only on the backup root's disk, identified by its
     /// marker (`offsite-sync init --local`): without this flag a missing marker
     /// refuses the start (exit 5); with it, the start waits for the disk.
-    #[arg(long, value_name = "DIR")]
+    /// A bare --require-mountpoint means --backup-root (the default unless
+    /// --allow-unmounted-root).
+    #[arg(long = "require-mountpoint", value_name = "DIR", num_args = 0..=1)]
+    pub require_mountpoint_arg: Option<Option<PathBuf>>,
+    /// Write the ledger without waiting for the backup root to be a
+    /// mountpoint (a sandbox or test); its identity marker is still required.
+    #[arg(long, env = "ALLOW_UNMOUNTED_ROOT", value_parser = clap::builder::FalseyValueParser::new())]
+    pub allow_unmounted_root: bool,
+    /// Resolved from --require-mountpoint and --backup-root.
+    #[arg(skip)]
     pub require_mountpoint: Option<PathBuf>,
     /// Paths held in memory at most while the ledger is unavailable; past
     /// it they are dropped and a full sync is requested.
-    #[arg(long, default_value_t = 1_000_000)]
+    #[arg(long, default_value_t = 1_000_000, value_name = "N")]
     pub max_pending: usize,
     #[command(flatten)]
     pub common: Common,
@@ -212,7 +248,7 @@ fn plan(cli: &Cli) -> anyhow::Result<Plan> {
             .map_err(|err| Exit::usage(format!("--exclude {e:?}: not a valid regex: {err}")))?;
         excludes.push(e.clone());
     }
-    let skip = match &cli.skip_list {
+    let skip = match (!cli.all_routes).then_some(&cli.skip_list) {
         Some(f) => {
             let list = SkipList::load(f).map_err(|e| Exit::usage(format!("--skip-list: {e}")))?;
             let route = match cli.route.unwrap_or(RouteArg::Direct) {
@@ -503,7 +539,28 @@ impl Tracker {
     }
 }
 
-pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+impl Cli {
+    /// Fill the settings derived from others: the watched trees, the
+    /// ledger, the mountpoint waited for.
+    pub fn resolve(&mut self) {
+        if self.watch.is_empty() {
+            self.watch = vec![self.nfs_root.clone(), self.nfs_ssd_root.clone()];
+        }
+        self.log = self
+            .log_arg
+            .clone()
+            .unwrap_or_else(|| self.backup_root.join(".nfs-changes.log"));
+        self.require_mountpoint = match &self.require_mountpoint_arg {
+            Some(d) => Some(d.clone().unwrap_or_else(|| self.backup_root.clone())),
+            None if self.allow_unmounted_root => None,
+            None if self.log.starts_with(&self.backup_root) => Some(self.backup_root.clone()),
+            None => self.log.parent().map(Path::to_path_buf),
+        };
+    }
+}
+
+pub fn run(mut cli: Cli) -> anyhow::Result<ExitCode> {
+    cli.resolve();
     cli.common.init_logging();
     let plan = plan(&cli)?;
     // Contract 13: the ledger goes only to the initialised backup disk.

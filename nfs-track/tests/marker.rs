@@ -17,7 +17,8 @@ const BIN: &str = env!("CARGO_BIN_EXE_nfs-track");
 
 fn args(sb: &Sandbox, tree: &Path, log: &Path) -> Command {
     let mut c = Command::new(BIN);
-    c.arg("--watch")
+    c.arg("--all-routes")
+        .arg("--watch")
         .arg(tree)
         .arg("--log")
         .arg(log)
@@ -27,6 +28,8 @@ fn args(sb: &Sandbox, tree: &Path, log: &Path) -> Command {
         .arg(sb.path().join("nfs-track.prom"))
         .args(["--metrics-interval", "1s", "--backend", "inotify"])
         .env("BACKUP_LOCK_DIR", sb.lock_dir())
+        .env("BACKUP_PIPELINE_CONFIG", sb.config_path())
+        .env("ALLOW_UNMOUNTED_ROOT", "1")
         .env_remove("JOURNAL_STREAM")
         .env_remove("METRICS_FILE");
     c

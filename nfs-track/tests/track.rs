@@ -83,9 +83,13 @@ impl Env {
             c.args(&prefix[1..]).arg(BIN);
             c
         };
-        c.args(self.args(backend))
-            .args(extra)
-            .env("BACKUP_LOCK_DIR", self.sb.lock_dir())
+        c.args(self.args(backend)).args(extra);
+        if !extra.contains(&"--skip-list") {
+            c.arg("--all-routes");
+        }
+        c.env("BACKUP_LOCK_DIR", self.sb.lock_dir())
+            .env("BACKUP_PIPELINE_CONFIG", self.sb.config_path())
+            .env("ALLOW_UNMOUNTED_ROOT", "1")
             .env_remove("JOURNAL_STREAM")
             .env_remove("METRICS_FILE");
         c
@@ -595,7 +599,10 @@ fn watch_limit_names_the_sysctl_and_sets_the_marker() {
         .arg("sh")
         .arg(BIN)
         .args(e.args("inotify"))
+        .arg("--all-routes")
         .env("BACKUP_LOCK_DIR", e.sb.lock_dir())
+        .env("BACKUP_PIPELINE_CONFIG", e.sb.config_path())
+        .env("ALLOW_UNMOUNTED_ROOT", "1")
         .stderr(Stdio::piped());
     let sock_path = e.sb.path().join("notify");
     let sock = UnixDatagram::bind(&sock_path).expect("bind");

@@ -1,209 +1,14 @@
-use std::path::PathBuf;
-use std::time::Duration;
+//! offsite-sync: argument parsing (cli.rs) and the run over the library.
+mod cli;
 
 use anyhow::Result;
-use backup_core::cli::{Common, parse_duration};
-use backup_core::exit::{EXIT_CODE_HELP, ExitCode};
+use backup_core::exit::ExitCode;
 use backup_core::metrics::Metrics;
-use backup_core::rsync_items::MaxDelete;
-use clap::{Parser, Subcommand};
-use offsite_sync::{Config, FullMode};
-
-/// Send the backup disk (step 1) and the `direct` NFS trees (step 2) to the
-/// offsite NAS over ssh, consuming the ledgers without ever losing an entry.
-///
-/// First run, a new backup disk, or migration from the old scripts (whose
-/// NAS trees carry no identity marker): run `offsite-sync init` once. It
-/// writes the identity markers of the backup root and of each NAS
-/// destination; every later run refuses (exit 5) a backup root or a NAS
-/// destination without the expected marker (a disk or NAS volume not
-/// mounted, another repository).
-#[derive(Debug, Parser)]
-#[command(name = "offsite-sync", version, after_help = EXIT_CODE_HELP, args_override_self = true)]
-struct Cli {
-    #[command(flatten)]
-    common: Common,
-    #[command(subcommand)]
-    cmd: Sub,
-    #[command(flatten)]
-    opts: Opts,
-}
-
-#[derive(Debug, Subcommand)]
-enum Sub {
-    /// Backup disk -> NAS pve-backup/ (ledger .changed-files). Refuses
-    /// (exit 5) without the backup root's and the NAS destination's
-    /// identity markers (`offsite-sync init` once). A full pass is held to
-    /// --max-delete by rsync itself and reports the deletions it made.
-    #[command(after_help = EXIT_CODE_HELP)]
-    Step1,
-    /// direct NFS trees -> NAS nfs/, nfs-ssd/ (ledger .nfs-changes.log).
-    /// Refuses (exit 5) without the identity markers (`offsite-sync init`
-    /// once); full passes are held to --max-delete like step 1.
-    #[command(after_help = EXIT_CODE_HELP)]
-    Step2,
-    /// Step 1, step 2, then the coverage check (see `coverage`): exit 3
-    /// when a top-level NFS directory is carried by no leg that runs.
-    #[command(after_help = EXIT_CODE_HELP)]
-    All,
-    /// Write the identity markers, once: the backup root's
-    /// (`.backup-pipeline-id`) and, over ssh, one in each NAS destination
-    /// (--pve-dest, --nfs-dest, --nfs-ssd-dest; roles nas-pve-backup,
-    /// nas-nfs, nas-nfs-ssd), whose ids are recorded in the backup root's
-    /// .offsite-sync/nas-ids. Idempotent; never overwrites a marker. A NAS
-    /// destination that already has a marker of its role and none recorded
-    /// (a new backup disk) is adopted. Every tool that writes to the backup
-    /// root refuses a root without its marker, and every sync refuses a NAS
-    /// destination whose marker is missing or different (exit 5).
-    /// Migration from the old scripts: run it once after the NAS trees and
-    /// the backup disk are mounted where the configuration says.
-    #[command(after_help = EXIT_CODE_HELP)]
-    Init {
-        /// Only the backup root (no NAS contact).
-        #[arg(long)]
-        local: bool,
-    },
-    /// Every top-level NFS directory with its one route and whether that
-    /// route's leg really carries it: backup-disk from nfs-mirror's record
-    /// of its last runs (BACKUP_ROOT/.nfs-mirror/coverage), direct from
-    /// nfs-track's state (--nfs-track-state-dir), never by decision. A
-    /// directory new since nfs-mirror's last run of its root is pending.
-    /// Exit 3 naming each uncovered directory on stderr (`all` checks the
-    /// same after sending, and reports backup_coverage_uncovered_dirs per
-    /// root); exit 2 when the skip list gives a name two routes.
-    #[command(after_help = EXIT_CODE_HELP)]
-    Coverage,
-    /// Ledger sizes, markers, last full passes, NAS free space.
-    #[command(after_help = EXIT_CODE_HELP)]
-    Status {
-        /// Do not contact the NAS.
-        #[arg(long)]
-        no_nas: bool,
-    },
-}
-
-#[derive(Debug, clap::Args)]
-struct Opts {
-    /// The NAS login (placeholder default; set it in /etc/default/backup-pipeline).
-    #[arg(
-        long,
-        global = true,
-        env = "OFFSITE_REMOTE",
-        default_value = "backup@nas.invalid"
-    )]
-    remote: String,
-    #[arg(long, global = true, env = "OFFSITE_SSH_PORT", default_value_t = 22)]
-    ssh_port: u16,
-    #[arg(
-        long,
-        global = true,
-        env = "OFFSITE_SSH_KEY",
-        default_value = "/etc/backup-pipeline/offsite_ed25519"
-    )]
-    ssh_key: PathBuf,
-    /// Pinned host key(s) of the NAS (StrictHostKeyChecking=yes).
-    #[arg(
-        long,
-        global = true,
-        env = "OFFSITE_KNOWN_HOSTS",
-        default_value = "/etc/backup-pipeline/offsite_known_hosts"
-    )]
-    known_hosts: PathBuf,
-    #[arg(long, global = true, default_value = "10s", value_parser = parse_duration)]
-    connect_timeout: Duration,
-    /// ssh ServerAliveInterval (3 missed replies end the connection).
-    #[arg(long, global = true, default_value = "15s", value_parser = parse_duration)]
-    keepalive: Duration,
-    /// rsync --timeout: no data for this long ends the transfer.
-    #[arg(long, global = true, default_value = "300s", value_parser = parse_duration)]
-    io_timeout: Duration,
-    /// Bound for each rsync run.
-    #[arg(long, global = true, default_value = "2h", value_parser = parse_duration)]
-    run_timeout: Duration,
-    /// rsync --bwlimit (e.g. 20m).
-    #[arg(long, global = true)]
-    bwlimit: Option<String>,
-    #[arg(
-        long,
-        global = true,
-        env = "BACKUP_ROOT",
-        default_value = "/mnt/backup"
-    )]
-    backup_root: PathBuf,
-    #[arg(long, global = true, default_value = "/srv/nfs")]
-    nfs_root: PathBuf,
-    #[arg(long, global = true, default_value = "/srv/nfs-ssd")]
-    nfs_ssd_root: PathBuf,
-    #[arg(
-        long,
-        global = true,
-        env = "OFFSITE_PVE_DEST",
-        default_value = "/Backup/Viki/pve-backup"
-    )]
-    pve_dest: String,
-    /// Where the NAS capacity is read (df -kP); default: the parent of --pve-dest.
-    #[arg(long, global = true, env = "OFFSITE_CAPACITY_PATH")]
-    capacity_path: Option<String>,
-    #[arg(
-        long,
-        global = true,
-        env = "OFFSITE_NFS_DEST",
-        default_value = "/Backup/Viki/nfs"
-    )]
-    nfs_dest: String,
-    #[arg(
-        long,
-        global = true,
-        env = "OFFSITE_NFS_SSD_DEST",
-        default_value = "/Backup/Viki/nfs-ssd"
-    )]
-    nfs_ssd_dest: String,
-    #[arg(
-        long,
-        global = true,
-        env = "BACKUP_SKIP_LIST",
-        default_value = "/etc/backup-skip-list.conf"
-    )]
-    skip_list: PathBuf,
-    /// nfs-track's state directory: its `last-watching` file says which
-    /// roots it watches (coverage of the direct route).
-    #[arg(
-        long,
-        global = true,
-        env = "NFS_TRACK_STATE_DIR",
-        default_value = "/var/lib/nfs-track"
-    )]
-    nfs_track_state_dir: PathBuf,
-    /// A leg whose last record (nfs-mirror's run, nfs-track's watch) is
-    /// older than this no longer counts as carrying its directories.
-    #[arg(long, global = true, default_value = "2d", value_parser = parse_duration)]
-    coverage_max_age: Duration,
-    /// auto: when the last full pass is older than --full-every or a
-    /// full-sync-needed marker exists.
-    #[arg(long, global = true, value_enum, default_value = "auto")]
-    full: FullMode,
-    #[arg(long, global = true, default_value = "30d", value_parser = parse_duration)]
-    full_every: Duration,
-    /// More pending ledger lines than this: a full pass replaces them.
-    #[arg(long, global = true, default_value_t = 500_000)]
-    ledger_cap: u64,
-    /// A full pass that would delete more than N items or P% is refused;
-    /// the deleting transfer itself is held to it (rsync --max-delete: a
-    /// source emptied or unmounted after the dry run stops there, exit 1).
-    #[arg(long, global = true, default_value = "10%", value_name = "N|P%|off")]
-    max_delete: MaxDelete,
-    /// Refuse unless the backup root and the NFS roots are mountpoints.
-    #[arg(long, global = true)]
-    require_mountpoint: bool,
-    #[arg(long, global = true)]
-    dry_run: bool,
-    /// Step reports as JSON on stdout.
-    #[arg(long, global = true)]
-    json: bool,
-}
+use cli::{Cli, Sub};
+use offsite_sync::Config;
 
 fn main() {
-    let cli = backup_core::exit::parse_args::<Cli>("offsite-sync");
+    let cli = backup_core::config::parse::<Cli>("offsite-sync");
     cli.common.init_logging();
     backup_core::exit::run_main("offsite-sync", || run(cli))
 }
@@ -240,7 +45,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         full_every: o.full_every,
         ledger_cap: o.ledger_cap,
         max_delete: o.max_delete,
-        require_mountpoint: o.require_mountpoint,
+        require_mountpoint: o.require_mountpoint || !o.allow_unmounted_root,
         dry_run: o.dry_run,
         rsync: std::env::var_os("RSYNC").unwrap_or_else(|| "rsync".into()),
         ssh: std::env::var_os("SSH").unwrap_or_else(|| "ssh".into()),

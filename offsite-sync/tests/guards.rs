@@ -91,6 +91,8 @@ fn step2_sends_what_nfs_track_logged_under_a_symlinked_nfs_root() {
         .arg("--state-dir")
         .arg(w.sb.path().join("nfs-track-state"))
         .env("BACKUP_LOCK_DIR", w.sb.lock_dir())
+        .env("BACKUP_PIPELINE_CONFIG", w.sb.config_path())
+        .env("ALLOW_UNMOUNTED_ROOT", "1")
         .env_remove("JOURNAL_STREAM")
         .env_remove("METRICS_FILE")
         .stdout(Stdio::null())

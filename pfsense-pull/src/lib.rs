@@ -50,10 +50,23 @@ pub enum FullTar {
     after_help = EXIT_CODE_HELP
 )]
 pub struct Cli {
-    /// Destination directory (copies go to <dest>/<ISO week>/), below a backup
-    /// root carrying its identity marker (`offsite-sync init --local`).
-    #[arg(long, env = "PFSENSE_DEST", value_name = "DIR")]
-    pub dest: PathBuf,
+    /// The backup disk root, carrying its identity marker (`offsite-sync
+    /// init --local`); copies go to BACKUP_ROOT/pfsense/<ISO week>/.
+    #[arg(
+        long,
+        env = "BACKUP_ROOT",
+        default_value = "/mnt/backup",
+        value_name = "DIR"
+    )]
+    pub backup_root: PathBuf,
+    /// Accept a backup root that is not a mountpoint (a sandbox or test);
+    /// its identity marker is still required.
+    #[arg(long, env = "ALLOW_UNMOUNTED_ROOT", value_parser = clap::builder::FalseyValueParser::new())]
+    pub allow_unmounted_root: bool,
+    /// Another destination directory below the backup root (copies go to
+    /// <dest>/<ISO week>/) [default: BACKUP_ROOT/pfsense].
+    #[arg(long = "dest", env = "PFSENSE_DEST", value_name = "DIR")]
+    pub dest_arg: Option<PathBuf>,
     /// SSH login of the firewall.
     #[arg(
         long,
@@ -110,7 +123,7 @@ pub struct Cli {
     #[arg(long, value_name = "N", default_value_t = 4)]
     pub keep_weeks: usize,
     /// Bound on the whole run.
-    #[arg(long, value_name = "DUR", default_value = "600s", value_parser = backup_core::cli::parse_duration)]
+    #[arg(long, value_name = "DUR", default_value = "15m", value_parser = backup_core::cli::parse_duration)]
     pub timeout: Duration,
     /// Largest config.xml accepted (over SSH or the API): a longer reply is
     /// cut off there and rejected, so memory stays bounded whatever the far
@@ -124,7 +137,8 @@ pub struct Cli {
     /// Warn when a new config is smaller than this fraction of the last good one.
     #[arg(long, value_name = "RATIO", default_value_t = 0.5)]
     pub shrink_ratio: f64,
-    /// Ledger of changed files (paths relative to --ledger-root).
+    /// Ledger of changed files (paths relative to --ledger-root)
+    /// [default: LEDGER_ROOT/.changed-files].
     #[arg(long, env = "BACKUP_LEDGER", value_name = "FILE")]
     pub ledger: Option<PathBuf>,
     /// Root the ledger's paths are relative to (default: the parent of --dest).
@@ -225,7 +239,17 @@ fn ser_date<S: serde::Serializer>(d: &NaiveDate, s: S) -> Result<S::Ok, S::Error
 }
 
 /// Turn arguments into a plan; every bad input is exit 2 with one line.
+impl Cli {
+    /// Where the weekly copies go: --dest, else BACKUP_ROOT/pfsense.
+    pub fn dest(&self) -> PathBuf {
+        self.dest_arg
+            .clone()
+            .unwrap_or_else(|| self.backup_root.join("pfsense"))
+    }
+}
+
 pub fn plan(cli: &Cli) -> anyhow::Result<Plan> {
+    let dest = cli.dest();
     let date = cli
         .today
         .unwrap_or_else(|| chrono::Local::now().date_naive());
@@ -243,10 +267,10 @@ pub fn plan(cli: &Cli) -> anyhow::Result<Plan> {
     if cli.timeout.is_zero() {
         return Err(Exit::usage("--timeout 0: expected a positive duration"));
     }
-    if cli.dest.as_os_str().is_empty() || cli.dest.parent().is_none() {
+    if dest.as_os_str().is_empty() || dest.parent().is_none() {
         return Err(Exit::usage(format!(
             "--dest {}: expected a directory below a backup root",
-            cli.dest.display()
+            dest.display()
         )));
     }
     let full_tar = match cli.full_tar {
@@ -321,8 +345,7 @@ pub fn plan(cli: &Cli) -> anyhow::Result<Plan> {
     };
     let ledger_root = match &cli.ledger_root {
         Some(r) => r.clone(),
-        None => cli
-            .dest
+        None => dest
             .parent()
             .map(Path::to_path_buf)
             .filter(|p| !p.as_os_str().is_empty())
@@ -332,21 +355,21 @@ pub fn plan(cli: &Cli) -> anyhow::Result<Plan> {
         .ledger
         .clone()
         .unwrap_or_else(|| ledger_root.join(".changed-files"));
-    if !cli.dest.starts_with(&ledger_root) {
+    if !dest.starts_with(&ledger_root) {
         return Err(Exit::usage(format!(
             "--dest {} is not below --ledger-root {}",
-            cli.dest.display(),
+            dest.display(),
             ledger_root.display()
         )));
     }
     let week = backup_core::weeks::week_key(date);
-    let wdir = cli.dest.join(&week);
+    let wdir = dest.join(&week);
     Ok(Plan {
         date,
         config_path: wdir.join(layout::config_name(date)),
         tar_path: full_tar.then(|| wdir.join(layout::tar_name(date))),
         week,
-        dest: cli.dest.clone(),
+        dest: dest.clone(),
         config_from: cli.config_from,
         full_tar,
         ledger,
@@ -480,7 +503,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     // Contract 13, dry runs included (a plan read from a bare directory
     // misleads): --dest is on the initialised backup disk, found upwards
     // on its filesystem. Re-checked before every write and ledger line.
-    let guard = match RootGuard::find(&p.dest) {
+    let guard = match RootGuard::find(&p.dest)
+        .and_then(|g| g.require_mounted(cli.allow_unmounted_root).map(|()| g))
+    {
         Ok(g) => g,
         Err(e) => {
             if !cli.dry_run {

@@ -75,6 +75,10 @@ pub struct Cli {
     /// Print the URL and the exact body; send and write nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// Print every effective setting, its value and where it came from
+    /// (flag, env, configuration file:line, default), then exit 0.
+    #[arg(long)]
+    pub show_config: bool,
     /// Only warnings and errors on stderr.
     #[arg(short, long, action = clap::ArgAction::Count)]
     pub quiet: u8,

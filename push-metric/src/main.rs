@@ -1,4 +1,4 @@
 fn main() {
-    let cli = backup_core::exit::parse_args::<push_metric::Cli>("push-metric");
+    let cli = backup_core::config::parse::<push_metric::Cli>("push-metric");
     backup_core::exit::run_main("push-metric", || push_metric::run(cli))
 }

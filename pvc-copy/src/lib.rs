@@ -56,14 +56,17 @@ with the other PVCs (exit 3): no snapshot, a newest snapshot older than
 claimed by two LVs (a Released PV next to its replacement) never shares a
 destination: the Bound PV's copy is <pvc>, the other's <pvc>@<pv-name>.
 
-lvm-snap never snapshots the namespaces in LVM_SNAP_EXCLUDE_NS (default
-dbaas,monitoring), so their PVCs fail here for lack of a snapshot unless each
-such namespace is skipped with --skip NS/*. units/daily-backup.service passes
---skip dbaas/* --skip monitoring/* in PVC_COPY_ARGS: change the two together.
+The namespaces lvm-snap never snapshots (EXCLUDED_NAMESPACES, default
+dbaas,monitoring) are read here too: their PVCs are skipped, never counted
+as failed for lack of a snapshot.
 
 The mapping cache is the same file, in the same format (kubectl's JSON as
-printed), that lvm-snap keeps: set LVM_SNAP_MAPPING_CACHE once for both (the
-daily-backup unit uses lvm-snap's default, /var/lib/backup-pipeline/lv-pvc-mapping.json).
+printed), that lvm-snap keeps: MAPPING_CACHE, one key and one default
+(/var/lib/backup-pipeline/lv-pvc-mapping.json) for both.
+
+Settings come from flags, the environment, then the configuration file
+/etc/default/backup-pipeline (BACKUP_PIPELINE_CONFIG); --show-config prints
+each with its source.
 
 After a run where every PVC was copied or deliberately skipped, the week is
 marked complete and rotation keeps the newest --keep-weeks complete weeks
@@ -113,12 +116,7 @@ pub struct PreflightArgs {
     )]
     pub exports: PathBuf,
     /// The NFS export root that must be exported (never with fsid=0).
-    #[arg(
-        long,
-        env = "PVC_COPY_NFS_ROOT",
-        default_value = "/srv/nfs",
-        value_name = "DIR"
-    )]
+    #[arg(long, env = "NFS_ROOT", default_value = "/srv/nfs", value_name = "DIR")]
     pub nfs_root: String,
     /// The systemd unit of the NFS server.
     #[arg(long, default_value = "nfs-server", value_name = "UNIT")]
@@ -156,7 +154,7 @@ pub struct RunArgs {
     )]
     pub backup_root: PathBuf,
     /// The volume group holding the PVC LVs and their snapshots.
-    #[arg(long, env = "PVC_COPY_VG", default_value = "pve", value_name = "VG")]
+    #[arg(long, env = "LVM_VG", default_value = "pve", value_name = "VG")]
     pub vg: String,
     /// Complete weeks to keep in pvc-data (rotation runs only after a fully successful run).
     #[arg(long, default_value_t = 4, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=520))]
@@ -170,14 +168,27 @@ pub struct RunArgs {
     )]
     pub luks_key: PathBuf,
     /// Last good `kubectl get pv -o json`, used when kubectl fails; the
-    /// file lvm-snap keeps too (same variable, same format)
-    /// [default: BACKUP_ROOT/.lv-pvc-mapping.json].
-    #[arg(long, env = "LVM_SNAP_MAPPING_CACHE", value_name = "FILE")]
-    pub mapping_cache: Option<PathBuf>,
-    /// Do not copy this PVC (NS/PVC, or NS/* for a whole namespace); counted as skipped. Repeatable.
-    /// Give NS/* for every namespace lvm-snap excludes (LVM_SNAP_EXCLUDE_NS, default
-    /// dbaas,monitoring): a PVC without a snapshot otherwise counts as failed.
-    #[arg(long, value_name = "NS/PVC", value_parser = Selector::parse)]
+    /// file lvm-snap keeps too (same key, same default, same format).
+    #[arg(
+        long,
+        env = "MAPPING_CACHE",
+        default_value = backup_core::k8s::DEFAULT_MAPPING_CACHE,
+        value_name = "FILE"
+    )]
+    pub mapping_cache: PathBuf,
+    /// Namespaces lvm-snap never snapshots (the same key it reads): their
+    /// PVCs are skipped here, never counted as failed (repeat, or comma-separated).
+    #[arg(
+        long = "exclude-namespace",
+        env = "EXCLUDED_NAMESPACES",
+        value_delimiter = ',',
+        default_value = backup_core::k8s::DEFAULT_EXCLUDED_NAMESPACES,
+        value_name = "NS"
+    )]
+    pub exclude_namespace: Vec<String>,
+    /// Do not copy this PVC (NS/PVC, or NS/* for a whole namespace); counted
+    /// as skipped. Repeat, or comma-separated.
+    #[arg(long, env = "PVC_COPY_SKIP", value_delimiter = ',', value_name = "NS/PVC", value_parser = Selector::parse)]
     pub skip: Vec<Selector>,
     /// Copy only these PVCs (NS/PVC or NS/*). Repeatable. Disables rotation.
     #[arg(long, value_name = "NS/PVC", value_parser = Selector::parse)]
@@ -221,8 +232,8 @@ pub struct RunArgs {
     /// The ledger of changed paths [default: BACKUP_ROOT/.changed-files].
     #[arg(long, value_name = "FILE")]
     pub ledger: Option<PathBuf>,
-    /// Accept a backup root that is not a mount point (tests, manual copies).
-    #[arg(long)]
+    /// Accept a backup root that is not a mount point (a sandbox or test).
+    #[arg(long, env = "ALLOW_UNMOUNTED_ROOT", value_parser = clap::builder::FalseyValueParser::new())]
     pub allow_unmounted_root: bool,
     /// Pretend the time is this (RFC 3339), for tests of weeks and ages.
     #[arg(long, hide = true, value_name = "RFC3339")]
@@ -449,6 +460,14 @@ fn copy_run_inner(
 
     let lvs = list_lvs(a)?;
     let pvs = pv_list(a, root, kubectl_absent)?;
+    let mut skips = a.skip.clone();
+    for ns in a.exclude_namespace.iter().filter(|n| !n.is_empty()) {
+        skips.push(
+            Selector::parse(&format!("{ns}/*")).map_err(|e| {
+                Exit::usage(format!("--exclude-namespace / EXCLUDED_NAMESPACES: {e}"))
+            })?,
+        );
+    }
     let items = plan::plan(
         &lvs,
         pvs.as_deref(),
@@ -456,7 +475,7 @@ fn copy_run_inner(
             now,
             max_age: chrono::Duration::from_std(a.max_snapshot_age)
                 .unwrap_or(chrono::Duration::MAX),
-            skip: &a.skip,
+            skip: &skips,
             only: &a.only,
         },
     );
@@ -703,10 +722,8 @@ fn pv_list(
     root: &Path,
     kubectl_absent: &mut Option<String>,
 ) -> anyhow::Result<Option<Vec<plan::Pv>>> {
-    let cache = a
-        .mapping_cache
-        .clone()
-        .unwrap_or_else(|| root.join(".lv-pvc-mapping.json"));
+    let _ = root;
+    let cache = a.mapping_cache.clone();
     let live = Cmd::new("kubectl")
         .args(["get", "pv", "-o", "json"])
         .timeout(a.command_timeout)

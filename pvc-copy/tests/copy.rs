@@ -390,6 +390,7 @@ fn guards_refuse_before_doing_anything() {
         env.sb
             .cmd("pvc-copy")
             .envs(env.host.env())
+            .env_remove("ALLOW_UNMOUNTED_ROOT")
             .arg("--backup-root")
             .arg(env.sb.mkdir("unmounted-backup"))
             .args(["--now", NOW]),

@@ -1,28 +1,16 @@
 //! lvm-snap and pvc-copy agree on the namespaces lvm-snap never snapshots
-//! and on the PV mapping cache, as shipped: lvm-snap's defaults, the
-//! daily-backup unit's PVC_COPY_ARGS, and both binaries run in turn on one
+//! and on the PV mapping cache, as shipped: both read EXCLUDED_NAMESPACES
+//! and MAPPING_CACHE with one default each, and both binaries run in turn on one
 //! emulated host (the LVM and kubectl emulators of `backup-tests` stand for
 //! the Proxmox thin pool and the Kubernetes API; the volumes are real ext4
 //! images that pvc-copy mounts read-only and copies with real rsync).
 
 mod common;
 
-use std::path::PathBuf;
 use std::process::Command;
 
 use backup_tests::harness::{Run, bin};
 use common::{Env, VG};
-
-fn unit_pvc_copy_args() -> Vec<String> {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../units/daily-backup.service");
-    let text = std::fs::read_to_string(&path).expect("daily-backup.service");
-    let line = text
-        .lines()
-        .filter_map(|l| l.strip_prefix("Environment="))
-        .find_map(|v| v.trim_matches('"').strip_prefix("PVC_COPY_ARGS="))
-        .expect("PVC_COPY_ARGS in daily-backup.service");
-    line.split_whitespace().map(String::from).collect()
-}
 
 /// `lvm-snap create`'s default `--exclude-namespace`, as its --help prints it.
 fn lvm_snap_default_excludes() -> Vec<String> {
@@ -45,34 +33,23 @@ fn lvm_snap_default_excludes() -> Vec<String> {
 }
 
 #[test]
-fn the_unit_skips_every_namespace_lvm_snap_excludes_and_help_says_so() {
+fn both_tools_default_to_the_same_excluded_namespaces_and_help_says_so() {
     let excluded = lvm_snap_default_excludes();
     assert_eq!(
         excluded.join(","),
         backup_core::k8s::DEFAULT_EXCLUDED_NAMESPACES
     );
-    let args = unit_pvc_copy_args();
-    let skips: Vec<&str> = args
-        .windows(2)
-        .filter(|w| w[0] == "--skip")
-        .map(|w| w[1].as_str())
-        .collect();
-    for ns in &excluded {
-        assert!(
-            skips.contains(&format!("{ns}/*").as_str()),
-            "daily-backup.service PVC_COPY_ARGS lacks --skip {ns}/* (lvm-snap never snapshots {ns}): {args:?}"
-        );
-    }
     let out = Command::new(bin("pvc-copy"))
         .arg("--help")
+        .env("BACKUP_PIPELINE_CONFIG", "/nonexistent")
         .output()
         .expect("pvc-copy --help");
     let help = String::from_utf8_lossy(&out.stdout).into_owned();
     for needle in [
-        "LVM_SNAP_EXCLUDE_NS",
+        "EXCLUDED_NAMESPACES",
         backup_core::k8s::DEFAULT_EXCLUDED_NAMESPACES,
-        "--skip NS/*",
-        "LVM_SNAP_MAPPING_CACHE",
+        "MAPPING_CACHE",
+        backup_core::k8s::DEFAULT_MAPPING_CACHE,
     ] {
         assert!(help.contains(needle), "pvc-copy --help lacks {needle:?}");
     }
@@ -97,8 +74,8 @@ fn a_night_with_shipped_defaults_skips_what_lvm_snap_excluded_and_shares_its_cac
 
     let mut snap = env.sb.cmd("lvm-snap");
     snap.envs(env.host.env())
-        .env_remove("LVM_SNAP_EXCLUDE_NS")
-        .env("LVM_SNAP_MAPPING_CACHE", &cache)
+        .env_remove("EXCLUDED_NAMESPACES")
+        .env("MAPPING_CACHE", &cache)
         .arg("create");
     Run::of(&mut snap).succeeds();
     let snapshots: Vec<String> = env
@@ -113,22 +90,13 @@ fn a_night_with_shipped_defaults_skips_what_lvm_snap_excluded_and_shares_its_cac
     assert!(cache.is_file(), "lvm-snap wrote the mapping cache");
 
     let now = chrono::Utc::now().to_rfc3339();
-    // Without the skips the excluded namespaces' PVCs fail (exit 3).
-    let mut cmd = env.cmd(&now);
-    cmd.env("LVM_SNAP_MAPPING_CACHE", &cache);
-    Run::of(&mut cmd)
-        .fails_with(3)
-        .stderr_contains("dbaas/mysql (vm-2-pvc-bbbb): no snapshot")
-        .stderr_contains("monitoring/prometheus (vm-3-pvc-cccc): no snapshot");
-
-    // With the unit's arguments the night is clean, with kubectl down too:
-    // pvc-copy then reads the cache lvm-snap wrote, through the same setting.
+    // With no --skip at all the night is clean, with kubectl down too:
+    // pvc-copy skips what lvm-snap excluded (same key, same default) and
+    // reads the cache lvm-snap wrote, through the same setting.
     env.host.set_kube_down(true);
-    let unit_args = unit_pvc_copy_args();
-    let unit_args: Vec<&str> = unit_args.iter().map(String::as_str).collect();
     let mut cmd = env.cmd(&now);
-    cmd.env("LVM_SNAP_MAPPING_CACHE", &cache)
-        .args(&unit_args)
+    cmd.env_remove("EXCLUDED_NAMESPACES")
+        .env("MAPPING_CACHE", &cache)
         .arg("--json");
     let r = Run::of(&mut cmd);
     r.succeeds().stderr_contains("using the mapping cache");

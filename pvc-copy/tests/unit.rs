@@ -36,26 +36,12 @@ fn run_unit(
         .flat_map(|v| v.split_whitespace().map(|c| c.parse().expect("code")))
         .chain([0])
         .collect();
-    let default_args = u
-        .values("Environment")
-        .iter()
-        .find_map(|v| {
-            v.trim_matches('"')
-                .strip_prefix("PVC_COPY_ARGS=")
-                .map(String::from)
-        })
-        .expect("PVC_COPY_ARGS default");
     let subst = |line: &str| -> Vec<String> {
         let line = line
             .replace("$$", "$")
             .replace("/run/backup-pipeline/", &format!("{}/", run_dir.display()));
         let mut argv = Vec::new();
         for w in words(&line) {
-            if w == "$PVC_COPY_ARGS" {
-                argv.extend(default_args.split_whitespace().map(String::from));
-                argv.extend(extra_args.iter().cloned());
-                continue;
-            }
             let mut w = w;
             for b in ["pvc-copy", "sqlite-dump", "push-metric"] {
                 w = w.replace(
@@ -65,6 +51,12 @@ fn run_unit(
             }
             argv.push(w);
         }
+        // The copy step (not preflight): the test's own arguments.
+        if argv.first().is_some_and(|p| p.ends_with("/pvc-copy"))
+            && argv.get(1).is_some_and(|a| a == "--metrics-file")
+        {
+            argv.extend(extra_args.iter().cloned());
+        }
         argv
     };
     let base = |argv: &[String]| {
@@ -73,6 +65,9 @@ fn run_unit(
             .envs(env.host.env())
             .env("BACKUP_LOCK_DIR", env.sb.lock_dir())
             .env("BACKUP_ROOT", &env.root)
+            .env("BACKUP_PIPELINE_CONFIG", env.sb.config_path())
+            .env("MAPPING_CACHE", env.root.join(".lv-pvc-mapping.json"))
+            .env_remove("ALLOW_UNMOUNTED_ROOT")
             .env("PVC_COPY_MAPPER_DIR", env.host.mapper_dir())
             .env("PVC_COPY_LUKS_KEY", &env.key)
             .env_remove("METRICS_FILE")

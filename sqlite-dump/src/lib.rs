@@ -65,17 +65,31 @@ pub enum Command {
 
 #[derive(Debug, Clone, Args)]
 pub struct DumpArgs {
-    /// The tree to search (e.g. /mnt/backup/pvc-data/<week>); never written to.
-    #[arg(value_name = "SRC_DIR", required = true)]
+    /// The tree to search; never written to [default: BACKUP_ROOT/pvc-data/<this week>].
+    #[arg(value_name = "SRC_DIR")]
     pub src: Option<PathBuf>,
-    /// Where the copies go, at the same relative paths (e.g. /mnt/backup/sqlite-backup/<week>),
-    /// below a backup root carrying its identity marker (`offsite-sync init --local`).
-    #[arg(long, value_name = "DEST_DIR", required = true)]
+    /// Where the copies go, at the same relative paths, below a backup root
+    /// carrying its identity marker (`offsite-sync init --local`)
+    /// [default: BACKUP_ROOT/sqlite-backup/<this week>].
+    #[arg(long, value_name = "DEST_DIR")]
     pub to: Option<PathBuf>,
-    /// Append every written file to this ledger (e.g. /mnt/backup/.changed-files).
+    /// The backup disk root: the default source, destination and ledger.
+    #[arg(
+        long,
+        env = "BACKUP_ROOT",
+        default_value = "/mnt/backup",
+        value_name = "DIR"
+    )]
+    pub backup_root: PathBuf,
+    /// Accept a backup root that is not a mountpoint (a sandbox or test);
+    /// its identity marker is still required.
+    #[arg(long, env = "ALLOW_UNMOUNTED_ROOT", value_parser = clap::builder::FalseyValueParser::new())]
+    pub allow_unmounted_root: bool,
+    /// Append every written file to this ledger [default, when DEST_DIR is
+    /// under BACKUP_ROOT: BACKUP_ROOT/.changed-files].
     #[arg(long, value_name = "FILE", requires = "ledger_root")]
     pub ledger: Option<PathBuf>,
-    /// Ledger entries are relative to this directory (e.g. /mnt/backup).
+    /// Ledger entries are relative to this directory [default: BACKUP_ROOT, with the default ledger].
     #[arg(long, value_name = "DIR", requires = "ledger")]
     pub ledger_root: Option<PathBuf>,
     /// Give up on one database after this long (e.g. 300s, 10m).
@@ -94,11 +108,17 @@ pub struct DumpArgs {
 
 #[derive(Debug, Clone, Args)]
 pub struct CheckArgs {
-    /// Database files to check (opened read-only; a live WAL database is fine).
-    #[arg(value_name = "DB", required = true)]
+    /// Database files to check (opened read-only; a live WAL database is
+    /// fine); the environment or configuration gives them space-separated.
+    #[arg(
+        value_name = "DB",
+        required = true,
+        env = "SQLITE_CHECK_DBS",
+        value_delimiter = ' '
+    )]
     pub dbs: Vec<PathBuf>,
     /// Give up on one database after this long.
-    #[arg(long, value_name = "DURATION", default_value = "300s", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = parse_duration)]
     pub timeout_per_db: Duration,
     /// Print the result as JSON on stdout.
     #[arg(long)]
@@ -238,13 +258,11 @@ fn run_dump(a: &DumpArgs, common: &Common) -> anyhow::Result<ExitCode> {
 }
 
 fn dump_all(a: &DumpArgs, t: &mut DumpTotals) -> anyhow::Result<ExitCode> {
-    let src_arg = a
-        .src
-        .as_deref()
-        .ok_or_else(|| Exit::usage("missing SRC_DIR"))?;
-    let dest_arg =
-        a.to.as_deref()
-            .ok_or_else(|| Exit::usage("missing --to DEST_DIR"))?;
+    let week = backup_core::weeks::current_key();
+    let src_default = a.backup_root.join("pvc-data").join(&week);
+    let dest_default = a.backup_root.join("sqlite-backup").join(&week);
+    let src_arg = a.src.as_deref().unwrap_or(&src_default);
+    let dest_arg = a.to.as_deref().unwrap_or(&dest_default);
     if !src_arg.exists() {
         return Err(Exit::refused(format!(
             "source {} does not exist (expected a directory to search)",
@@ -265,6 +283,7 @@ fn dump_all(a: &DumpArgs, t: &mut DumpTotals) -> anyhow::Result<ExitCode> {
     // disk (found upwards, never across a mount), else nothing is written
     // there, no directory created. Re-checked before every commit.
     let guard = RootGuard::find(&dest)?;
+    guard.require_mounted(a.allow_unmounted_root)?;
     if dest.starts_with(&src) || src.starts_with(&dest) {
         return Err(Exit::usage(format!(
             "destination {} and source {} overlap; the source is never written to",
@@ -284,7 +303,16 @@ fn dump_all(a: &DumpArgs, t: &mut DumpTotals) -> anyhow::Result<ExitCode> {
             })?;
             Some((Ledger::new(l, PathKind::Relative), prefix.to_path_buf()))
         }
-        _ => None,
+        _ => {
+            // The default ledger: the backup root's, when DEST_DIR is on it.
+            let root = resolve(&a.backup_root, "--backup-root")?;
+            dest.strip_prefix(&root).ok().map(|prefix| {
+                (
+                    Ledger::new(root.join(".changed-files"), PathKind::Relative),
+                    prefix.to_path_buf(),
+                )
+            })
+        }
     };
 
     let (root, dev) = discover::open_root(&src)
@@ -529,7 +557,8 @@ fn run_check(a: &CheckArgs, common: &Common) -> anyhow::Result<ExitCode> {
     let mut m = Metrics::new();
     let mut failed = Vec::new();
     let mut results = Vec::new();
-    for db in &a.dbs {
+    // SQLITE_CHECK_DBS is split on single spaces: doubled ones give empty words.
+    for db in a.dbs.iter().filter(|d| !d.as_os_str().is_empty()) {
         let label = bytes_of(db);
         let deadline = sqlite::Deadline::after(a.timeout_per_db);
         let r = check_one(db, deadline).map_err(|e| sqlite::explain(e, &deadline));
@@ -634,7 +663,8 @@ mod tests {
         let c =
             Cli::try_parse_from(["sqlite-dump", "dump", "/s", "--to", "/d", "-q"]).expect("parse");
         assert!(matches!(c.command, Some(Command::Dump(_))));
-        assert!(Cli::try_parse_from(["sqlite-dump", "/src"]).is_err());
+        // SRC_DIR and --to default to this week's directories of BACKUP_ROOT.
+        assert!(Cli::try_parse_from(["sqlite-dump", "/src"]).is_ok());
         assert!(
             Cli::try_parse_from(["sqlite-dump", "/s", "--to", "/d", "--ledger", "/l"]).is_err()
         );

@@ -401,9 +401,13 @@ fn bad_input_is_refused_with_a_clear_message() {
     let m = Metrics::read(&metrics).expect("metrics");
     assert_eq!(m.get("sqlite_dump_exit_code"), Some(5.0));
     assert_eq!(m.get("sqlite_dump_databases_failed"), None);
-    run(tool(&sb).arg(&src))
-        .fails_with(2)
-        .stderr_contains("--to");
+    // Without --to the copies go to BACKUP_ROOT/sqlite-backup/<week>: a
+    // BACKUP_ROOT without the identity marker refuses (exit 5).
+    run(tool(&sb)
+        .arg(&src)
+        .env("BACKUP_ROOT", "/nonexistent-backup-root"))
+    .fails_with(5)
+    .stderr_contains("/nonexistent-backup-root/sqlite-backup/");
     run(tool(&sb)
         .arg(&src)
         .arg("--to")
@@ -453,7 +457,8 @@ fn another_filesystem_inside_the_source_is_not_entered() {
         .arg(&db)
         .arg(env!("CARGO_BIN_EXE_sqlite-dump"))
         .arg(&dest)
-        .env("BACKUP_LOCK_DIR", sb.lock_dir()));
+        .env("BACKUP_LOCK_DIR", sb.lock_dir())
+        .env("ALLOW_UNMOUNTED_ROOT", "1"));
     r.succeeds();
     assert_eq!(files(&dest), vec![PathBuf::from("here.db")]);
     let out: serde_json::Value = serde_json::from_str(&r.stdout).expect("json");

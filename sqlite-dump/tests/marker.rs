@@ -17,6 +17,8 @@ use common::*;
 fn bare_tool(sb: &Sandbox) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_sqlite-dump"));
     c.env("BACKUP_LOCK_DIR", sb.lock_dir())
+        .env("BACKUP_PIPELINE_CONFIG", sb.config_path())
+        .env("ALLOW_UNMOUNTED_ROOT", "1")
         .env_remove("JOURNAL_STREAM")
         .env_remove("METRICS_FILE");
     c

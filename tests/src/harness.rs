@@ -160,11 +160,32 @@ impl Sandbox {
         self.path().join("run")
     }
 
-    /// A command for a built binary with this sandbox's lock dir, no
+    /// The configuration file every tool run by [`Sandbox::cmd`] reads
+    /// (absent unless a test writes it).
+    pub fn config_path(&self) -> PathBuf {
+        self.path().join("backup-pipeline.conf")
+    }
+
+    /// Write the sandbox's configuration file (`KEY=VALUE` lines), which
+    /// every tool run by [`Sandbox::cmd`] reads.
+    pub fn write_config(&self, pairs: &[(&str, &dyn AsRef<std::ffi::OsStr>)]) -> PathBuf {
+        let mut text = String::from("# written by the test\n");
+        for (k, v) in pairs {
+            text.push_str(&format!("{k}={}\n", v.as_ref().to_string_lossy()));
+        }
+        let p = self.config_path();
+        std::fs::write(&p, text).expect("write the configuration file");
+        p
+    }
+
+    /// A command for a built binary with this sandbox's lock dir, its own
+    /// configuration file, ALLOW_UNMOUNTED_ROOT=1 (a sandbox), no
     /// journal prefixes and no inherited metrics settings.
     pub fn cmd(&self, name: &str) -> Command {
         let mut c = Command::new(bin(name));
         c.env("BACKUP_LOCK_DIR", self.lock_dir())
+            .env("BACKUP_PIPELINE_CONFIG", self.config_path())
+            .env("ALLOW_UNMOUNTED_ROOT", "1")
             .env_remove("JOURNAL_STREAM")
             .env_remove("METRICS_FILE")
             .env_remove("PUSHGATEWAY_URL");

@@ -163,13 +163,13 @@ pub fn without(words: &[String], flag: &str, takes_value: bool) -> Vec<String> {
     out
 }
 
-/// `words` with the value after `flag` replaced by `value`.
+/// `words` with the value after `flag` replaced by `value` (appended when
+/// the unit relies on the default).
 pub fn with_value(words: &[String], flag: &str, value: &str) -> Vec<String> {
     let mut out = words.to_vec();
-    let i = out
-        .iter()
-        .position(|w| w == flag)
-        .unwrap_or_else(|| panic!("{flag} not in {words:?}"));
-    out[i + 1] = value.to_string();
+    match out.iter().position(|w| w == flag) {
+        Some(i) => out[i + 1] = value.to_string(),
+        None => out.extend([flag.to_string(), value.to_string()]),
+    }
     out
 }

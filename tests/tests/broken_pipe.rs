@@ -182,7 +182,7 @@ fn lvm_snap_listings_end_quietly_when_stdout_is_closed() {
         let mut c = sb.cmd("lvm-snap");
         c.envs(emu.env())
             .env("TZ", "UTC")
-            .env("LVM_SNAP_MAPPING_CACHE", sb.path().join("map.json"))
+            .env("MAPPING_CACHE", sb.path().join("map.json"))
             .env("LVM_SNAP_STATE_DIR", sb.path().join("state"))
             .args(args);
         c

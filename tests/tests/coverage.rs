@@ -114,6 +114,17 @@ impl Lab {
         put(&ssd.join("immich/thumbs/IMG_0001.webp"), b"thumb");
         put(&ssd.join("frigate/clip.mp4"), b"never offsite");
         let nas = Nas::start(&sb.path().join("nas-sshd"));
+        // The site configuration every tool reads (the units carry no path).
+        sb.write_config(&[
+            ("BACKUP_ROOT", &root),
+            ("NFS_ROOT", &nfs),
+            ("NFS_SSD_ROOT", &ssd),
+            ("BACKUP_SKIP_LIST", &skip),
+            ("NFS_TRACK_STATE_DIR", &tracker_state),
+            ("OFFSITE_PVE_DEST", &nas_store.join("pve-backup")),
+            ("OFFSITE_NFS_DEST", &nas_store.join("nfs")),
+            ("OFFSITE_NFS_SSD_DEST", &nas_store.join("nfs-ssd")),
+        ]);
         let lab = Lab {
             sb,
             nas,
@@ -172,21 +183,8 @@ impl Lab {
         );
         words[1] = sub.to_string();
         let mut c = self.unit_cmd(&unit, &words);
+        // Paths and NAS destinations come from the sandbox's configuration file.
         c.args(self.nas.flags())
-            .arg("--backup-root")
-            .arg(&self.root)
-            .arg("--nfs-root")
-            .arg(&self.nfs)
-            .arg("--nfs-ssd-root")
-            .arg(&self.ssd)
-            .arg("--pve-dest")
-            .arg(self.pve())
-            .arg("--nfs-dest")
-            .arg(self.nas_store.join("nfs"))
-            .arg("--nfs-ssd-dest")
-            .arg(self.nas_store.join("nfs-ssd"))
-            .arg("--skip-list")
-            .arg(self.paths.map("/etc/backup-skip-list.conf"))
             .args(["--keepalive", "5s"])
             .args(extra);
         Run::of(&mut c)

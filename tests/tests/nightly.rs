@@ -14,9 +14,13 @@
 //! backup-disk guards (pvc-copy's mount and free-space checks, nfs-track's
 //! `--require-mountpoint`) run as on the host.
 //!
+//! The units carry no paths: every tool reads the sandbox's configuration
+//! file (BACKUP_PIPELINE_CONFIG), as on the host /etc/default/backup-pipeline.
+//!
 //! Sandbox deviations from the units, each because the host piece is absent:
-//! nfs-mirror's and offsite-sync's `--require-mountpoint` is dropped (they
-//! also require the NFS roots to be mount points, plain directories here); daily-backup's `pvc-copy preflight` line is not
+//! ALLOW_UNMOUNTED_ROOT=1 for nfs-mirror, nfs-track and offsite-sync (they
+//! also require the NFS roots to be mount points, plain directories here;
+//! pvc-copy and sqlite-dump run with the guard on); daily-backup's `pvc-copy preflight` line is not
 //! run (no NFS server; pvc-copy's own unit test covers it with stand-ins);
 //! the night's instant is injected with the tools' `--now`.
 
@@ -59,7 +63,6 @@ struct Lab {
     nas: Nas,
     root: PathBuf,
     nfs: PathBuf,
-    nfs_ssd: PathBuf,
     nas_store: PathBuf,
     rt: PathBuf,
     paths: PathMap,
@@ -213,7 +216,7 @@ impl Lab {
             host.add_pv(ns, claim, lv);
         }
         // A database PVC: lvm-snap's default exclusions and daily-backup's
-        // PVC_COPY_ARGS both leave it out (backed up by its own dumps).
+        // EXCLUDED_NAMESPACES (read by both tools) leave it out (backed up by its own dumps).
         let (lv, ns, claim) = EXCLUDED;
         let pg_dir = src.join("pg");
         std::fs::create_dir_all(&pg_dir).expect("mkdir");
@@ -238,6 +241,21 @@ impl Lab {
 
         let pg = Pushgateway::start();
         let nas = Nas::start(&sb.path().join("nas-sshd"));
+        // The site configuration: the units carry no path, every tool reads
+        // this file (as /etc/default/backup-pipeline on the host).
+        let state = sb.path().join("var/lib/backup-pipeline");
+        sb.write_config(&[
+            ("BACKUP_ROOT", &root),
+            ("NFS_ROOT", &nfs),
+            ("NFS_SSD_ROOT", &nfs_ssd),
+            ("BACKUP_SKIP_LIST", &skip),
+            ("NFS_TRACK_STATE_DIR", &sb.path().join("var/lib/nfs-track")),
+            ("MAPPING_CACHE", &state.join("lv-pvc-mapping.json")),
+            ("LVM_SNAP_STATE_DIR", &state),
+            ("OFFSITE_PVE_DEST", &nas_store.join("pve-backup")),
+            ("OFFSITE_NFS_DEST", &nas_store.join("nfs")),
+            ("OFFSITE_NFS_SSD_DEST", &nas_store.join("nfs-ssd")),
+        ]);
         Lab {
             sb,
             host,
@@ -245,7 +263,6 @@ impl Lab {
             nas,
             root,
             nfs,
-            nfs_ssd,
             nas_store,
             rt,
             paths,
@@ -282,16 +299,7 @@ impl Lab {
     }
 
     fn emu(&self, c: &mut Command) {
-        c.env(
-            "LVM_SNAP_STATE_DIR",
-            self.sb.path().join("var/lib/backup-pipeline"),
-        );
-        c.envs(self.host.env()).env(
-            "LVM_SNAP_MAPPING_CACHE",
-            self.sb
-                .path()
-                .join("var/lib/backup-pipeline/lv-pvc-mapping.json"),
-        );
+        c.envs(self.host.env());
     }
 
     fn nfs_mirror(&self) -> Run {
@@ -321,48 +329,29 @@ impl Lab {
     /// the unit's own verdict from the two metrics files.
     fn daily_backup(&self, now: &str, week: &str) -> (Run, Run) {
         let unit = UnitFile::load("daily-backup.service");
-        let env: BTreeMap<String, String> = unit.environment().into_iter().collect();
-        let pvc_words: Vec<String> = unit
+        let words: Vec<String> = unit
             .commands("ExecStart")
             .into_iter()
             .find(|w| w[0] == "/usr/local/bin/pvc-copy" && w[1] == "--metrics-file")
             .expect("pvc-copy line");
-        // $PVC_COPY_ARGS, expanded as systemd does (one word per argument).
-        let mut words = Vec::new();
-        for w in pvc_words {
-            if w == "$PVC_COPY_ARGS" {
-                words.extend(backup_tests::unitfile::words(&env["PVC_COPY_ARGS"]));
-            } else {
-                words.push(w);
-            }
-        }
         let mut c = self.unit_cmd(&unit, &words);
         self.emu(&mut c);
-        c.arg("--backup-root")
-            .arg(&self.root)
+        // The backup disk is a real mount here: the mountpoint guard is on.
+        c.env_remove("ALLOW_UNMOUNTED_ROOT")
             .arg("--mapper-dir")
             .arg(self.host.mapper_dir())
             .arg("--work-dir")
             .arg(self.sb.mkdir("work"))
-            .arg("--mapping-cache")
-            .arg(
-                self.sb
-                    .path()
-                    .join("var/lib/backup-pipeline/lv-pvc-mapping.json"),
-            )
             .args(["--mount-retry-delay", "0s", "--now", now]);
         let copy = Run::of(&mut c);
-        // The unit's sqlite-dump line (a shell line there, for the week name).
-        let mut c = self.sb.cmd("sqlite-dump");
-        c.arg(self.root.join("pvc-data").join(week))
+        // The unit's sqlite-dump line: its default is this week's copy; the
+        // night's week (not today's) is given here.
+        let words = unit.command_of("ExecStart", "sqlite-dump");
+        let mut c = self.unit_cmd(&unit, &words);
+        c.env_remove("ALLOW_UNMOUNTED_ROOT")
+            .arg(self.root.join("pvc-data").join(week))
             .arg("--to")
-            .arg(self.root.join("sqlite-backup").join(week))
-            .arg("--ledger")
-            .arg(self.root.join(".changed-files"))
-            .arg("--ledger-root")
-            .arg(&self.root)
-            .arg("--metrics-file")
-            .arg(self.rt.join("sqlite-dump.prom"));
+            .arg(self.root.join("sqlite-backup").join(week));
         let dump = Run::of(&mut c);
         let prom = |f: &str| std::fs::read_to_string(self.rt.join(f)).unwrap_or_default();
         let ok = prom("pvc-copy.prom")
@@ -388,22 +377,8 @@ impl Lab {
             false,
         );
         let mut c = self.unit_cmd(&unit, &words);
-        c.args(self.nas.flags())
-            .arg("--backup-root")
-            .arg(&self.root)
-            .arg("--nfs-root")
-            .arg(&self.nfs)
-            .arg("--nfs-ssd-root")
-            .arg(&self.nfs_ssd)
-            .arg("--pve-dest")
-            .arg(self.nas_store.join("pve-backup"))
-            .arg("--nfs-dest")
-            .arg(self.nas_store.join("nfs"))
-            .arg("--nfs-ssd-dest")
-            .arg(self.nas_store.join("nfs-ssd"))
-            .arg("--skip-list")
-            .arg(self.paths.map("/etc/backup-skip-list.conf"))
-            .args(["--keepalive", "2s"]);
+        // Paths and NAS destinations come from the configuration file.
+        c.args(self.nas.flags()).args(["--keepalive", "2s"]);
         let r = Run::of(&mut c);
         self.push(&unit, r.code);
         r
@@ -413,16 +388,7 @@ impl Lab {
     /// the NAS destinations get their identity markers (contract 13).
     fn offsite_init(&self) {
         let mut c = self.sb.cmd("offsite-sync");
-        c.arg("init")
-            .args(self.nas.flags())
-            .arg("--backup-root")
-            .arg(&self.root)
-            .arg("--pve-dest")
-            .arg(self.nas_store.join("pve-backup"))
-            .arg("--nfs-dest")
-            .arg(self.nas_store.join("nfs"))
-            .arg("--nfs-ssd-dest")
-            .arg(self.nas_store.join("nfs-ssd"));
+        c.arg("init").args(self.nas.flags());
         Run::of(&mut c).succeeds();
     }
 

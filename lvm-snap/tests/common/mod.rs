@@ -61,7 +61,8 @@ impl Host {
         let mut c = self.sb.cmd("lvm-snap");
         c.envs(self.emu.env())
             .env("TZ", "UTC")
-            .env("LVM_SNAP_MAPPING_CACHE", self.cache_path())
+            .env("MAPPING_CACHE", self.cache_path())
+            .env("BACKUP_PIPELINE_CONFIG", "/nonexistent/backup-pipeline")
             .env("LVM_SNAP_STATE_DIR", self.state_dir())
             .arg("--metrics-file")
             .arg(self.metrics_path())
@@ -70,6 +71,9 @@ impl Host {
             "LVM_SNAP_VG",
             "LVM_SNAP_POOL",
             "LVM_SNAP_EXCLUDE_NS",
+            "LVM_VG",
+            "LVM_POOL",
+            "EXCLUDED_NAMESPACES",
             "LVM_SNAP_RETENTION_DAYS",
             "LVM_SNAP_PRE_RESTORE_KEEP_DAYS",
             "LVM_SNAP_KUBECTL",

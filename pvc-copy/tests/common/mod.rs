@@ -136,7 +136,11 @@ impl Env {
     /// The pvc-copy command against the emulated host and this sandbox.
     pub fn cmd(&self, now: &str) -> Command {
         let mut c = self.sb.cmd("pvc-copy");
-        c.envs(self.host.env()).args(self.args(now));
+        c.envs(self.host.env())
+            .env("BACKUP_PIPELINE_CONFIG", self.sb.path().join("no-config"))
+            .env_remove("ALLOW_UNMOUNTED_ROOT")
+            .env("MAPPING_CACHE", self.root.join(".lv-pvc-mapping.json"))
+            .args(self.args(now));
         c
     }
 
