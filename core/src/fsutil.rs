@@ -1,10 +1,12 @@
 //! Small filesystem helpers shared by every tool.
 
-use std::ffi::OsString;
+use std::ffi::{CString, OsString};
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::Path;
+use std::path::{Component, Path, PathBuf};
 
 /// fsync the directory holding `path` so a rename or unlink is durable.
 pub fn sync_dir(path: &Path) {
@@ -62,6 +64,79 @@ pub fn write_atomic_mode(path: &Path, data: &[u8], mode: u32) -> io::Result<()> 
     Ok(())
 }
 
+/// Open the directory `dir` as an `O_PATH` descriptor (following a
+/// symlink: for paths that are configuration, such as a tree's root).
+pub fn open_dir(dir: &Path) -> io::Result<OwnedFd> {
+    let c = CString::new(dir.as_os_str().as_bytes())
+        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: c is NUL-terminated.
+    let fd = unsafe {
+        libc::open(
+            c.as_ptr(),
+            libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd was just returned by open and is owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Open the directory `name` in `dir` as an `O_PATH` descriptor, never
+/// following a symlink; `Err` is the errno (`ELOOP` or `ENOTDIR` for a
+/// symlink or a non-directory, `ENOENT` when gone).
+pub fn open_dir_at(dir: &OwnedFd, name: &[u8]) -> Result<OwnedFd, i32> {
+    let c = CString::new(name).map_err(|_| libc::EINVAL)?;
+    // SAFETY: c is NUL-terminated; dir is an open descriptor.
+    let fd = unsafe {
+        libc::openat(
+            dir.as_raw_fd(),
+            c.as_ptr(),
+            libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::EIO));
+    }
+    // SAFETY: fd was just returned by openat and is owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// The directory `rel` (relative, no `..`) beneath `root`, opened without
+/// following a symlink on the way or at its end (contract 9): `Ok(None)`
+/// when a component is a symlink, not a directory, or gone. A command that
+/// reads the tree through [`fd_path`] reads the very directory this
+/// opened, whatever is renamed, linked or mounted at its name afterwards
+/// or whether its filesystem was lazily unmounted (contract 12: the guard
+/// checked what the action reads).
+pub fn open_dir_beneath(root: &Path, rel: &Path) -> io::Result<Option<OwnedFd>> {
+    let mut dir = open_dir(root)?;
+    for c in rel.components() {
+        let Component::Normal(c) = c else {
+            return Ok(None);
+        };
+        match open_dir_at(&dir, c.as_bytes()) {
+            Ok(fd) => dir = fd,
+            Err(libc::ENOENT) | Err(libc::ELOOP) | Err(libc::ENOTDIR) => return Ok(None),
+            Err(e) => return Err(io::Error::from_raw_os_error(e)),
+        }
+    }
+    Ok(Some(dir))
+}
+
+/// `/proc/PID/fd/N` of this process's descriptor: a path another process
+/// (rsync, run as the same user) resolves to the open directory itself.
+pub fn fd_path(fd: &OwnedFd) -> PathBuf {
+    PathBuf::from(format!(
+        "/proc/{}/fd/{}",
+        std::process::id(),
+        fd.as_raw_fd()
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -78,5 +153,37 @@ mod tests {
         write_atomic(&p, b"new").expect("overwrite");
         assert_eq!(std::fs::read(&p).expect("read"), b"new");
         assert_eq!(std::fs::read_dir(dir.path()).expect("ls").count(), 1);
+    }
+
+    #[test]
+    fn a_pinned_directory_is_read_through_its_descriptor_and_symlinks_are_refused() {
+        let d = tempfile::tempdir().expect("tmp");
+        let root = d.path().join("root");
+        std::fs::create_dir_all(root.join("tree")).expect("mkdir");
+        std::fs::write(root.join("tree/f"), "x").expect("w");
+        std::fs::create_dir_all(d.path().join("host")).expect("mkdir");
+        std::os::unix::fs::symlink(d.path().join("host"), root.join("link")).expect("ln");
+        let fd = open_dir_beneath(&root, Path::new("tree"))
+            .expect("open")
+            .expect("a directory");
+        assert!(
+            open_dir_beneath(&root, Path::new("link"))
+                .expect("open")
+                .is_none()
+        );
+        assert!(
+            open_dir_beneath(&root, Path::new("gone"))
+                .expect("open")
+                .is_none()
+        );
+        assert!(
+            open_dir_beneath(&root, Path::new("tree/f"))
+                .expect("open")
+                .is_none()
+        );
+        // Renamed and replaced by a symlink: the descriptor still reads the tree.
+        std::fs::rename(root.join("tree"), root.join("old")).expect("mv");
+        std::os::unix::fs::symlink(d.path().join("host"), root.join("tree")).expect("ln");
+        assert!(fd_path(&fd).join("f").is_file());
     }
 }

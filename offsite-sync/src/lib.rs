@@ -954,25 +954,44 @@ fn step2_into(cfg: &Config, rep: &mut StepReport) -> Result<()> {
             }
             for tree in direct_trees(&skip, &root) {
                 let src = root.join(&tree);
-                if !src.exists() {
+                if std::fs::symlink_metadata(&src).is_err() {
                     // Never delete a NAS copy because its source is absent.
                     warn!("{}: absent, its NAS copy is left as it is", p(&src));
                     continue;
                 }
-                // Below the top level the names are the tenants' (`*/media`):
-                // a symlink there must not take the pass out of the tree.
-                if tree.iter().count() > 1
-                    && (resolve_beneath(&root, &tree).ok() != Some(Resolved::Present)
-                        || !std::fs::symlink_metadata(&src).is_ok_and(|m| m.is_dir()))
-                {
-                    rep.unsafe_paths += 1;
-                    warn!(
-                        "{}: a symlink or not a directory, never followed; not sent",
-                        p(&src)
-                    );
-                    continue;
-                }
-                if let Some(g) = source_guard(&src, false, false) {
+                // The names are the tenants' (contract 9): a symlink on the
+                // way or in the tree's place must not take the pass out of
+                // the tree. The tree is opened without following one and
+                // every rsync of it reads that very directory (its
+                // /proc/PID/fd path): a tree renamed, replaced by a symlink
+                // or mounted over after this check is never what is sent
+                // or what decides the deletions.
+                let pin = match backup_core::fsutil::open_dir_beneath(&root, &tree) {
+                    Ok(Some(fd)) => fd,
+                    Ok(None) if tree.iter().count() > 1 => {
+                        rep.unsafe_paths += 1;
+                        warn!(
+                            "{}: a symlink or not a directory, never followed; not sent",
+                            p(&src)
+                        );
+                        continue;
+                    }
+                    // A tree the skip list names at the top is a service's
+                    // directory: in its place a symlink (followed, it sent
+                    // the link's target and deleted the NAS copy) or a
+                    // file is refused, never skipped quietly.
+                    Ok(None) => {
+                        refused.push(format!(
+                            "{} is a symlink or not a directory: never followed",
+                            p(&src)
+                        ));
+                        continue;
+                    }
+                    Err(e) => return Err(anyhow::anyhow!("{}: {e}", p(&src))),
+                };
+                let pinned = backup_core::fsutil::fd_path(&pin);
+                if let Some(g) = source_guard(&pinned, false, false) {
+                    let g = g.replace(&p(&pinned), &p(&src));
                     refused.push(g);
                     continue;
                 }
@@ -996,7 +1015,7 @@ fn step2_into(cfg: &Config, rep: &mut StepReport) -> Result<()> {
                     }
                 }
                 let dst = remote_dir(&[OsStr::new(&dest), tree.as_os_str()]);
-                runs.push((i, src, dst, excludes));
+                runs.push((i, src, (pin, pinned), dst, excludes));
             }
         }
         if !refused.is_empty() {
@@ -1025,8 +1044,8 @@ fn step2_into(cfg: &Config, rep: &mut StepReport) -> Result<()> {
             };
         let mut total = DeletePlan::default();
         let mut planned = Vec::new();
-        for (i, src, dst, ex) in &runs {
-            let plan = guard_deletions(cfg, mk(*i, src, dst, ex, true, None)?).map_err(|e| {
+        for (i, src, (_, pinned), dst, ex) in &runs {
+            let plan = guard_deletions(cfg, mk(*i, pinned, dst, ex, true, None)?).map_err(|e| {
                 if backup_core::exit::code_of(&e) == ExitCode::Refused {
                     Exit::refused(format!("{}: {e}", p(src)))
                 } else {
@@ -1058,9 +1077,10 @@ fn step2_into(cfg: &Config, rep: &mut StepReport) -> Result<()> {
             .max_delete
             .allowed(total.existing)
             .map(|a| a.saturating_sub(total.deletions));
-        for ((i, src, dst, ex), (planned, own)) in runs.iter().zip(planned) {
+        for ((i, src, (_, pinned), dst, ex), (planned, own)) in runs.iter().zip(planned) {
             let (root, _) = &leg2_roots(cfg)[*i];
-            let again = source_guard(src, false, false)
+            let again = source_guard(pinned, false, false)
+                .map(|g| g.replace(&p(pinned), &p(src)))
                 .or_else(|| {
                     (cfg.require_mountpoint && !is_mountpoint(root))
                         .then(|| format!("{} is not a mountpoint", p(root)))
@@ -1079,7 +1099,13 @@ fn step2_into(cfg: &Config, rep: &mut StepReport) -> Result<()> {
             };
             let before = rep.deletions;
             let what = format!("full pass of {}", p(src));
-            deleting_transfer(cfg, mk(*i, src, dst, ex, false, bound)?, &what, bound, rep)?;
+            deleting_transfer(
+                cfg,
+                mk(*i, pinned, dst, ex, false, bound)?,
+                &what,
+                bound,
+                rep,
+            )?;
             if let Some(s) = slack.as_mut() {
                 *s = s.saturating_sub((rep.deletions - before).saturating_sub(planned));
             }

@@ -5,9 +5,11 @@
 //! sent as a link, never followed).
 
 use std::ffi::CString;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path};
+
+use backup_core::fsutil::{open_dir, open_dir_at};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Resolved {
@@ -20,41 +22,9 @@ pub enum Resolved {
     Unsafe,
 }
 
-fn open_dir_at(dirfd: i32, name: &[u8]) -> Result<OwnedFd, i32> {
-    let c = CString::new(name).map_err(|_| libc::EINVAL)?;
-    // SAFETY: c is NUL-terminated; dirfd is a valid open descriptor.
-    let fd = unsafe {
-        libc::openat(
-            dirfd,
-            c.as_ptr(),
-            libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
-        )
-    };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error()
-            .raw_os_error()
-            .unwrap_or(libc::EIO));
-    }
-    // SAFETY: fd was just returned by openat and is owned by nobody else.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
 /// Resolve `rel` (relative, no `..`) beneath the directory `root`.
 pub fn resolve_beneath(root: &Path, rel: &Path) -> std::io::Result<Resolved> {
-    let croot = CString::new(root.as_os_str().as_bytes())
-        .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
-    // SAFETY: croot is NUL-terminated. The root itself is configuration and may be followed.
-    let rfd = unsafe {
-        libc::open(
-            croot.as_ptr(),
-            libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
-        )
-    };
-    if rfd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: rfd was just opened and is ours.
-    let mut dir = unsafe { OwnedFd::from_raw_fd(rfd) };
+    let mut dir = open_dir(root)?;
     let comps: Vec<&[u8]> = rel
         .components()
         .filter_map(|c| match c {
@@ -74,7 +44,7 @@ pub fn resolve_beneath(root: &Path, rel: &Path) -> std::io::Result<Resolved> {
         return Ok(Resolved::Unsafe);
     };
     for c in parents {
-        match open_dir_at(dir.as_raw_fd(), c) {
+        match open_dir_at(&dir, c) {
             Ok(fd) => dir = fd,
             Err(libc::ENOENT) => return Ok(Resolved::Vanished),
             Err(libc::ELOOP) | Err(libc::ENOTDIR) => return Ok(Resolved::Unsafe),

@@ -589,7 +589,9 @@ fn step2_full_pass_holds_each_tree_to_its_own_bound() {
     let rsync = wrapper(
         &w,
         "emptying-rsync",
-        &format!("*\" {}/ \"*", tree.display()),
+        // Matched on the destination: the source is read through the
+        // tree's pinned descriptor (/proc/PID/fd/N).
+        "*\"/nfs/paperless/ \"*",
         &format!("find '{}' -mindepth 1 -delete", tree.display()),
     );
     let r = Run::of(
@@ -685,4 +687,69 @@ fn step2_full_pass_keeps_the_nas_copy_when_the_nfs_root_is_unmounted_after_its_d
         w.leg2().full_sync_needed(),
         "the full-sync request was cleared"
     );
+}
+
+/// Contract 9 in step 2's full pass: a `direct` tree replaced by a
+/// symlink (to a host directory here) is never followed, neither when it
+/// is found so nor when the swap happens between the dry run and the
+/// transfer. Before: the pass sent the link's target (host files) into the
+/// tree's NAS copy and deleted the photos there: with `--max-delete off`
+/// all 20, exit 0; with the swap after the dry run, 20 host files sent and
+/// 2 photos deleted.
+#[test]
+fn step2_full_pass_never_follows_a_direct_tree_replaced_by_a_symlink() {
+    let w = World::with_nas();
+    for i in 0..20 {
+        World::put(&w.nfs, format!("immich/p{i:03}").as_bytes(), b"p");
+    }
+    w.run("step2", &[]).succeeds().stdout_contains("full pass");
+    let nas = w.nas_dir.join("nfs/immich");
+    let photos = World::files(&nas);
+    assert_eq!(photos.len(), 20);
+    let host = w.sb.mkdir("host-dir");
+    for i in 0..20 {
+        World::put(&host, format!("secret{i:02}").as_bytes(), b"s");
+    }
+    let tree = w.nfs.join("immich");
+    let old = w.sb.path().join("immich.old");
+
+    // Swapped between the dry run and the transfer: the transfer reads
+    // the directory the dry run read.
+    let rsync = wrapper(
+        &w,
+        "swapping-rsync",
+        "*\" --delete \"*",
+        &format!(
+            "mv '{t}' '{o}' && ln -s '{h}' '{t}'",
+            t = tree.display(),
+            o = old.display(),
+            h = host.display()
+        ),
+    );
+    let r = Run::of(
+        w.cmd(
+            "step2",
+            &["--full", "always", "--max-delete", "10%", "--json"],
+        )
+        .env("RSYNC", &rsync),
+    );
+    assert!(
+        std::fs::symlink_metadata(&tree).is_ok_and(|m| m.is_symlink()),
+        "the wrapper did not swap the tree"
+    );
+    println!("swap: exit {}; stderr: {}", r.code, r.stderr);
+    assert_eq!(
+        World::files(&nas),
+        photos,
+        "the NAS copy changed (exit {})",
+        r.code
+    );
+    assert_eq!(json_steps(&r)[0]["deletions"], 0);
+
+    // Found as a symlink: refused, nothing sent or deleted.
+    let r = w.run("step2", &["--full", "always", "--max-delete", "off"]);
+    println!("symlink: exit {}; stderr: {}", r.code, r.stderr);
+    assert_eq!(r.code, 5, "a direct tree that is a symlink passed");
+    r.stderr_contains("never followed");
+    assert_eq!(World::files(&nas), photos, "the NAS copy changed");
 }
