@@ -440,6 +440,23 @@ struct Planned {
     src: PathBuf,
     dst: PathBuf,
     excludes: Vec<String>,
+    /// The tree opened at the guard pass without following a symlink
+    /// (core::fsutil::open_dir_beneath) and its `/proc/PID/fd/N` path:
+    /// the guard pass, the re-check and the copy all read that directory,
+    /// whatever is renamed, linked or mounted at its name meanwhile (a
+    /// lazily unmounted source included).
+    pin: Option<(std::os::fd::OwnedFd, PathBuf)>,
+}
+
+/// A source tree with nothing in it while its mirror holds something: an
+/// unmounted or emptied source, never a reason to empty the mirror.
+fn empty_beside_a_mirror(src: &Path, dst: &Path) -> bool {
+    let empty = |d: &Path| {
+        std::fs::read_dir(d)
+            .map(|mut d| d.next().is_none())
+            .unwrap_or(true)
+    };
+    empty(src) && !empty(dst)
 }
 
 /// Nested skip-list rules inside a mirrored entry become anchored excludes
@@ -716,6 +733,7 @@ fn mirror_root(
             src: source.join(OsStr::from_bytes(n)),
             dst: dest.join(OsStr::from_bytes(n)),
             excludes: nested_excludes(skip, OsStr::from_bytes(n)),
+            pin: None,
         });
         report.entries.push(rep);
     }
@@ -758,30 +776,28 @@ fn mirror_root(
 
     // Guard pass: what would each tree delete? Nothing is written yet.
     let mut refusals = Vec::new();
-    let mut tree_deletions: std::collections::HashMap<Vec<u8>, u64> =
+    // Per tree: (deletions and temp files measured, the bound of its own
+    // copy when there is one).
+    let mut tree_deletions: std::collections::HashMap<Vec<u8>, (u64, Option<u64>)> =
         std::collections::HashMap::new();
     let mut root_plan = DeletePlan::default();
-    for pl in &planned {
+    for pl in planned.iter_mut() {
         let idx = find(&report.entries, &pl.name);
         let rep = &mut report.entries[idx];
-        let src_is_dir = std::fs::symlink_metadata(&pl.src)
-            .map(|m| m.is_dir())
-            .unwrap_or(false);
-        if !src_is_dir {
+        let pin =
+            backup_core::fsutil::open_dir_beneath(source, Path::new(OsStr::from_bytes(&pl.name)))
+                .with_context(|| p(&pl.src))?;
+        let Some(fd) = pin else {
             rep.action = "skipped".into();
             rep.message = Some("not a directory: only directories are mirrored".into());
             continue;
-        }
+        };
+        let pinned = backup_core::fsutil::fd_path(&fd);
+        pl.pin = Some((fd, pinned.clone()));
         if !pl.dst.exists() {
             continue;
         }
-        let src_empty = std::fs::read_dir(&pl.src)
-            .map(|mut d| d.next().is_none())
-            .unwrap_or(true);
-        let dst_empty = std::fs::read_dir(&pl.dst)
-            .map(|mut d| d.next().is_none())
-            .unwrap_or(true);
-        if src_empty && !dst_empty {
+        if empty_beside_a_mirror(&pinned, &pl.dst) {
             rep.action = "refused".into();
             let m = format!("source {} is empty but its mirror is not", p(&pl.src));
             rep.message = Some(m.clone());
@@ -804,7 +820,7 @@ fn mirror_root(
             .with_context(|| format!("dry run of {}", p(&pl.src)))?;
         let out = rsync_cmd(
             &o.rsync,
-            &pl.src,
+            &pinned,
             &pl.dst,
             &pl.excludes,
             o.prune_skipped,
@@ -834,7 +850,15 @@ fn mirror_root(
             );
         }
         rep.deletions = plan.deletions;
-        tree_deletions.insert(pl.name.clone(), plan.deletions + plan.rsync_temps);
+        // Each tree is held to the bound of its own copy too (its dry run
+        // was checked on its own figures), whatever slack the root leaves:
+        // with the root's slack only, a small tree emptied after this pass
+        // beside a large one lost its whole mirror with exit 0.
+        let own = o
+            .max_delete
+            .allowed(plan.existing)
+            .map(|a| a.max(plan.deletions) + plan.rsync_temps);
+        tree_deletions.insert(pl.name.clone(), (plan.deletions + plan.rsync_temps, own));
         root_plan.add(plan);
     }
     // What the copying pass may delete beyond the figures just measured.
@@ -882,6 +906,24 @@ fn mirror_root(
         if !report.entries[idx].action.is_empty() {
             continue;
         }
+        let Some((_, pinned)) = &pl.pin else {
+            continue;
+        };
+        // Contract 12: the guard holds while acting. Checked again right
+        // before the copy (with --max-delete off, the only check): an
+        // emptied source never empties its mirror.
+        if empty_beside_a_mirror(pinned, &pl.dst) {
+            let rep = &mut report.entries[idx];
+            rep.action = "failed".into();
+            let m = format!(
+                "source {} is empty but its mirror is not (emptied since the guard pass): nothing copied or deleted",
+                p(&pl.src)
+            );
+            error!("{}: {m}", rep.name);
+            rep.message = Some(m);
+            failed.push(rep.name.clone());
+            continue;
+        }
         known.insert(pl.name.clone());
         save_entries(&o.dest, &entries_file, &known)?;
         let prefix = prefix_of(&pl.name);
@@ -889,9 +931,13 @@ fn mirror_root(
             state
                 .join("spool")
                 .join(format!("{}.{}.items", hex(&prefix), std::process::id()));
-        let mut args = rsync_args(&pl.src, &pl.dst, &pl.excludes, o.prune_skipped, false);
-        if let Some(slack) = slack {
-            let bound = tree_deletions.get(&pl.name).copied().unwrap_or(0) + slack;
+        let mut args = rsync_args(pinned, &pl.dst, &pl.excludes, o.prune_skipped, false);
+        let (planned_n, own) = tree_deletions.get(&pl.name).copied().unwrap_or((0, None));
+        let bound = match (slack.map(|s| planned_n + s), own) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        if let Some(bound) = bound {
             // Before the trailing `-- SRC/ DST/`.
             let at = args.len() - 3;
             args.insert(at, format!("--max-delete={bound}").into());
@@ -906,8 +952,7 @@ fn mirror_root(
                 .iter()
                 .filter(|i| i.is_deletion())
                 .count() as u64;
-            let planned = tree_deletions.get(&pl.name).copied().unwrap_or(0);
-            *s = s.saturating_sub(deleted.saturating_sub(planned));
+            *s = s.saturating_sub(deleted.saturating_sub(planned_n));
         }
         let n = append_items(ledger, &prefix, &data)?;
         let _ = std::fs::remove_file(&spool);

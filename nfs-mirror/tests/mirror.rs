@@ -825,7 +825,9 @@ fn a_source_emptied_after_the_guard_pass_keeps_its_mirror() {
         "emptying-rsync",
         format!(
             "#!/bin/sh\ncase \" $* \" in\n  *\" --dry-run \"*) ;;\n  *\"{}/ \"*) find '{}' -mindepth 1 -delete ;;\nesac\nexec /usr/bin/rsync \"$@\"\n",
-            docs.display(),
+            // Matched on the mirror: the source is read through the
+            // tree's pinned descriptor (/proc/PID/fd/N).
+            t.dst.join("docs").display(),
             docs.display()
         ),
     );
@@ -975,4 +977,124 @@ fn an_ssd_root_is_mirrored_into_its_own_subtree_and_recorded() {
     t.run(&["--source", &ssd.display().to_string()])
         .fails_with(2)
         .stderr_contains("own DEST subdirectory");
+}
+
+/// A wrapper around the real rsync running `damage` (sh) right before the
+/// copying (not dry) rsync whose destination is `dst`.
+fn damaging_rsync(sb: &Sandbox, dst: &Path, damage: &str) -> PathBuf {
+    let rsync = sb.write(
+        "damaging-rsync",
+        format!(
+            "#!/bin/sh\ncase \" $* \" in\n  *\" --dry-run \"*) ;;\n  *\"{}/ \"*) {damage} ;;\nesac\nexec /usr/bin/rsync \"$@\"\n",
+            dst.display()
+        ),
+    );
+    std::fs::set_permissions(&rsync, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+    rsync
+}
+
+/// The root's slack is shared by its trees, but no tree loses more than
+/// the bound of its own copy (its guard pass was checked on its own
+/// figures). Before: a 10-file tree emptied after the guard pass beside a
+/// 200-file one lost its whole mirror under --max-delete 10%, exit 0, and
+/// was recorded as mirrored.
+#[test]
+fn a_small_tree_emptied_after_the_guard_pass_beside_a_large_one_keeps_its_mirror() {
+    let t = setup();
+    for i in 0..200 {
+        t.w(format!("big/f{i:03}").as_bytes(), "b");
+    }
+    for i in 0..10 {
+        t.w(format!("docs/d{i}").as_bytes(), "d");
+    }
+    t.run(&["--max-delete", "10%"]).succeeds();
+    let docs = t.src.join("docs");
+    let rsync = damaging_rsync(
+        &t.sb,
+        &t.dst.join("docs"),
+        &format!("find '{}' -mindepth 1 -delete", docs.display()),
+    );
+    let out = Run::of(t.cmd(&["--max-delete", "10%"]).env("RSYNC", &rsync));
+    assert!(
+        std::fs::read_dir(&docs).expect("docs").next().is_none(),
+        "the wrapper did not empty the source"
+    );
+    let left = walk(&t.dst.join("docs")).len();
+    println!("exit {}, {left} of 10 left: {}", out.code, out.stderr);
+    assert!(left >= 9, "the mirror lost {} of its 10 files", 10 - left);
+    assert_ne!(out.code, 0, "a tree stopped at its bound passed");
+    assert_eq!(walk(&t.dst.join("big")).len(), 200);
+}
+
+/// With --max-delete off only the guard protects: it is checked again
+/// right before each tree's copy, and every rsync reads the tree opened at
+/// the guard pass. A tree emptied while an earlier tree was being copied
+/// keeps its mirror (the run fails naming it); a root lazily unmounted
+/// after the guard pass is still read through the opened trees, so its
+/// mirrors keep their content. Before: both mirrors emptied, exit 0, and
+/// both recorded as mirrored (covered).
+#[test]
+fn without_a_bound_an_emptied_or_unmounted_source_never_empties_its_mirror() {
+    let t = setup();
+    let ssd = t.sb.mkdir("srv/nfs-ssd");
+    std::fs::create_dir_all(ssd.join("vault")).expect("skeleton under the mountpoint");
+    t.sb.mount_ext4("srv/nfs-ssd", 16 << 20);
+    for i in 0..20 {
+        t.w(format!("big/f{i:02}").as_bytes(), "b");
+    }
+    for i in 0..10 {
+        t.w(format!("docs/d{i}").as_bytes(), "d");
+        let v = ssd.join(format!("vault/v{i}"));
+        std::fs::create_dir_all(v.parent().expect("parent")).expect("mkdir");
+        std::fs::write(v, "v").expect("write");
+    }
+    let both = |rsync: Option<&Path>| {
+        let mut c = t.cmd(&["--max-delete", "off"]);
+        c.arg("--source").arg(format!("{}:nfs-ssd", ssd.display()));
+        if let Some(r) = rsync {
+            c.env("RSYNC", r);
+        }
+        Run::of(&mut c)
+    };
+    both(None).succeeds();
+    let vault = t.dst.join("nfs-ssd/vault");
+    assert_eq!(walk(&vault).len(), 10);
+    // During big's copy, docs is emptied; during docs', the SSD root is
+    // lazily unmounted (its bare mountpoint holds an empty vault/).
+    let rsync = damaging_rsync(
+        &t.sb,
+        &t.dst.join("big"),
+        &format!(
+            "find '{}' -mindepth 1 -delete",
+            t.src.join("docs").display()
+        ),
+    );
+    let out = both(Some(&rsync));
+    println!("emptied: exit {}: {}", out.code, out.stderr);
+    assert!(
+        std::fs::read_dir(t.src.join("docs"))
+            .expect("docs")
+            .next()
+            .is_none(),
+        "the wrapper did not empty the source"
+    );
+    assert_eq!(
+        walk(&t.dst.join("docs")).len(),
+        10,
+        "docs' mirror lost files"
+    );
+    assert_ne!(out.code, 0, "a tree refused before its copy passed");
+    out.stderr_contains("docs");
+    let rsync = damaging_rsync(&t.sb, &vault, &format!("umount -l '{}'", ssd.display()));
+    let out = both(Some(&rsync));
+    println!("unmounted: exit {}: {}", out.code, out.stderr);
+    assert!(
+        std::fs::read_dir(&ssd)
+            .map(|mut d| d.any(|e| e.is_ok_and(|e| e.file_name() == "vault")))
+            .unwrap_or(false)
+            && walk(&ssd.join("vault")).is_empty(),
+        "the wrapper did not unmount the SSD root"
+    );
+    assert_eq!(walk(&vault).len(), 10, "vault's mirror lost files");
 }
