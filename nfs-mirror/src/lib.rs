@@ -561,6 +561,7 @@ pub fn mirror(o: &MirrorOpts, metrics: &mut Metrics) -> Result<(ExitCode, Report
     let mut code = ExitCode::Ok;
     let mut errors: Vec<anyhow::Error> = Vec::new();
     let mut ran = 0usize;
+    let mut recorded = 0usize;
     for root in &o.sources {
         match mirror_root(o, root, &skip, &ledger, &subs, &mut report) {
             Ok(out) => {
@@ -573,6 +574,14 @@ pub fn mirror(o: &MirrorOpts, metrics: &mut Metrics) -> Result<(ExitCode, Report
             }
             Err(e) => {
                 code = code.merge(backup_core::exit::code_of(&e));
+                // Coverage (contract 15): this run mirrored nothing of the
+                // root, and the record says so tonight, not once it ages.
+                if !o.dry_run
+                    && let Ok(canon) = std::fs::canonicalize(&root.path)
+                {
+                    record.refused(canon.as_os_str().as_bytes(), now);
+                    recorded += 1;
+                }
                 // With several roots, each error names its root.
                 errors.push(if o.sources.len() > 1 {
                     Exit::err(
@@ -587,6 +596,12 @@ pub fn mirror(o: &MirrorOpts, metrics: &mut Metrics) -> Result<(ExitCode, Report
     }
     if !o.dry_run && ran > 0 {
         record.save(&o.dest)?;
+    } else if !o.dry_run
+        && recorded > 0
+        && let Err(e) = record.save(&o.dest)
+    {
+        // The run's own error is the one to report.
+        warn!("coverage record: {}", backup_core::exit::one_line(&e));
     }
     metrics.gauge(
         "nfs_mirror_planned_deletions",
