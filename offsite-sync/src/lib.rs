@@ -692,6 +692,18 @@ fn step1_into(cfg: &Config, rep: &mut StepReport) -> Result<()> {
                 "full pass refused, nothing sent or deleted: {g}"
             )));
         }
+        // Contract 12: the dry run and the transfer read the backup root
+        // checked here, through its descriptor (/proc/PID/fd/N): a disk
+        // lazily unmounted meanwhile is still what rsync reads, never the
+        // bare mountpoint left in its place (with --max-delete off, the
+        // only bound then was the re-check, a moment before rsync starts).
+        let pin = backup_core::fsutil::open_dir(root).with_context(|| p(root))?;
+        let pinned = backup_core::fsutil::fd_path(&pin);
+        if let Some(g) = start.changed(&pinned) {
+            return Err(Exit::refused(format!(
+                "full pass refused, nothing sent or deleted: {g}"
+            )));
+        }
         let mk = |dry: bool, bound: Option<u64>| {
             let mut c = cfg.rsync_into(&cfg.pve_dest)?.arg("--delete");
             if dry {
@@ -704,7 +716,7 @@ fn step1_into(cfg: &Config, rep: &mut StepReport) -> Result<()> {
             }
             Ok::<Cmd, anyhow::Error>(
                 c.arg("--")
-                    .arg(dir_arg(root))
+                    .arg(dir_arg(&pinned))
                     .arg(cfg.remote_path(format!("{}/", cfg.pve_dest))),
             )
         };

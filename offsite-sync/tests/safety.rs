@@ -146,7 +146,17 @@ fn step1_full_pass_source_lost_after_dry_run(unmount: bool) {
         r.code, 0,
         "a full pass stopped at its bound passed for a good one"
     );
-    r.stderr_contains("--max-delete");
+    if unmount {
+        // rsync read the disk it was given (its descriptor), not the bare
+        // mountpoint: nothing to delete; the root changed, nothing committed.
+        assert_eq!(
+            left, 100,
+            "files deleted from a disk still mounted for rsync"
+        );
+        r.stderr_contains("unmounted or replaced");
+    } else {
+        r.stderr_contains("--max-delete");
+    }
     // What is reported is what happened on the NAS.
     let steps = json_steps(&r);
     assert_eq!(steps[0]["deletions"], (100 - left) as u64, "{}", r.stdout);
@@ -752,4 +762,45 @@ fn step2_full_pass_never_follows_a_direct_tree_replaced_by_a_symlink() {
     assert_eq!(r.code, 5, "a direct tree that is a symlink passed");
     r.stderr_contains("never followed");
     assert_eq!(World::files(&nas), photos, "the NAS copy changed");
+}
+
+/// With `--max-delete off` only the source guard protects step 1's full
+/// pass: the transfer reads the backup root it checked (opened at the
+/// start, read through its descriptor), so the disk lazily unmounted
+/// right before rsync starts is still what is read. Before: rsync read
+/// the bare mountpoint and deleted all 100 NAS files (exit 5 afterwards).
+#[test]
+fn step1_full_pass_without_a_bound_reads_the_backup_disk_it_checked() {
+    let w = world_on_a_backup_disk();
+    for i in 0..100 {
+        World::put(&w.root, format!("data/f{i:03}").as_bytes(), b"x");
+    }
+    w.run("step1", &[]).succeeds().stdout_contains("full pass");
+    assert_eq!(World::files(&w.pve()).len(), 100);
+    w.leg1().mark_full_sync("test: gap").expect("mark");
+    let rsync = wrapper(
+        &w,
+        "unmounting-rsync",
+        "*\" --delete \"*",
+        &format!("umount -l '{}'", w.root.display()),
+    );
+    let r = Run::of(
+        w.cmd(
+            "step1",
+            &["--full", "always", "--max-delete", "off", "--json"],
+        )
+        .env("RSYNC", &rsync),
+    );
+    assert!(!offsite_sync::is_mountpoint(&w.root), "not unmounted");
+    let left = World::files(&w.pve()).len();
+    println!("exit {}, {left} of 100 left; stderr: {}", r.code, r.stderr);
+    assert_eq!(left, 100, "the NAS lost files read from a bare mountpoint");
+    assert_eq!(json_steps(&r)[0]["deletions"], 0);
+    // The root is not the disk any more: nothing committed.
+    assert_ne!(r.code, 0);
+    remount(&w);
+    assert!(
+        w.leg1().full_sync_needed(),
+        "the full-sync request was cleared"
+    );
 }
