@@ -933,8 +933,21 @@ pub fn step2(cfg: &Config) -> Result<StepReport> {
 
 fn step2_into(cfg: &Config, rep: &mut StepReport) -> Result<()> {
     // The change log and the state live in the backup root: it must be
-    // the backup disk (contract 13).
-    backup_core::marker::require_backup_root(&cfg.backup_root)?;
+    // the backup disk (contract 13), and still be it when the batch is
+    // committed and the stamps written (contract 12): a disk unmounted
+    // mid-step leaves its bare mountpoint, where they would land.
+    let start_root = RootId::of(&cfg.backup_root, true)?;
+    let root_gone = || {
+        start_root.changed(&cfg.backup_root).map(|g| {
+            Exit::err(
+                ExitCode::Failed,
+                format!(
+                    "{g}: the change log batch stays on the backup disk for the next run, \
+                     nothing committed"
+                ),
+            )
+        })
+    };
     // Each NFS root's filesystem at the start (contract 12).
     let starts: Vec<RootId> = leg2_roots(cfg)
         .iter()
@@ -1129,6 +1142,9 @@ fn step2_into(cfg: &Config, rep: &mut StepReport) -> Result<()> {
                 return Err(Exit::refused(format!("full pass: {g}; nothing committed")));
             }
         }
+        if let Some(e) = root_gone() {
+            return Err(e);
+        }
         batch.commit().context("committing the change log batch")?;
         ledger
             .clear_full_sync(seen)
@@ -1239,6 +1255,9 @@ fn step2_into(cfg: &Config, rep: &mut StepReport) -> Result<()> {
                 format!("{g}: the change log batch is kept, nothing committed"),
             ));
         }
+    }
+    if let Some(e) = root_gone() {
+        return Err(e);
     }
     batch.commit().context("committing the change log batch")?;
     info!(

@@ -804,3 +804,38 @@ fn step1_full_pass_without_a_bound_reads_the_backup_disk_it_checked() {
         "the full-sync request was cleared"
     );
 }
+
+/// The backup disk (which holds the change log and the state) lazily
+/// unmounted while step 2 sends: the batch is not committed and nothing
+/// is written into the bare mountpoint. Before: exit 0, and the state
+/// directory (`last-success`) was created on the root filesystem under
+/// the mountpoint.
+#[test]
+fn step2_writes_nothing_into_the_bare_mountpoint_of_a_backup_disk_unmounted_mid_run() {
+    let w = world_on_a_backup_disk();
+    recent_full(&w.root);
+    let photo = World::put(&w.nfs, b"immich/a", b"a");
+    w.leg2().append_paths([photo.as_path()]).expect("append");
+    let rsync = wrapper(
+        &w,
+        "unmounting-rsync",
+        "*",
+        &format!("umount -l '{}'", w.root.display()),
+    );
+    let r = Run::of(w.cmd("step2", &[]).env("RSYNC", &rsync));
+    assert!(!offsite_sync::is_mountpoint(&w.root), "not unmounted");
+    println!("exit {}; stderr: {}", r.code, r.stderr);
+    let bare: Vec<_> = std::fs::read_dir(&w.root)
+        .expect("mountpoint")
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(
+        bare.is_empty(),
+        "written into the bare mountpoint: {bare:?}"
+    );
+    assert_ne!(r.code, 0, "a run that could not commit passed");
+    r.stderr_contains("nothing committed");
+    remount(&w);
+    assert_eq!(w.leg2().line_count().expect("ledger"), 1, "batch lost");
+}
