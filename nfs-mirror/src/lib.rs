@@ -531,6 +531,20 @@ fn check_dest_and_roots(o: &MirrorOpts) -> Result<()> {
 pub fn mirror(o: &MirrorOpts, metrics: &mut Metrics) -> Result<(ExitCode, Report)> {
     let skip = SkipList::load(&o.skip_list).map_err(|e| Exit::usage(e.to_string()))?;
     check_dest_and_roots(o)?;
+    // Contract 12 with 13: the backup root checked here is the one every
+    // copy writes to and every result is committed on. rsync writes
+    // through its descriptor (/proc/PID/fd/N), never through the path: a
+    // disk lazily unmounted mid-run is never replaced by the root
+    // filesystem under its bare mountpoint (rsync's receiver cannot work
+    // in a detached mount, so that copy fails). Before each copy, before
+    // its items reach the ledger and before the coverage record is saved,
+    // the root is checked again.
+    let guard = backup_core::root_guard::RootGuard::require(&o.dest)?;
+    let dest_fd = backup_core::fsutil::open_dir(&o.dest).with_context(|| p(&o.dest))?;
+    let dest_at = Dest {
+        guard: &guard,
+        pinned: backup_core::fsutil::fd_path(&dest_fd),
+    };
     let ledger_path = o
         .ledger
         .clone()
@@ -563,7 +577,7 @@ pub fn mirror(o: &MirrorOpts, metrics: &mut Metrics) -> Result<(ExitCode, Report
     let mut ran = 0usize;
     let mut recorded = 0usize;
     for root in &o.sources {
-        match mirror_root(o, root, &skip, &ledger, &subs, &mut report) {
+        match mirror_root(o, root, &skip, &ledger, &subs, &dest_at, &mut report) {
             Ok(out) => {
                 ran += 1;
                 code = code.merge(out.code);
@@ -594,7 +608,15 @@ pub fn mirror(o: &MirrorOpts, metrics: &mut Metrics) -> Result<(ExitCode, Report
             }
         }
     }
-    if !o.dry_run && ran > 0 {
+    if let Err(e) = guard.check() {
+        // Saved there, the record would describe a directory that is not
+        // the backup disk.
+        code = code.merge(ExitCode::Failed);
+        errors.push(Exit::err(
+            ExitCode::Failed,
+            format!("{e}: coverage record not saved"),
+        ));
+    } else if !o.dry_run && ran > 0 {
         record.save(&o.dest)?;
     } else if !o.dry_run
         && recorded > 0
@@ -624,12 +646,36 @@ pub fn mirror(o: &MirrorOpts, metrics: &mut Metrics) -> Result<(ExitCode, Report
     Ok((code, report))
 }
 
+/// The backup root a run writes to: checked at the start, pinned.
+struct Dest<'a> {
+    guard: &'a backup_core::root_guard::RootGuard,
+    /// The backup root's `/proc/PID/fd/N` path: rsync writes through it.
+    pinned: PathBuf,
+}
+
+impl Dest<'_> {
+    /// `dst` (below the backup root) reached through the pinned root.
+    fn pinned(&self, root: &Path, dst: &Path) -> PathBuf {
+        dst.strip_prefix(root)
+            .map(|rel| self.pinned.join(rel))
+            .unwrap_or_else(|_| dst.to_path_buf())
+    }
+
+    /// `Err` (failed) when the backup root is no longer the one of the start.
+    fn check(&self) -> Result<()> {
+        self.guard
+            .check()
+            .map_err(|e| Exit::err(ExitCode::Failed, e))
+    }
+}
+
 fn mirror_root(
     o: &MirrorOpts,
     root: &SourceRoot,
     skip: &SkipList,
     ledger: &Ledger,
     subs: &[Vec<u8>],
+    dest_at: &Dest<'_>,
     report: &mut Report,
 ) -> Result<RootOutcome> {
     let source = &root.path;
@@ -939,6 +985,7 @@ fn mirror_root(
             failed.push(rep.name.clone());
             continue;
         }
+        dest_at.check()?;
         known.insert(pl.name.clone());
         save_entries(&o.dest, &entries_file, &known)?;
         let prefix = prefix_of(&pl.name);
@@ -946,7 +993,13 @@ fn mirror_root(
             state
                 .join("spool")
                 .join(format!("{}.{}.items", hex(&prefix), std::process::id()));
-        let mut args = rsync_args(pinned, &pl.dst, &pl.excludes, o.prune_skipped, false);
+        let mut args = rsync_args(
+            pinned,
+            &dest_at.pinned(&o.dest, &pl.dst),
+            &pl.excludes,
+            o.prune_skipped,
+            false,
+        );
         let (planned_n, own) = tree_deletions.get(&pl.name).copied().unwrap_or((0, None));
         let bound = match (slack.map(|s| planned_n + s), own) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -958,6 +1011,20 @@ fn mirror_root(
             args.insert(at, format!("--max-delete={bound}").into());
         }
         let res = run_spooled(&o.rsync, &args, &spool, o.timeout)?;
+        // The items of a copy made while the backup root changed are not
+        // ledgered on whatever is there now: they stay in the spool file
+        // (on the disk rsync wrote to) for the next run's recovery.
+        if let Err(e) = dest_at.check() {
+            return Err(Exit::err(
+                ExitCode::Failed,
+                format!(
+                    "{}: {}; its copy's items stay in {} for the next run",
+                    name_str(&pl.name),
+                    backup_core::exit::one_line(&e),
+                    p(&spool)
+                ),
+            ));
+        }
         // Whatever happened, what rsync reported as sent goes into the ledger.
         let data = std::fs::read(&spool).unwrap_or_default();
         if let Some(s) = slack.as_mut() {

@@ -825,9 +825,9 @@ fn a_source_emptied_after_the_guard_pass_keeps_its_mirror() {
         "emptying-rsync",
         format!(
             "#!/bin/sh\ncase \" $* \" in\n  *\" --dry-run \"*) ;;\n  *\"{}/ \"*) find '{}' -mindepth 1 -delete ;;\nesac\nexec /usr/bin/rsync \"$@\"\n",
-            // Matched on the mirror: the source is read through the
-            // tree's pinned descriptor (/proc/PID/fd/N).
-            t.dst.join("docs").display(),
+            // Matched on the mirror's name: source and destination are
+            // reached through pinned descriptors (/proc/PID/fd/N).
+            "/docs",
             docs.display()
         ),
     );
@@ -980,7 +980,8 @@ fn an_ssd_root_is_mirrored_into_its_own_subtree_and_recorded() {
 }
 
 /// A wrapper around the real rsync running `damage` (sh) right before the
-/// copying (not dry) rsync whose destination is `dst`.
+/// copying (not dry) rsync whose destination ends with `dst` (rsync is
+/// given the backup root's /proc/PID/fd/N path, then the mirror's).
 fn damaging_rsync(sb: &Sandbox, dst: &Path, damage: &str) -> PathBuf {
     let rsync = sb.write(
         "damaging-rsync",
@@ -1012,7 +1013,7 @@ fn a_small_tree_emptied_after_the_guard_pass_beside_a_large_one_keeps_its_mirror
     let docs = t.src.join("docs");
     let rsync = damaging_rsync(
         &t.sb,
-        &t.dst.join("docs"),
+        Path::new("/docs"),
         &format!("find '{}' -mindepth 1 -delete", docs.display()),
     );
     let out = Run::of(t.cmd(&["--max-delete", "10%"]).env("RSYNC", &rsync));
@@ -1064,7 +1065,7 @@ fn without_a_bound_an_emptied_or_unmounted_source_never_empties_its_mirror() {
     // lazily unmounted (its bare mountpoint holds an empty vault/).
     let rsync = damaging_rsync(
         &t.sb,
-        &t.dst.join("big"),
+        Path::new("/big"),
         &format!(
             "find '{}' -mindepth 1 -delete",
             t.src.join("docs").display()
@@ -1086,7 +1087,11 @@ fn without_a_bound_an_emptied_or_unmounted_source_never_empties_its_mirror() {
     );
     assert_ne!(out.code, 0, "a tree refused before its copy passed");
     out.stderr_contains("docs");
-    let rsync = damaging_rsync(&t.sb, &vault, &format!("umount -l '{}'", ssd.display()));
+    let rsync = damaging_rsync(
+        &t.sb,
+        Path::new("/vault"),
+        &format!("umount -l '{}'", ssd.display()),
+    );
     let out = both(Some(&rsync));
     println!("unmounted: exit {}: {}", out.code, out.stderr);
     assert!(
@@ -1097,4 +1102,89 @@ fn without_a_bound_an_emptied_or_unmounted_source_never_empties_its_mirror() {
         "the wrapper did not unmount the SSD root"
     );
     assert_eq!(walk(&vault).len(), 10, "vault's mirror lost files");
+}
+
+/// The backup disk lazily unmounted while nfs-mirror copies a tree:
+/// rsync writes through the root's descriptor, so nothing lands on the
+/// root filesystem under the bare mountpoint; the run fails, and the next
+/// run (the disk back) mirrors and ledgers the tree. Before: exit 0, the
+/// tree and the coverage record (saying mirrored) written under the bare
+/// mountpoint.
+#[test]
+fn a_backup_disk_unmounted_mid_run_gets_nothing_written_on_its_bare_mountpoint() {
+    let sb = Sandbox::new();
+    let src = sb.mkdir("srv/nfs");
+    let dst = sb.mount_backup_disk("mnt/backup", 32 << 20);
+    let skip = sb.write("skip.conf", SKIP);
+    for t in ["adocs", "bdocs"] {
+        for i in 0..10 {
+            sb.write(&format!("srv/nfs/{t}/d{i}"), "d");
+        }
+    }
+    let rsync = damaging_rsync(
+        &sb,
+        Path::new("/bdocs"),
+        &format!("umount -l '{}'", dst.display()),
+    );
+    let run = |rsync: Option<&Path>| {
+        let mut c = sb.cmd("nfs-mirror");
+        c.arg("--source")
+            .arg(&src)
+            .arg("--dest")
+            .arg(&dst)
+            .arg("--skip-list")
+            .arg(&skip);
+        if let Some(r) = rsync {
+            c.env("RSYNC", r);
+        }
+        Run::of(&mut c)
+    };
+    let out = run(Some(&rsync));
+    println!("exit {}: {}", out.code, out.stderr);
+    let bare: Vec<_> = std::fs::read_dir(&dst)
+        .expect("mountpoint")
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(bare.is_empty(), "written on the bare mountpoint: {bare:?}");
+    assert_ne!(out.code, 0, "a run whose disk went away passed");
+    // The disk again (its last user gone): the next run mirrors the tree
+    // and ledgers it.
+    // Once the detached filesystem is released (its loop device gone):
+    // mounting the image again earlier would read it unflushed.
+    let img = sb.path().join("mnt_backup.ext4");
+    let released = || {
+        std::process::Command::new("losetup")
+            .arg("-j")
+            .arg(&img)
+            .output()
+            .is_ok_and(|o| o.stdout.is_empty())
+    };
+    for _ in 0..100 {
+        if released() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(released(), "the unmounted disk's loop device stays");
+    let st = std::process::Command::new("mount")
+        .args(["-o", "loop", "-t", "ext4"])
+        .arg(&img)
+        .arg(&dst)
+        .status()
+        .expect("mount");
+    assert!(st.success(), "remount");
+    run(None).succeeds();
+    assert_eq!(walk(&dst.join("bdocs")).len(), 10);
+    let ledger: BTreeSet<Vec<u8>> = Ledger::new(dst.join(".changed-files"), PathKind::Relative)
+        .read()
+        .expect("ledger")
+        .entries
+        .iter()
+        .map(|p| p.as_os_str().as_bytes().to_vec())
+        .collect();
+    assert!(
+        ledger.contains(&b"bdocs/d0"[..]),
+        "a copied file never ledgered"
+    );
 }
