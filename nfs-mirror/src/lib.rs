@@ -1161,8 +1161,16 @@ pub fn config(o: &ConfigOpts) -> Result<(ExitCode, u64)> {
         )));
     }
     // Contract 13: only into the backup root itself (an unmounted disk's
-    // bare mountpoint, a mistyped --dest: refused, nothing written).
-    backup_core::marker::require_backup_root(&o.dest)?;
+    // bare mountpoint, a mistyped --dest: refused, nothing written), and
+    // only while it is still that root (contract 12, as the mirror: rsync
+    // writes through its descriptor, checked before each copy and before
+    // its items are ledgered).
+    let guard = backup_core::root_guard::RootGuard::require(&o.dest)?;
+    let dest_fd = backup_core::fsutil::open_dir(&o.dest).with_context(|| p(&o.dest))?;
+    let dest_at = Dest {
+        guard: &guard,
+        pinned: backup_core::fsutil::fd_path(&dest_fd),
+    };
     if o.require_mountpoint && !is_mountpoint(&o.dest)? {
         return Err(Exit::refused(format!(
             "destination {} is not a mountpoint (--require-mountpoint): nothing copied",
@@ -1210,7 +1218,8 @@ pub fn config(o: &ConfigOpts) -> Result<(ExitCode, u64)> {
             ok += 1;
             continue;
         }
-        std::fs::create_dir_all(&dst).with_context(|| p(&dst))?;
+        dest_at.check()?;
+        std::fs::create_dir_all(dest_at.pinned(&o.dest, &dst)).with_context(|| p(&dst))?;
         let mut prefix = b"pve-config/".to_vec();
         prefix.extend_from_slice(rel.as_os_str().as_bytes());
         // Spooled like the mirror's trees: with rsync's item list only in
@@ -1218,8 +1227,19 @@ pub fn config(o: &ConfigOpts) -> Result<(ExitCode, u64)> {
         // timed out after some files arrived ledgered none of them, and the
         // next run, finding them up to date, never did either.
         let spool = spool_dir.join(format!("{}.{}.items", hex(&prefix), std::process::id()));
-        let args = rsync_args(item, &dst, &[], false, false);
+        let args = rsync_args(item, &dest_at.pinned(&o.dest, &dst), &[], false, false);
         let res = run_spooled(&o.rsync, &args, &spool, o.timeout)?;
+        if let Err(e) = dest_at.check() {
+            return Err(Exit::err(
+                ExitCode::Failed,
+                format!(
+                    "{}: {}; its copy's items stay in {} for the next run",
+                    p(item),
+                    backup_core::exit::one_line(&e),
+                    p(&spool)
+                ),
+            ));
+        }
         let data = std::fs::read(&spool).unwrap_or_default();
         let n = append_items(&ledger, &prefix, &data)?;
         let _ = std::fs::remove_file(&spool);

@@ -1188,3 +1188,47 @@ fn a_backup_disk_unmounted_mid_run_gets_nothing_written_on_its_bare_mountpoint()
         "a copied file never ledgered"
     );
 }
+
+/// `nfs-mirror config` with the backup disk lazily unmounted between two
+/// items: nothing is written on the root filesystem under the bare
+/// mountpoint, and the run fails. Before: exit 0, the second item copied
+/// under the bare mountpoint (pve-config/ and its ledger there).
+#[test]
+fn config_writes_nothing_on_the_bare_mountpoint_of_a_backup_disk_unmounted_mid_run() {
+    let sb = Sandbox::new();
+    let dst = sb.mount_backup_disk("mnt/backup", 32 << 20);
+    let a = sb.mkdir("etc/aaa");
+    std::fs::write(a.join("a.cfg"), "a").expect("w");
+    let b = sb.mkdir("etc/bbb");
+    std::fs::write(b.join("b.cfg"), "b").expect("w");
+    // Right after the first item's copy, the disk goes.
+    let rsync = sb.write(
+        "unmounting-rsync",
+        format!(
+            "#!/bin/sh\n/usr/bin/rsync \"$@\"; rc=$?\ncase \" $* \" in\n  *\"{}/ \"*) umount -l '{}' ;;\nesac\nexit $rc\n",
+            a.display(),
+            dst.display()
+        ),
+    );
+    std::fs::set_permissions(&rsync, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+    let out = Run::of(
+        sb.cmd("nfs-mirror")
+            .arg("config")
+            .arg("--dest")
+            .arg(&dst)
+            .arg("--item")
+            .arg(&a)
+            .arg("--item")
+            .arg(&b)
+            .env("RSYNC", &rsync),
+    );
+    println!("exit {}: {}", out.code, out.stderr);
+    let bare: Vec<_> = std::fs::read_dir(&dst)
+        .expect("mountpoint")
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(bare.is_empty(), "written on the bare mountpoint: {bare:?}");
+    assert_ne!(out.code, 0, "a run whose disk went away passed");
+}
