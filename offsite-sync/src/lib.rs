@@ -587,6 +587,24 @@ fn deleting_transfer(
     Ok(deleted)
 }
 
+/// After a deleting transfer: `Err` (failed) when its source is empty
+/// now, so the transfer may have read it empty (emptied between the last
+/// check and rsync's start; with `--max-delete off` nothing else bounds
+/// that). The deletions made are reported; nothing is committed, and the
+/// next full pass is refused by the source guard until the source is back.
+fn emptied_during(src: &Path, ignore_state: bool, rep: &StepReport) -> Option<anyhow::Error> {
+    source_guard(src, false, ignore_state).map(|_| {
+        Exit::err(
+            ExitCode::Failed,
+            format!(
+                "full pass: its source is empty now, it was emptied while the pass ran: \
+                 {} deletion(s) made on the NAS; nothing committed",
+                rep.deletions
+            ),
+        )
+    })
+}
+
 fn nul_list<'a, I: IntoIterator<Item = &'a [u8]>>(names: I) -> Vec<u8> {
     let mut buf = Vec::new();
     for n in names {
@@ -744,6 +762,9 @@ fn step1_into(cfg: &Config, rep: &mut StepReport) -> Result<()> {
             )));
         }
         deleting_transfer(cfg, mk(false, bound)?, "full pass", bound, rep)?;
+        if let Some(g) = emptied_during(&pinned, true, rep) {
+            return Err(g);
+        }
         if let Some(g) = start.changed(root) {
             return Err(Exit::refused(format!("full pass: {g}; nothing committed")));
         }
@@ -1131,6 +1152,9 @@ fn step2_into(cfg: &Config, rep: &mut StepReport) -> Result<()> {
                 bound,
                 rep,
             )?;
+            if let Some(g) = emptied_during(pinned, false, rep) {
+                return Err(g);
+            }
             if let Some(s) = slack.as_mut() {
                 *s = s.saturating_sub((rep.deletions - before).saturating_sub(planned));
             }

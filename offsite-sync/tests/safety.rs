@@ -839,3 +839,46 @@ fn step2_writes_nothing_into_the_bare_mountpoint_of_a_backup_disk_unmounted_mid_
     remount(&w);
     assert_eq!(w.leg2().line_count().expect("ledger"), 1, "batch lost");
 }
+
+/// With `--max-delete off`, a direct tree emptied after the last check
+/// and before rsync reads it: nothing bounds the deletions (the operator
+/// asked for none), but the run never reports that pass as a success.
+/// Before: all 20 NAS files deleted, exit 0, stamp and full-sync request
+/// cleared.
+#[test]
+fn a_full_pass_without_a_bound_that_read_an_emptied_source_fails() {
+    let w = World::with_nas();
+    for i in 0..20 {
+        World::put(&w.nfs, format!("immich/p{i:02}").as_bytes(), b"p");
+    }
+    w.run("step2", &[]).succeeds().stdout_contains("full pass");
+    let stamp = std::fs::read(w.root.join(".offsite-sync/last-full-step2")).expect("stamp");
+    w.leg2().mark_full_sync("test: overflow").expect("mark");
+    let tree = w.nfs.join("immich");
+    let rsync = wrapper(
+        &w,
+        "emptying-rsync",
+        "*\" --delete \"*",
+        &format!("find '{}' -mindepth 1 -delete", tree.display()),
+    );
+    let r = Run::of(
+        w.cmd(
+            "step2",
+            &["--full", "always", "--max-delete", "off", "--json"],
+        )
+        .env("RSYNC", &rsync),
+    );
+    let left = World::files(&w.nas_dir.join("nfs/immich")).len();
+    println!("exit {}, {left} of 20 left; stderr: {}", r.code, r.stderr);
+    assert_ne!(r.code, 0, "a pass that read an emptied source passed");
+    r.stderr_contains("emptied while the pass ran");
+    assert_eq!(json_steps(&r)[0]["deletions"], (20 - left) as u64);
+    assert!(
+        w.leg2().full_sync_needed(),
+        "the full-sync request was cleared"
+    );
+    assert_eq!(
+        std::fs::read(w.root.join(".offsite-sync/last-full-step2")).expect("stamp"),
+        stamp
+    );
+}
