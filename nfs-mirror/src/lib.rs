@@ -451,12 +451,14 @@ struct Planned {
 /// A source tree with nothing in it while its mirror holds something: an
 /// unmounted or emptied source, never a reason to empty the mirror.
 fn empty_beside_a_mirror(src: &Path, dst: &Path) -> bool {
-    let empty = |d: &Path| {
-        std::fs::read_dir(d)
-            .map(|mut d| d.next().is_none())
-            .unwrap_or(true)
-    };
-    empty(src) && !empty(dst)
+    is_empty_dir(src) && !is_empty_dir(dst)
+}
+
+/// Nothing in `d` (or it cannot be listed).
+fn is_empty_dir(d: &Path) -> bool {
+    std::fs::read_dir(d)
+        .map(|mut d| d.next().is_none())
+        .unwrap_or(true)
 }
 
 /// Nested skip-list rules inside a mirrored entry become anchored excludes
@@ -1027,13 +1029,13 @@ fn mirror_root(
         }
         // Whatever happened, what rsync reported as sent goes into the ledger.
         let data = std::fs::read(&spool).unwrap_or_default();
+        let deleted = rsync_items::parse(&data)
+            .iter()
+            .filter(|i| i.is_deletion())
+            .count() as u64;
         if let Some(s) = slack.as_mut() {
             // Deletions beyond this tree's measured ones use up the slack
             // for the trees after it: the bound holds for the whole root.
-            let deleted = rsync_items::parse(&data)
-                .iter()
-                .filter(|i| i.is_deletion())
-                .count() as u64;
             *s = s.saturating_sub(deleted.saturating_sub(planned_n));
         }
         let n = append_items(ledger, &prefix, &data)?;
@@ -1084,6 +1086,20 @@ fn mirror_root(
                 rep.message = Some(m);
                 failed.push(rep.name.clone());
             }
+        }
+        // A source empty right after a copy that deleted in its mirror was
+        // emptied while copied (with --max-delete off nothing bounded it):
+        // never reported or recorded as mirrored.
+        if rep.action == "mirrored" && deleted > 0 && is_empty_dir(pinned) {
+            ok -= 1;
+            rep.action = "failed".into();
+            let m = format!(
+                "source {} is empty now, emptied while it was copied: {deleted} item(s) deleted in its mirror",
+                p(&pl.src)
+            );
+            error!("{}: {m}", rep.name);
+            rep.message = Some(m);
+            failed.push(rep.name.clone());
         }
         if rep.action == "mirrored" {
             mirrored.push(pl.name.clone());

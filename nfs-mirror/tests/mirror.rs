@@ -1232,3 +1232,43 @@ fn config_writes_nothing_on_the_bare_mountpoint_of_a_backup_disk_unmounted_mid_r
     assert!(bare.is_empty(), "written on the bare mountpoint: {bare:?}");
     assert_ne!(out.code, 0, "a run whose disk went away passed");
 }
+
+/// With --max-delete off, a tree emptied right as its copy starts (after
+/// the last check): nothing bounds the deletions, but the tree is never
+/// reported or recorded as mirrored. Before: its mirror emptied, exit 0,
+/// recorded as mirrored (coverage: covered).
+#[test]
+fn without_a_bound_a_tree_emptied_as_it_is_copied_is_not_reported_mirrored() {
+    let t = setup();
+    for i in 0..10 {
+        t.w(format!("docs/d{i}").as_bytes(), "d");
+    }
+    t.run(&["--max-delete", "off"]).succeeds();
+    // The record counts in seconds: the next run is a later one.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let docs = t.src.join("docs");
+    let rsync = damaging_rsync(
+        &t.sb,
+        Path::new("/docs"),
+        &format!("find '{}' -mindepth 1 -delete", docs.display()),
+    );
+    let out = Run::of(
+        t.cmd(&["--max-delete", "off", "--json"])
+            .env("RSYNC", &rsync),
+    );
+    println!("exit {}: {}", out.code, out.stderr);
+    assert_ne!(out.code, 0, "a tree emptied while copied passed");
+    out.stderr_contains("emptied while it was copied");
+    let rec = std::fs::read_to_string(t.dst.join(".nfs-mirror/coverage")).expect("record");
+    let root = rec
+        .lines()
+        .find_map(|l| l.strip_prefix("root "))
+        .and_then(|r| r.split(' ').next())
+        .expect("root line");
+    let docs_t = rec
+        .lines()
+        .find_map(|l| l.strip_prefix("dir ").filter(|r| r.ends_with(" docs")))
+        .and_then(|r| r.split(' ').next())
+        .expect("docs line");
+    assert_ne!(root, docs_t, "recorded as mirrored by this run: {rec}");
+}
