@@ -20,8 +20,11 @@
 //! `root T PATH`: the last run that mirrored the root PATH (canonical) was
 //! at T. Each `dir L NAME` after it: a top-level entry that run saw, and
 //! the last time a run mirrored it successfully (0: never). A root whose
-//! run was refused (unmounted, empty, too many deletions) keeps its older
-//! section, which then ages.
+//! run was refused or failed (unmounted, empty, too many deletions) gets
+//! that run's time with its directories' last successes kept: a directory
+//! whose last success is older than its root's last run was not mirrored
+//! by that run, and coverage says so that night (not once the record is
+//! two days old).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -133,6 +136,15 @@ impl Record {
             .map_err(|e| anyhow::anyhow!("{}: {e}", crate::log::p(&path)))
     }
 
+    /// Record a run of `root` at `now` that was refused or failed before
+    /// mirroring anything: its directories keep their last success, which
+    /// is now older than the root's run. A root never recorded stays so.
+    pub fn refused(&mut self, root: &[u8], now: u64) {
+        if let Some(r) = self.roots.get_mut(root) {
+            r.run = now;
+        }
+    }
+
     /// Record a run of `root` at `now`: it saw `seen`, and mirrored the
     /// names in `mirrored` successfully. Names it saw but did not mirror
     /// keep their earlier success time; names it did not see are dropped.
@@ -178,6 +190,13 @@ mod tests {
         assert_eq!(root.dirs[&b"a".to_vec()], 100, "earlier success kept");
         assert_eq!(root.dirs[&b"b".to_vec()], 200);
         assert!(!root.dirs.contains_key(b"new\nline".as_slice()));
+        // A refused run of the root: every directory's success is older.
+        r.refused(b"/srv/nfs", 300);
+        let root = &r.roots[&b"/srv/nfs".to_vec()];
+        assert_eq!(root.run, 300);
+        assert_eq!(root.dirs[&b"b".to_vec()], 200);
+        r.refused(b"/srv/never-mirrored", 300);
+        assert!(!r.roots.contains_key(b"/srv/never-mirrored".as_slice()));
         assert!(
             Record::parse(b"dir 1 x\n").is_err(),
             "a dir before any root"

@@ -439,6 +439,25 @@ struct Planned {
     src: PathBuf,
     dst: PathBuf,
     excludes: Vec<String>,
+    /// The tree opened at the guard pass without following a symlink
+    /// (core::fsutil::open_dir_beneath) and its `/proc/PID/fd/N` path:
+    /// the guard pass, the re-check and the copy all read that directory,
+    /// whatever is renamed, linked or mounted at its name meanwhile (a
+    /// lazily unmounted source included).
+    pin: Option<(std::os::fd::OwnedFd, PathBuf)>,
+}
+
+/// A source tree with nothing in it while its mirror holds something: an
+/// unmounted or emptied source, never a reason to empty the mirror.
+fn empty_beside_a_mirror(src: &Path, dst: &Path) -> bool {
+    is_empty_dir(src) && !is_empty_dir(dst)
+}
+
+/// Nothing in `d` (or it cannot be listed).
+fn is_empty_dir(d: &Path) -> bool {
+    std::fs::read_dir(d)
+        .map(|mut d| d.next().is_none())
+        .unwrap_or(true)
 }
 
 /// Nested skip-list rules inside a mirrored entry become anchored excludes
@@ -513,6 +532,20 @@ fn check_dest_and_roots(o: &MirrorOpts) -> Result<()> {
 pub fn mirror(o: &MirrorOpts, metrics: &mut Metrics) -> Result<(ExitCode, Report)> {
     let skip = SkipList::load(&o.skip_list).map_err(|e| Exit::usage(e.to_string()))?;
     check_dest_and_roots(o)?;
+    // Contract 12 with 13: the backup root checked here is the one every
+    // copy writes to and every result is committed on. rsync writes
+    // through its descriptor (/proc/PID/fd/N), never through the path: a
+    // disk lazily unmounted mid-run is never replaced by the root
+    // filesystem under its bare mountpoint (rsync's receiver cannot work
+    // in a detached mount, so that copy fails). Before each copy, before
+    // its items reach the ledger and before the coverage record is saved,
+    // the root is checked again.
+    let guard = backup_core::root_guard::RootGuard::require(&o.dest)?;
+    let dest_fd = backup_core::fsutil::open_dir(&o.dest).with_context(|| p(&o.dest))?;
+    let dest_at = Dest {
+        guard: &guard,
+        pinned: backup_core::fsutil::fd_path(&dest_fd),
+    };
     let ledger_path = o
         .ledger
         .clone()
@@ -543,8 +576,9 @@ pub fn mirror(o: &MirrorOpts, metrics: &mut Metrics) -> Result<(ExitCode, Report
     let mut code = ExitCode::Ok;
     let mut errors: Vec<anyhow::Error> = Vec::new();
     let mut ran = 0usize;
+    let mut recorded = 0usize;
     for root in &o.sources {
-        match mirror_root(o, root, &skip, &ledger, &subs, &mut report) {
+        match mirror_root(o, root, &skip, &ledger, &subs, &dest_at, &mut report) {
             Ok(out) => {
                 ran += 1;
                 code = code.merge(out.code);
@@ -555,6 +589,14 @@ pub fn mirror(o: &MirrorOpts, metrics: &mut Metrics) -> Result<(ExitCode, Report
             }
             Err(e) => {
                 code = code.merge(backup_core::exit::code_of(&e));
+                // Coverage (contract 15): this run mirrored nothing of the
+                // root, and the record says so tonight, not once it ages.
+                if !o.dry_run
+                    && let Ok(canon) = std::fs::canonicalize(&root.path)
+                {
+                    record.refused(canon.as_os_str().as_bytes(), now);
+                    recorded += 1;
+                }
                 // With several roots, each error names its root.
                 errors.push(if o.sources.len() > 1 {
                     Exit::err(
@@ -567,8 +609,22 @@ pub fn mirror(o: &MirrorOpts, metrics: &mut Metrics) -> Result<(ExitCode, Report
             }
         }
     }
-    if !o.dry_run && ran > 0 {
+    if let Err(e) = guard.check() {
+        // Saved there, the record would describe a directory that is not
+        // the backup disk.
+        code = code.merge(ExitCode::Failed);
+        errors.push(Exit::err(
+            ExitCode::Failed,
+            format!("{e}: coverage record not saved"),
+        ));
+    } else if !o.dry_run && ran > 0 {
         record.save(&o.dest)?;
+    } else if !o.dry_run
+        && recorded > 0
+        && let Err(e) = record.save(&o.dest)
+    {
+        // The run's own error is the one to report.
+        warn!("coverage record: {}", backup_core::exit::one_line(&e));
     }
     metrics.gauge(
         "nfs_mirror_planned_deletions",
@@ -591,12 +647,36 @@ pub fn mirror(o: &MirrorOpts, metrics: &mut Metrics) -> Result<(ExitCode, Report
     Ok((code, report))
 }
 
+/// The backup root a run writes to: checked at the start, pinned.
+struct Dest<'a> {
+    guard: &'a backup_core::root_guard::RootGuard,
+    /// The backup root's `/proc/PID/fd/N` path: rsync writes through it.
+    pinned: PathBuf,
+}
+
+impl Dest<'_> {
+    /// `dst` (below the backup root) reached through the pinned root.
+    fn pinned(&self, root: &Path, dst: &Path) -> PathBuf {
+        dst.strip_prefix(root)
+            .map(|rel| self.pinned.join(rel))
+            .unwrap_or_else(|_| dst.to_path_buf())
+    }
+
+    /// `Err` (failed) when the backup root is no longer the one of the start.
+    fn check(&self) -> Result<()> {
+        self.guard
+            .check()
+            .map_err(|e| Exit::err(ExitCode::Failed, e))
+    }
+}
+
 fn mirror_root(
     o: &MirrorOpts,
     root: &SourceRoot,
     skip: &SkipList,
     ledger: &Ledger,
     subs: &[Vec<u8>],
+    dest_at: &Dest<'_>,
     report: &mut Report,
 ) -> Result<RootOutcome> {
     let source = &root.path;
@@ -715,6 +795,7 @@ fn mirror_root(
             src: source.join(OsStr::from_bytes(n)),
             dst: dest.join(OsStr::from_bytes(n)),
             excludes: nested_excludes(skip, OsStr::from_bytes(n)),
+            pin: None,
         });
         report.entries.push(rep);
     }
@@ -757,30 +838,28 @@ fn mirror_root(
 
     // Guard pass: what would each tree delete? Nothing is written yet.
     let mut refusals = Vec::new();
-    let mut tree_deletions: std::collections::HashMap<Vec<u8>, u64> =
+    // Per tree: (deletions and temp files measured, the bound of its own
+    // copy when there is one).
+    let mut tree_deletions: std::collections::HashMap<Vec<u8>, (u64, Option<u64>)> =
         std::collections::HashMap::new();
     let mut root_plan = DeletePlan::default();
-    for pl in &planned {
+    for pl in planned.iter_mut() {
         let idx = find(&report.entries, &pl.name);
         let rep = &mut report.entries[idx];
-        let src_is_dir = std::fs::symlink_metadata(&pl.src)
-            .map(|m| m.is_dir())
-            .unwrap_or(false);
-        if !src_is_dir {
+        let pin =
+            backup_core::fsutil::open_dir_beneath(source, Path::new(OsStr::from_bytes(&pl.name)))
+                .with_context(|| p(&pl.src))?;
+        let Some(fd) = pin else {
             rep.action = "skipped".into();
             rep.message = Some("not a directory: only directories are mirrored".into());
             continue;
-        }
+        };
+        let pinned = backup_core::fsutil::fd_path(&fd);
+        pl.pin = Some((fd, pinned.clone()));
         if !pl.dst.exists() {
             continue;
         }
-        let src_empty = std::fs::read_dir(&pl.src)
-            .map(|mut d| d.next().is_none())
-            .unwrap_or(true);
-        let dst_empty = std::fs::read_dir(&pl.dst)
-            .map(|mut d| d.next().is_none())
-            .unwrap_or(true);
-        if src_empty && !dst_empty {
+        if empty_beside_a_mirror(&pinned, &pl.dst) {
             rep.action = "refused".into();
             let m = format!("source {} is empty but its mirror is not", p(&pl.src));
             rep.message = Some(m.clone());
@@ -803,7 +882,7 @@ fn mirror_root(
             .with_context(|| format!("dry run of {}", p(&pl.src)))?;
         let out = rsync_cmd(
             &o.rsync,
-            &pl.src,
+            &pinned,
             &pl.dst,
             &pl.excludes,
             o.prune_skipped,
@@ -833,7 +912,15 @@ fn mirror_root(
             );
         }
         rep.deletions = plan.deletions;
-        tree_deletions.insert(pl.name.clone(), plan.deletions + plan.rsync_temps);
+        // Each tree is held to the bound of its own copy too (its dry run
+        // was checked on its own figures), whatever slack the root leaves:
+        // with the root's slack only, a small tree emptied after this pass
+        // beside a large one lost its whole mirror with exit 0.
+        let own = o
+            .max_delete
+            .allowed(plan.existing)
+            .map(|a| a.max(plan.deletions) + plan.rsync_temps);
+        tree_deletions.insert(pl.name.clone(), (plan.deletions + plan.rsync_temps, own));
         root_plan.add(plan);
     }
     // What the copying pass may delete beyond the figures just measured.
@@ -881,6 +968,25 @@ fn mirror_root(
         if !report.entries[idx].action.is_empty() {
             continue;
         }
+        let Some((_, pinned)) = &pl.pin else {
+            continue;
+        };
+        // Contract 12: the guard holds while acting. Checked again right
+        // before the copy (with --max-delete off, the only check): an
+        // emptied source never empties its mirror.
+        if empty_beside_a_mirror(pinned, &pl.dst) {
+            let rep = &mut report.entries[idx];
+            rep.action = "failed".into();
+            let m = format!(
+                "source {} is empty but its mirror is not (emptied since the guard pass): nothing copied or deleted",
+                p(&pl.src)
+            );
+            error!("{}: {m}", rep.name);
+            rep.message = Some(m);
+            failed.push(rep.name.clone());
+            continue;
+        }
+        dest_at.check()?;
         known.insert(pl.name.clone());
         save_entries(&o.dest, &entries_file, &known)?;
         let prefix = prefix_of(&pl.name);
@@ -888,25 +994,48 @@ fn mirror_root(
             state
                 .join("spool")
                 .join(format!("{}.{}.items", hex(&prefix), std::process::id()));
-        let mut args = rsync_args(&pl.src, &pl.dst, &pl.excludes, o.prune_skipped, false);
-        if let Some(slack) = slack {
-            let bound = tree_deletions.get(&pl.name).copied().unwrap_or(0) + slack;
+        let mut args = rsync_args(
+            pinned,
+            &dest_at.pinned(&o.dest, &pl.dst),
+            &pl.excludes,
+            o.prune_skipped,
+            false,
+        );
+        let (planned_n, own) = tree_deletions.get(&pl.name).copied().unwrap_or((0, None));
+        let bound = match (slack.map(|s| planned_n + s), own) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        if let Some(bound) = bound {
             // Before the trailing `-- SRC/ DST/`.
             let at = args.len() - 3;
             args.insert(at, format!("--max-delete={bound}").into());
         }
         let res = run_spooled(&o.rsync, &args, &spool, o.timeout)?;
+        // The items of a copy made while the backup root changed are not
+        // ledgered on whatever is there now: they stay in the spool file
+        // (on the disk rsync wrote to) for the next run's recovery.
+        if let Err(e) = dest_at.check() {
+            return Err(Exit::err(
+                ExitCode::Failed,
+                format!(
+                    "{}: {}; its copy's items stay in {} for the next run",
+                    name_str(&pl.name),
+                    backup_core::exit::one_line(&e),
+                    p(&spool)
+                ),
+            ));
+        }
         // Whatever happened, what rsync reported as sent goes into the ledger.
         let data = std::fs::read(&spool).unwrap_or_default();
+        let deleted = rsync_items::parse(&data)
+            .iter()
+            .filter(|i| i.is_deletion())
+            .count() as u64;
         if let Some(s) = slack.as_mut() {
             // Deletions beyond this tree's measured ones use up the slack
             // for the trees after it: the bound holds for the whole root.
-            let deleted = rsync_items::parse(&data)
-                .iter()
-                .filter(|i| i.is_deletion())
-                .count() as u64;
-            let planned = tree_deletions.get(&pl.name).copied().unwrap_or(0);
-            *s = s.saturating_sub(deleted.saturating_sub(planned));
+            *s = s.saturating_sub(deleted.saturating_sub(planned_n));
         }
         let n = append_items(ledger, &prefix, &data)?;
         let _ = std::fs::remove_file(&spool);
@@ -956,6 +1085,20 @@ fn mirror_root(
                 rep.message = Some(m);
                 failed.push(rep.name.clone());
             }
+        }
+        // A source empty right after a copy that deleted in its mirror was
+        // emptied while copied (with --max-delete off nothing bounded it):
+        // never reported or recorded as mirrored.
+        if rep.action == "mirrored" && deleted > 0 && is_empty_dir(pinned) {
+            ok -= 1;
+            rep.action = "failed".into();
+            let m = format!(
+                "source {} is empty now, emptied while it was copied: {deleted} item(s) deleted in its mirror",
+                p(&pl.src)
+            );
+            error!("{}: {m}", rep.name);
+            rep.message = Some(m);
+            failed.push(rep.name.clone());
         }
         if rep.action == "mirrored" {
             mirrored.push(pl.name.clone());
@@ -1033,8 +1176,16 @@ pub fn config(o: &ConfigOpts) -> Result<(ExitCode, u64)> {
         )));
     }
     // Contract 13: only into the backup root itself (an unmounted disk's
-    // bare mountpoint, a mistyped --dest: refused, nothing written).
-    backup_core::marker::require_backup_root(&o.dest)?;
+    // bare mountpoint, a mistyped --dest: refused, nothing written), and
+    // only while it is still that root (contract 12, as the mirror: rsync
+    // writes through its descriptor, checked before each copy and before
+    // its items are ledgered).
+    let guard = backup_core::root_guard::RootGuard::require(&o.dest)?;
+    let dest_fd = backup_core::fsutil::open_dir(&o.dest).with_context(|| p(&o.dest))?;
+    let dest_at = Dest {
+        guard: &guard,
+        pinned: backup_core::fsutil::fd_path(&dest_fd),
+    };
     if o.require_mountpoint && !is_mountpoint(&o.dest)? {
         return Err(Exit::refused(format!(
             "destination {} is not a mountpoint (--allow-unmounted-root for a sandbox): nothing copied",
@@ -1082,7 +1233,8 @@ pub fn config(o: &ConfigOpts) -> Result<(ExitCode, u64)> {
             ok += 1;
             continue;
         }
-        std::fs::create_dir_all(&dst).with_context(|| p(&dst))?;
+        dest_at.check()?;
+        std::fs::create_dir_all(dest_at.pinned(&o.dest, &dst)).with_context(|| p(&dst))?;
         let mut prefix = b"pve-config/".to_vec();
         prefix.extend_from_slice(rel.as_os_str().as_bytes());
         // Spooled like the mirror's trees: with rsync's item list only in
@@ -1090,8 +1242,19 @@ pub fn config(o: &ConfigOpts) -> Result<(ExitCode, u64)> {
         // timed out after some files arrived ledgered none of them, and the
         // next run, finding them up to date, never did either.
         let spool = spool_dir.join(format!("{}.{}.items", hex(&prefix), std::process::id()));
-        let args = rsync_args(item, &dst, &[], false, false);
+        let args = rsync_args(item, &dest_at.pinned(&o.dest, &dst), &[], false, false);
         let res = run_spooled(&o.rsync, &args, &spool, o.timeout)?;
+        if let Err(e) = dest_at.check() {
+            return Err(Exit::err(
+                ExitCode::Failed,
+                format!(
+                    "{}: {}; its copy's items stay in {} for the next run",
+                    p(item),
+                    backup_core::exit::one_line(&e),
+                    p(&spool)
+                ),
+            ));
+        }
         let data = std::fs::read(&spool).unwrap_or_default();
         let n = append_items(&ledger, &prefix, &data)?;
         let _ = std::fs::remove_file(&spool);

@@ -826,7 +826,9 @@ fn a_source_emptied_after_the_guard_pass_keeps_its_mirror() {
         "emptying-rsync",
         format!(
             "#!/bin/sh\ncase \" $* \" in\n  *\" --dry-run \"*) ;;\n  *\"{}/ \"*) find '{}' -mindepth 1 -delete ;;\nesac\nexec /usr/bin/rsync \"$@\"\n",
-            docs.display(),
+            // Matched on the mirror's name: source and destination are
+            // reached through pinned descriptors (/proc/PID/fd/N).
+            "/docs",
             docs.display()
         ),
     );
@@ -976,4 +978,298 @@ fn an_ssd_root_is_mirrored_into_its_own_subtree_and_recorded() {
     t.run(&["--source", &ssd.display().to_string()])
         .fails_with(2)
         .stderr_contains("own DEST subdirectory");
+}
+
+/// A wrapper around the real rsync running `damage` (sh) right before the
+/// copying (not dry) rsync whose destination ends with `dst` (rsync is
+/// given the backup root's /proc/PID/fd/N path, then the mirror's).
+fn damaging_rsync(sb: &Sandbox, dst: &Path, damage: &str) -> PathBuf {
+    let rsync = sb.write(
+        "damaging-rsync",
+        format!(
+            "#!/bin/sh\ncase \" $* \" in\n  *\" --dry-run \"*) ;;\n  *\"{}/ \"*) {damage} ;;\nesac\nexec /usr/bin/rsync \"$@\"\n",
+            dst.display()
+        ),
+    );
+    std::fs::set_permissions(&rsync, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+    rsync
+}
+
+/// The root's slack is shared by its trees, but no tree loses more than
+/// the bound of its own copy (its guard pass was checked on its own
+/// figures). Before: a 10-file tree emptied after the guard pass beside a
+/// 200-file one lost its whole mirror under --max-delete 10%, exit 0, and
+/// was recorded as mirrored.
+#[test]
+fn a_small_tree_emptied_after_the_guard_pass_beside_a_large_one_keeps_its_mirror() {
+    let t = setup();
+    for i in 0..200 {
+        t.w(format!("big/f{i:03}").as_bytes(), "b");
+    }
+    for i in 0..10 {
+        t.w(format!("docs/d{i}").as_bytes(), "d");
+    }
+    t.run(&["--max-delete", "10%"]).succeeds();
+    let docs = t.src.join("docs");
+    let rsync = damaging_rsync(
+        &t.sb,
+        Path::new("/docs"),
+        &format!("find '{}' -mindepth 1 -delete", docs.display()),
+    );
+    let out = Run::of(t.cmd(&["--max-delete", "10%"]).env("RSYNC", &rsync));
+    assert!(
+        std::fs::read_dir(&docs).expect("docs").next().is_none(),
+        "the wrapper did not empty the source"
+    );
+    let left = walk(&t.dst.join("docs")).len();
+    println!("exit {}, {left} of 10 left: {}", out.code, out.stderr);
+    assert!(left >= 9, "the mirror lost {} of its 10 files", 10 - left);
+    assert_ne!(out.code, 0, "a tree stopped at its bound passed");
+    assert_eq!(walk(&t.dst.join("big")).len(), 200);
+}
+
+/// With --max-delete off only the guard protects: it is checked again
+/// right before each tree's copy, and every rsync reads the tree opened at
+/// the guard pass. A tree emptied while an earlier tree was being copied
+/// keeps its mirror (the run fails naming it); a root lazily unmounted
+/// after the guard pass is still read through the opened trees, so its
+/// mirrors keep their content. Before: both mirrors emptied, exit 0, and
+/// both recorded as mirrored (covered).
+#[test]
+fn without_a_bound_an_emptied_or_unmounted_source_never_empties_its_mirror() {
+    let t = setup();
+    let ssd = t.sb.mkdir("srv/nfs-ssd");
+    std::fs::create_dir_all(ssd.join("vault")).expect("skeleton under the mountpoint");
+    t.sb.mount_ext4("srv/nfs-ssd", 16 << 20);
+    for i in 0..20 {
+        t.w(format!("big/f{i:02}").as_bytes(), "b");
+    }
+    for i in 0..10 {
+        t.w(format!("docs/d{i}").as_bytes(), "d");
+        let v = ssd.join(format!("vault/v{i}"));
+        std::fs::create_dir_all(v.parent().expect("parent")).expect("mkdir");
+        std::fs::write(v, "v").expect("write");
+    }
+    let both = |rsync: Option<&Path>| {
+        let mut c = t.cmd(&["--max-delete", "off"]);
+        c.arg("--source").arg(format!("{}:nfs-ssd", ssd.display()));
+        if let Some(r) = rsync {
+            c.env("RSYNC", r);
+        }
+        Run::of(&mut c)
+    };
+    both(None).succeeds();
+    let vault = t.dst.join("nfs-ssd/vault");
+    assert_eq!(walk(&vault).len(), 10);
+    // During big's copy, docs is emptied; during docs', the SSD root is
+    // lazily unmounted (its bare mountpoint holds an empty vault/).
+    let rsync = damaging_rsync(
+        &t.sb,
+        Path::new("/big"),
+        &format!(
+            "find '{}' -mindepth 1 -delete",
+            t.src.join("docs").display()
+        ),
+    );
+    let out = both(Some(&rsync));
+    println!("emptied: exit {}: {}", out.code, out.stderr);
+    assert!(
+        std::fs::read_dir(t.src.join("docs"))
+            .expect("docs")
+            .next()
+            .is_none(),
+        "the wrapper did not empty the source"
+    );
+    assert_eq!(
+        walk(&t.dst.join("docs")).len(),
+        10,
+        "docs' mirror lost files"
+    );
+    assert_ne!(out.code, 0, "a tree refused before its copy passed");
+    out.stderr_contains("docs");
+    let rsync = damaging_rsync(
+        &t.sb,
+        Path::new("/vault"),
+        &format!("umount -l '{}'", ssd.display()),
+    );
+    let out = both(Some(&rsync));
+    println!("unmounted: exit {}: {}", out.code, out.stderr);
+    assert!(
+        std::fs::read_dir(&ssd)
+            .map(|mut d| d.any(|e| e.is_ok_and(|e| e.file_name() == "vault")))
+            .unwrap_or(false)
+            && walk(&ssd.join("vault")).is_empty(),
+        "the wrapper did not unmount the SSD root"
+    );
+    assert_eq!(walk(&vault).len(), 10, "vault's mirror lost files");
+}
+
+/// The backup disk lazily unmounted while nfs-mirror copies a tree:
+/// rsync writes through the root's descriptor, so nothing lands on the
+/// root filesystem under the bare mountpoint; the run fails, and the next
+/// run (the disk back) mirrors and ledgers the tree. Before: exit 0, the
+/// tree and the coverage record (saying mirrored) written under the bare
+/// mountpoint.
+#[test]
+fn a_backup_disk_unmounted_mid_run_gets_nothing_written_on_its_bare_mountpoint() {
+    let sb = Sandbox::new();
+    let src = sb.mkdir("srv/nfs");
+    let dst = sb.mount_backup_disk("mnt/backup", 32 << 20);
+    let skip = sb.write("skip.conf", SKIP);
+    for t in ["adocs", "bdocs"] {
+        for i in 0..10 {
+            sb.write(&format!("srv/nfs/{t}/d{i}"), "d");
+        }
+    }
+    let rsync = damaging_rsync(
+        &sb,
+        Path::new("/bdocs"),
+        &format!("umount -l '{}'", dst.display()),
+    );
+    let run = |rsync: Option<&Path>| {
+        let mut c = sb.cmd("nfs-mirror");
+        c.arg("--source")
+            .arg(&src)
+            .arg("--dest")
+            .arg(&dst)
+            .arg("--skip-list")
+            .arg(&skip);
+        if let Some(r) = rsync {
+            c.env("RSYNC", r);
+        }
+        Run::of(&mut c)
+    };
+    let out = run(Some(&rsync));
+    println!("exit {}: {}", out.code, out.stderr);
+    let bare: Vec<_> = std::fs::read_dir(&dst)
+        .expect("mountpoint")
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(bare.is_empty(), "written on the bare mountpoint: {bare:?}");
+    assert_ne!(out.code, 0, "a run whose disk went away passed");
+    // The disk again (its last user gone): the next run mirrors the tree
+    // and ledgers it.
+    // Once the detached filesystem is released (its loop device gone):
+    // mounting the image again earlier would read it unflushed.
+    let img = sb.path().join("mnt_backup.ext4");
+    let released = || {
+        std::process::Command::new("losetup")
+            .arg("-j")
+            .arg(&img)
+            .output()
+            .is_ok_and(|o| o.stdout.is_empty())
+    };
+    for _ in 0..100 {
+        if released() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(released(), "the unmounted disk's loop device stays");
+    let st = std::process::Command::new("mount")
+        .args(["-o", "loop", "-t", "ext4"])
+        .arg(&img)
+        .arg(&dst)
+        .status()
+        .expect("mount");
+    assert!(st.success(), "remount");
+    run(None).succeeds();
+    assert_eq!(walk(&dst.join("bdocs")).len(), 10);
+    let ledger: BTreeSet<Vec<u8>> = Ledger::new(dst.join(".changed-files"), PathKind::Relative)
+        .read()
+        .expect("ledger")
+        .entries
+        .iter()
+        .map(|p| p.as_os_str().as_bytes().to_vec())
+        .collect();
+    assert!(
+        ledger.contains(&b"bdocs/d0"[..]),
+        "a copied file never ledgered"
+    );
+}
+
+/// `nfs-mirror config` with the backup disk lazily unmounted between two
+/// items: nothing is written on the root filesystem under the bare
+/// mountpoint, and the run fails. Before: exit 0, the second item copied
+/// under the bare mountpoint (pve-config/ and its ledger there).
+#[test]
+fn config_writes_nothing_on_the_bare_mountpoint_of_a_backup_disk_unmounted_mid_run() {
+    let sb = Sandbox::new();
+    let dst = sb.mount_backup_disk("mnt/backup", 32 << 20);
+    let a = sb.mkdir("etc/aaa");
+    std::fs::write(a.join("a.cfg"), "a").expect("w");
+    let b = sb.mkdir("etc/bbb");
+    std::fs::write(b.join("b.cfg"), "b").expect("w");
+    // Right after the first item's copy, the disk goes.
+    let rsync = sb.write(
+        "unmounting-rsync",
+        format!(
+            "#!/bin/sh\n/usr/bin/rsync \"$@\"; rc=$?\ncase \" $* \" in\n  *\"{}/ \"*) umount -l '{}' ;;\nesac\nexit $rc\n",
+            a.display(),
+            dst.display()
+        ),
+    );
+    std::fs::set_permissions(&rsync, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+    let out = Run::of(
+        sb.cmd("nfs-mirror")
+            .arg("config")
+            .arg("--dest")
+            .arg(&dst)
+            .arg("--item")
+            .arg(&a)
+            .arg("--item")
+            .arg(&b)
+            .env("RSYNC", &rsync),
+    );
+    println!("exit {}: {}", out.code, out.stderr);
+    let bare: Vec<_> = std::fs::read_dir(&dst)
+        .expect("mountpoint")
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(bare.is_empty(), "written on the bare mountpoint: {bare:?}");
+    assert_ne!(out.code, 0, "a run whose disk went away passed");
+}
+
+/// With --max-delete off, a tree emptied right as its copy starts (after
+/// the last check): nothing bounds the deletions, but the tree is never
+/// reported or recorded as mirrored. Before: its mirror emptied, exit 0,
+/// recorded as mirrored (coverage: covered).
+#[test]
+fn without_a_bound_a_tree_emptied_as_it_is_copied_is_not_reported_mirrored() {
+    let t = setup();
+    for i in 0..10 {
+        t.w(format!("docs/d{i}").as_bytes(), "d");
+    }
+    t.run(&["--max-delete", "off"]).succeeds();
+    // The record counts in seconds: the next run is a later one.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let docs = t.src.join("docs");
+    let rsync = damaging_rsync(
+        &t.sb,
+        Path::new("/docs"),
+        &format!("find '{}' -mindepth 1 -delete", docs.display()),
+    );
+    let out = Run::of(
+        t.cmd(&["--max-delete", "off", "--json"])
+            .env("RSYNC", &rsync),
+    );
+    println!("exit {}: {}", out.code, out.stderr);
+    assert_ne!(out.code, 0, "a tree emptied while copied passed");
+    out.stderr_contains("emptied while it was copied");
+    let rec = std::fs::read_to_string(t.dst.join(".nfs-mirror/coverage")).expect("record");
+    let root = rec
+        .lines()
+        .find_map(|l| l.strip_prefix("root "))
+        .and_then(|r| r.split(' ').next())
+        .expect("root line");
+    let docs_t = rec
+        .lines()
+        .find_map(|l| l.strip_prefix("dir ").filter(|r| r.ends_with(" docs")))
+        .and_then(|r| r.split(' ').next())
+        .expect("docs line");
+    assert_ne!(root, docs_t, "recorded as mirrored by this run: {rec}");
 }

@@ -5,7 +5,8 @@
 //!
 //! - `backup-disk` (leg 1): nfs-mirror's coverage record on the backup disk
 //!   (`.nfs-mirror/coverage`, core::mirror_record) has a section for the
-//!   root, and the directory was mirrored successfully by a run at most
+//!   root, and the directory was mirrored successfully by the root's last
+//!   run (one refused or failed leaves it uncovered that night), at most
 //!   `--coverage-max-age` old. A directory that appeared after the last
 //!   nfs-mirror run of a root (not in its record, the record fresh) is
 //!   *pending*: the next run mirrors it or records why not, so it becomes
@@ -216,10 +217,15 @@ fn mirror_state(cfg: &Config, rec: &Record, root: &[u8], name: &[u8], now: u64) 
             State::Uncovered,
             "nfs-mirror saw it and has never mirrored it (refused, failed or a reserved name: see its last run)".into(),
         ),
-        Some(&t) if now.saturating_sub(t) > max => (
+        // Each run stamps the directories it mirrored with its own time,
+        // so one older than the root's last run (fresh, checked above)
+        // was not mirrored by it.
+        Some(&t) if t < r.run => (
             State::Uncovered,
             format!(
-                "nfs-mirror last mirrored it {} ago; its later runs did not",
+                "nfs-mirror's last run of {root_s} ({} ago) did not mirror it (refused or failed: \
+                 see that run); last mirrored {} ago",
+                hours(age),
                 hours(now.saturating_sub(t))
             ),
         ),

@@ -587,6 +587,24 @@ fn deleting_transfer(
     Ok(deleted)
 }
 
+/// After a deleting transfer: `Err` (failed) when its source is empty
+/// now, so the transfer may have read it empty (emptied between the last
+/// check and rsync's start; with `--max-delete off` nothing else bounds
+/// that). The deletions made are reported; nothing is committed, and the
+/// next full pass is refused by the source guard until the source is back.
+fn emptied_during(src: &Path, ignore_state: bool, rep: &StepReport) -> Option<anyhow::Error> {
+    source_guard(src, false, ignore_state).map(|_| {
+        Exit::err(
+            ExitCode::Failed,
+            format!(
+                "full pass: its source is empty now, it was emptied while the pass ran: \
+                 {} deletion(s) made on the NAS; nothing committed",
+                rep.deletions
+            ),
+        )
+    })
+}
+
 fn nul_list<'a, I: IntoIterator<Item = &'a [u8]>>(names: I) -> Vec<u8> {
     let mut buf = Vec::new();
     for n in names {
@@ -692,6 +710,18 @@ fn step1_into(cfg: &Config, rep: &mut StepReport) -> Result<()> {
                 "full pass refused, nothing sent or deleted: {g}"
             )));
         }
+        // Contract 12: the dry run and the transfer read the backup root
+        // checked here, through its descriptor (/proc/PID/fd/N): a disk
+        // lazily unmounted meanwhile is still what rsync reads, never the
+        // bare mountpoint left in its place (with --max-delete off, the
+        // only bound then was the re-check, a moment before rsync starts).
+        let pin = backup_core::fsutil::open_dir(root).with_context(|| p(root))?;
+        let pinned = backup_core::fsutil::fd_path(&pin);
+        if let Some(g) = start.changed(&pinned) {
+            return Err(Exit::refused(format!(
+                "full pass refused, nothing sent or deleted: {g}"
+            )));
+        }
         let mk = |dry: bool, bound: Option<u64>| {
             let mut c = cfg.rsync_into(&cfg.pve_dest)?.arg("--delete");
             if dry {
@@ -704,7 +734,7 @@ fn step1_into(cfg: &Config, rep: &mut StepReport) -> Result<()> {
             }
             Ok::<Cmd, anyhow::Error>(
                 c.arg("--")
-                    .arg(dir_arg(root))
+                    .arg(dir_arg(&pinned))
                     .arg(cfg.remote_path(format!("{}/", cfg.pve_dest))),
             )
         };
@@ -732,6 +762,9 @@ fn step1_into(cfg: &Config, rep: &mut StepReport) -> Result<()> {
             )));
         }
         deleting_transfer(cfg, mk(false, bound)?, "full pass", bound, rep)?;
+        if let Some(g) = emptied_during(&pinned, true, rep) {
+            return Err(g);
+        }
         if let Some(g) = start.changed(root) {
             return Err(Exit::refused(format!("full pass: {g}; nothing committed")));
         }
@@ -921,8 +954,21 @@ pub fn step2(cfg: &Config) -> Result<StepReport> {
 
 fn step2_into(cfg: &Config, rep: &mut StepReport) -> Result<()> {
     // The change log and the state live in the backup root: it must be
-    // the backup disk (contract 13).
-    backup_core::marker::require_backup_root(&cfg.backup_root)?;
+    // the backup disk (contract 13), and still be it when the batch is
+    // committed and the stamps written (contract 12): a disk unmounted
+    // mid-step leaves its bare mountpoint, where they would land.
+    let start_root = RootId::of(&cfg.backup_root, true)?;
+    let root_gone = || {
+        start_root.changed(&cfg.backup_root).map(|g| {
+            Exit::err(
+                ExitCode::Failed,
+                format!(
+                    "{g}: the change log batch stays on the backup disk for the next run, \
+                     nothing committed"
+                ),
+            )
+        })
+    };
     // Each NFS root's filesystem at the start (contract 12).
     let starts: Vec<RootId> = leg2_roots(cfg)
         .iter()
@@ -954,25 +1000,44 @@ fn step2_into(cfg: &Config, rep: &mut StepReport) -> Result<()> {
             }
             for tree in direct_trees(&skip, &root) {
                 let src = root.join(&tree);
-                if !src.exists() {
+                if std::fs::symlink_metadata(&src).is_err() {
                     // Never delete a NAS copy because its source is absent.
                     warn!("{}: absent, its NAS copy is left as it is", p(&src));
                     continue;
                 }
-                // Below the top level the names are the tenants' (`*/media`):
-                // a symlink there must not take the pass out of the tree.
-                if tree.iter().count() > 1
-                    && (resolve_beneath(&root, &tree).ok() != Some(Resolved::Present)
-                        || !std::fs::symlink_metadata(&src).is_ok_and(|m| m.is_dir()))
-                {
-                    rep.unsafe_paths += 1;
-                    warn!(
-                        "{}: a symlink or not a directory, never followed; not sent",
-                        p(&src)
-                    );
-                    continue;
-                }
-                if let Some(g) = source_guard(&src, false, false) {
+                // The names are the tenants' (contract 9): a symlink on the
+                // way or in the tree's place must not take the pass out of
+                // the tree. The tree is opened without following one and
+                // every rsync of it reads that very directory (its
+                // /proc/PID/fd path): a tree renamed, replaced by a symlink
+                // or mounted over after this check is never what is sent
+                // or what decides the deletions.
+                let pin = match backup_core::fsutil::open_dir_beneath(&root, &tree) {
+                    Ok(Some(fd)) => fd,
+                    Ok(None) if tree.iter().count() > 1 => {
+                        rep.unsafe_paths += 1;
+                        warn!(
+                            "{}: a symlink or not a directory, never followed; not sent",
+                            p(&src)
+                        );
+                        continue;
+                    }
+                    // A tree the skip list names at the top is a service's
+                    // directory: in its place a symlink (followed, it sent
+                    // the link's target and deleted the NAS copy) or a
+                    // file is refused, never skipped quietly.
+                    Ok(None) => {
+                        refused.push(format!(
+                            "{} is a symlink or not a directory: never followed",
+                            p(&src)
+                        ));
+                        continue;
+                    }
+                    Err(e) => return Err(anyhow::anyhow!("{}: {e}", p(&src))),
+                };
+                let pinned = backup_core::fsutil::fd_path(&pin);
+                if let Some(g) = source_guard(&pinned, false, false) {
+                    let g = g.replace(&p(&pinned), &p(&src));
                     refused.push(g);
                     continue;
                 }
@@ -996,7 +1061,7 @@ fn step2_into(cfg: &Config, rep: &mut StepReport) -> Result<()> {
                     }
                 }
                 let dst = remote_dir(&[OsStr::new(&dest), tree.as_os_str()]);
-                runs.push((i, src, dst, excludes));
+                runs.push((i, src, (pin, pinned), dst, excludes));
             }
         }
         if !refused.is_empty() {
@@ -1025,8 +1090,8 @@ fn step2_into(cfg: &Config, rep: &mut StepReport) -> Result<()> {
             };
         let mut total = DeletePlan::default();
         let mut planned = Vec::new();
-        for (i, src, dst, ex) in &runs {
-            let plan = guard_deletions(cfg, mk(*i, src, dst, ex, true, None)?).map_err(|e| {
+        for (i, src, (_, pinned), dst, ex) in &runs {
+            let plan = guard_deletions(cfg, mk(*i, pinned, dst, ex, true, None)?).map_err(|e| {
                 if backup_core::exit::code_of(&e) == ExitCode::Refused {
                     Exit::refused(format!("{}: {e}", p(src)))
                 } else {
@@ -1058,9 +1123,10 @@ fn step2_into(cfg: &Config, rep: &mut StepReport) -> Result<()> {
             .max_delete
             .allowed(total.existing)
             .map(|a| a.saturating_sub(total.deletions));
-        for ((i, src, dst, ex), (planned, own)) in runs.iter().zip(planned) {
+        for ((i, src, (_, pinned), dst, ex), (planned, own)) in runs.iter().zip(planned) {
             let (root, _) = &leg2_roots(cfg)[*i];
-            let again = source_guard(src, false, false)
+            let again = source_guard(pinned, false, false)
+                .map(|g| g.replace(&p(pinned), &p(src)))
                 .or_else(|| {
                     (cfg.require_mountpoint && !is_mountpoint(root))
                         .then(|| format!("{} is not a mountpoint", p(root)))
@@ -1079,7 +1145,16 @@ fn step2_into(cfg: &Config, rep: &mut StepReport) -> Result<()> {
             };
             let before = rep.deletions;
             let what = format!("full pass of {}", p(src));
-            deleting_transfer(cfg, mk(*i, src, dst, ex, false, bound)?, &what, bound, rep)?;
+            deleting_transfer(
+                cfg,
+                mk(*i, pinned, dst, ex, false, bound)?,
+                &what,
+                bound,
+                rep,
+            )?;
+            if let Some(g) = emptied_during(pinned, false, rep) {
+                return Err(g);
+            }
             if let Some(s) = slack.as_mut() {
                 *s = s.saturating_sub((rep.deletions - before).saturating_sub(planned));
             }
@@ -1090,6 +1165,9 @@ fn step2_into(cfg: &Config, rep: &mut StepReport) -> Result<()> {
             {
                 return Err(Exit::refused(format!("full pass: {g}; nothing committed")));
             }
+        }
+        if let Some(e) = root_gone() {
+            return Err(e);
         }
         batch.commit().context("committing the change log batch")?;
         ledger
@@ -1201,6 +1279,9 @@ fn step2_into(cfg: &Config, rep: &mut StepReport) -> Result<()> {
                 format!("{g}: the change log batch is kept, nothing committed"),
             ));
         }
+    }
+    if let Some(e) = root_gone() {
+        return Err(e);
     }
     batch.commit().context("committing the change log batch")?;
     info!(

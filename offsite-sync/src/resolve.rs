@@ -4,11 +4,12 @@
 //! relative to the previous one, and the last is examined with `AT_SYMLINK_NOFOLLOW` (a symlink there is
 //! sent as a link, never followed).
 
-use rustix::fs::{AtFlags, Mode, OFlags};
+use rustix::fs::AtFlags;
 use rustix::io::Errno;
-use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path};
+
+use backup_core::fsutil::{open_dir, open_dir_at};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Resolved {
@@ -21,25 +22,10 @@ pub enum Resolved {
     Unsafe,
 }
 
-/// Open the directory `name` beneath `dir`, never following a symlink (a
-/// name with a NUL byte is `EINVAL`).
-fn open_dir_at(dir: &OwnedFd, name: &[u8]) -> Result<OwnedFd, Errno> {
-    rustix::fs::openat(
-        dir,
-        name,
-        OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-        Mode::empty(),
-    )
-}
-
 /// Resolve `rel` (relative, no `..`) beneath the directory `root`.
 pub fn resolve_beneath(root: &Path, rel: &Path) -> std::io::Result<Resolved> {
     // The root itself is configuration and may be followed.
-    let mut dir = rustix::fs::open(
-        root,
-        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
-        Mode::empty(),
-    )?;
+    let mut dir = open_dir(root)?;
     let comps: Vec<&[u8]> = rel
         .components()
         .filter_map(|c| match c {

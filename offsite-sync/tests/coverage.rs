@@ -143,8 +143,8 @@ fn the_backup_disk_route_is_covered_only_by_a_recent_mirror_of_the_directory() {
         ]
     );
 
-    // Every later run fails nextcloud: covered only while its last success
-    // is within --coverage-max-age.
+    // Every later run fails nextcloud: uncovered from the first run that
+    // did not mirror it, whatever --coverage-max-age allows.
     let mut rec = Record::default();
     rec.update(
         &root,
@@ -162,8 +162,11 @@ fn the_backup_disk_route_is_covered_only_by_a_recent_mirror_of_the_directory() {
     w.run("coverage", &[])
         .fails_with(3)
         .stderr_contains(&format!("uncovered: {}/nextcloud", w.nfs.display()))
-        .stderr_contains("last mirrored it 96h ago");
-    w.run("coverage", &["--coverage-max-age", "5d"]).succeeds();
+        .stderr_contains("did not mirror it")
+        .stderr_contains("last mirrored 96h ago");
+    w.run("coverage", &["--coverage-max-age", "5d"])
+        .fails_with(3)
+        .stderr_contains("did not mirror it");
 
     // nfs-mirror stopped running: its whole record goes stale, pending
     // directories included.
@@ -184,4 +187,47 @@ fn the_backup_disk_route_is_covered_only_by_a_recent_mirror_of_the_directory() {
     w.run("coverage", &["--require-mountpoint"])
         .fails_with(3)
         .stderr_contains("not a mountpoint");
+}
+
+/// A directory the night's nfs-mirror run refused (its source emptied,
+/// the mirror kept) is uncovered that night, not covered by the record of
+/// the night before. Before: `coverage` said covered, exit 0, for two
+/// more days (the record's age), while nfs-mirror mirrored nothing of it.
+#[test]
+fn a_directory_the_last_nfs_mirror_run_refused_is_uncovered_at_once() {
+    let w = World::new();
+    for i in 0..5 {
+        World::put(&w.nfs, format!("docs/d{i}").as_bytes(), b"d");
+    }
+    let mirror = || {
+        backup_tests::harness::Run::of(
+            w.sb.cmd("nfs-mirror")
+                .arg("--source")
+                .arg(&w.nfs)
+                .arg("--dest")
+                .arg(&w.root)
+                .arg("--skip-list")
+                .arg(&w.skip),
+        )
+    };
+    mirror().succeeds();
+    w.run("coverage", &[]).succeeds();
+    // The record counts in seconds: the next run is a later one.
+    std::thread::sleep(Duration::from_millis(1100));
+    for i in 0..5 {
+        std::fs::remove_file(w.nfs.join(format!("docs/d{i}"))).expect("rm");
+    }
+    mirror().fails_with(5).stderr_contains("is empty");
+    assert_eq!(World::files(&w.root.join("docs")).len(), 5, "mirror kept");
+    let r = w.run("coverage", &[]);
+    println!("{}", r.stderr);
+    r.fails_with(3)
+        .stderr_contains(&format!("uncovered: {}/docs", w.nfs.display()))
+        .stderr_contains("did not mirror it");
+    // Mirrored again: covered again.
+    for i in 0..5 {
+        World::put(&w.nfs, format!("docs/d{i}").as_bytes(), b"d");
+    }
+    mirror().succeeds();
+    w.run("coverage", &[]).succeeds();
 }

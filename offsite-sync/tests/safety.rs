@@ -146,7 +146,17 @@ fn step1_full_pass_source_lost_after_dry_run(unmount: bool) {
         r.code, 0,
         "a full pass stopped at its bound passed for a good one"
     );
-    r.stderr_contains("--max-delete");
+    if unmount {
+        // rsync read the disk it was given (its descriptor), not the bare
+        // mountpoint: nothing to delete; the root changed, nothing committed.
+        assert_eq!(
+            left, 100,
+            "files deleted from a disk still mounted for rsync"
+        );
+        r.stderr_contains("unmounted or replaced");
+    } else {
+        r.stderr_contains("--max-delete");
+    }
     // What is reported is what happened on the NAS.
     let steps = json_steps(&r);
     assert_eq!(steps[0]["deletions"], (100 - left) as u64, "{}", r.stdout);
@@ -589,7 +599,9 @@ fn step2_full_pass_holds_each_tree_to_its_own_bound() {
     let rsync = wrapper(
         &w,
         "emptying-rsync",
-        &format!("*\" {}/ \"*", tree.display()),
+        // Matched on the destination: the source is read through the
+        // tree's pinned descriptor (/proc/PID/fd/N).
+        "*\"/nfs/paperless/ \"*",
         &format!("find '{}' -mindepth 1 -delete", tree.display()),
     );
     let r = Run::of(
@@ -684,5 +696,189 @@ fn step2_full_pass_keeps_the_nas_copy_when_the_nfs_root_is_unmounted_after_its_d
     assert!(
         w.leg2().full_sync_needed(),
         "the full-sync request was cleared"
+    );
+}
+
+/// Contract 9 in step 2's full pass: a `direct` tree replaced by a
+/// symlink (to a host directory here) is never followed, neither when it
+/// is found so nor when the swap happens between the dry run and the
+/// transfer. Before: the pass sent the link's target (host files) into the
+/// tree's NAS copy and deleted the photos there: with `--max-delete off`
+/// all 20, exit 0; with the swap after the dry run, 20 host files sent and
+/// 2 photos deleted.
+#[test]
+fn step2_full_pass_never_follows_a_direct_tree_replaced_by_a_symlink() {
+    let w = World::with_nas();
+    for i in 0..20 {
+        World::put(&w.nfs, format!("immich/p{i:03}").as_bytes(), b"p");
+    }
+    w.run("step2", &[]).succeeds().stdout_contains("full pass");
+    let nas = w.nas_dir.join("nfs/immich");
+    let photos = World::files(&nas);
+    assert_eq!(photos.len(), 20);
+    let host = w.sb.mkdir("host-dir");
+    for i in 0..20 {
+        World::put(&host, format!("secret{i:02}").as_bytes(), b"s");
+    }
+    let tree = w.nfs.join("immich");
+    let old = w.sb.path().join("immich.old");
+
+    // Swapped between the dry run and the transfer: the transfer reads
+    // the directory the dry run read.
+    let rsync = wrapper(
+        &w,
+        "swapping-rsync",
+        "*\" --delete \"*",
+        &format!(
+            "mv '{t}' '{o}' && ln -s '{h}' '{t}'",
+            t = tree.display(),
+            o = old.display(),
+            h = host.display()
+        ),
+    );
+    let r = Run::of(
+        w.cmd(
+            "step2",
+            &["--full", "always", "--max-delete", "10%", "--json"],
+        )
+        .env("RSYNC", &rsync),
+    );
+    assert!(
+        std::fs::symlink_metadata(&tree).is_ok_and(|m| m.is_symlink()),
+        "the wrapper did not swap the tree"
+    );
+    println!("swap: exit {}; stderr: {}", r.code, r.stderr);
+    assert_eq!(
+        World::files(&nas),
+        photos,
+        "the NAS copy changed (exit {})",
+        r.code
+    );
+    assert_eq!(json_steps(&r)[0]["deletions"], 0);
+
+    // Found as a symlink: refused, nothing sent or deleted.
+    let r = w.run("step2", &["--full", "always", "--max-delete", "off"]);
+    println!("symlink: exit {}; stderr: {}", r.code, r.stderr);
+    assert_eq!(r.code, 5, "a direct tree that is a symlink passed");
+    r.stderr_contains("never followed");
+    assert_eq!(World::files(&nas), photos, "the NAS copy changed");
+}
+
+/// With `--max-delete off` only the source guard protects step 1's full
+/// pass: the transfer reads the backup root it checked (opened at the
+/// start, read through its descriptor), so the disk lazily unmounted
+/// right before rsync starts is still what is read. Before: rsync read
+/// the bare mountpoint and deleted all 100 NAS files (exit 5 afterwards).
+#[test]
+fn step1_full_pass_without_a_bound_reads_the_backup_disk_it_checked() {
+    let w = world_on_a_backup_disk();
+    for i in 0..100 {
+        World::put(&w.root, format!("data/f{i:03}").as_bytes(), b"x");
+    }
+    w.run("step1", &[]).succeeds().stdout_contains("full pass");
+    assert_eq!(World::files(&w.pve()).len(), 100);
+    w.leg1().mark_full_sync("test: gap").expect("mark");
+    let rsync = wrapper(
+        &w,
+        "unmounting-rsync",
+        "*\" --delete \"*",
+        &format!("umount -l '{}'", w.root.display()),
+    );
+    let r = Run::of(
+        w.cmd(
+            "step1",
+            &["--full", "always", "--max-delete", "off", "--json"],
+        )
+        .env("RSYNC", &rsync),
+    );
+    assert!(!offsite_sync::is_mountpoint(&w.root), "not unmounted");
+    let left = World::files(&w.pve()).len();
+    println!("exit {}, {left} of 100 left; stderr: {}", r.code, r.stderr);
+    assert_eq!(left, 100, "the NAS lost files read from a bare mountpoint");
+    assert_eq!(json_steps(&r)[0]["deletions"], 0);
+    // The root is not the disk any more: nothing committed.
+    assert_ne!(r.code, 0);
+    remount(&w);
+    assert!(
+        w.leg1().full_sync_needed(),
+        "the full-sync request was cleared"
+    );
+}
+
+/// The backup disk (which holds the change log and the state) lazily
+/// unmounted while step 2 sends: the batch is not committed and nothing
+/// is written into the bare mountpoint. Before: exit 0, and the state
+/// directory (`last-success`) was created on the root filesystem under
+/// the mountpoint.
+#[test]
+fn step2_writes_nothing_into_the_bare_mountpoint_of_a_backup_disk_unmounted_mid_run() {
+    let w = world_on_a_backup_disk();
+    recent_full(&w.root);
+    let photo = World::put(&w.nfs, b"immich/a", b"a");
+    w.leg2().append_paths([photo.as_path()]).expect("append");
+    let rsync = wrapper(
+        &w,
+        "unmounting-rsync",
+        "*",
+        &format!("umount -l '{}'", w.root.display()),
+    );
+    let r = Run::of(w.cmd("step2", &[]).env("RSYNC", &rsync));
+    assert!(!offsite_sync::is_mountpoint(&w.root), "not unmounted");
+    println!("exit {}; stderr: {}", r.code, r.stderr);
+    let bare: Vec<_> = std::fs::read_dir(&w.root)
+        .expect("mountpoint")
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(
+        bare.is_empty(),
+        "written into the bare mountpoint: {bare:?}"
+    );
+    assert_ne!(r.code, 0, "a run that could not commit passed");
+    r.stderr_contains("nothing committed");
+    remount(&w);
+    assert_eq!(w.leg2().line_count().expect("ledger"), 1, "batch lost");
+}
+
+/// With `--max-delete off`, a direct tree emptied after the last check
+/// and before rsync reads it: nothing bounds the deletions (the operator
+/// asked for none), but the run never reports that pass as a success.
+/// Before: all 20 NAS files deleted, exit 0, stamp and full-sync request
+/// cleared.
+#[test]
+fn a_full_pass_without_a_bound_that_read_an_emptied_source_fails() {
+    let w = World::with_nas();
+    for i in 0..20 {
+        World::put(&w.nfs, format!("immich/p{i:02}").as_bytes(), b"p");
+    }
+    w.run("step2", &[]).succeeds().stdout_contains("full pass");
+    let stamp = std::fs::read(w.root.join(".offsite-sync/last-full-step2")).expect("stamp");
+    w.leg2().mark_full_sync("test: overflow").expect("mark");
+    let tree = w.nfs.join("immich");
+    let rsync = wrapper(
+        &w,
+        "emptying-rsync",
+        "*\" --delete \"*",
+        &format!("find '{}' -mindepth 1 -delete", tree.display()),
+    );
+    let r = Run::of(
+        w.cmd(
+            "step2",
+            &["--full", "always", "--max-delete", "off", "--json"],
+        )
+        .env("RSYNC", &rsync),
+    );
+    let left = World::files(&w.nas_dir.join("nfs/immich")).len();
+    println!("exit {}, {left} of 20 left; stderr: {}", r.code, r.stderr);
+    assert_ne!(r.code, 0, "a pass that read an emptied source passed");
+    r.stderr_contains("emptied while the pass ran");
+    assert_eq!(json_steps(&r)[0]["deletions"], (20 - left) as u64);
+    assert!(
+        w.leg2().full_sync_needed(),
+        "the full-sync request was cleared"
+    );
+    assert_eq!(
+        std::fs::read(w.root.join(".offsite-sync/last-full-step2")).expect("stamp"),
+        stamp
     );
 }
