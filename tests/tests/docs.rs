@@ -17,10 +17,6 @@ fn repo() -> PathBuf {
         .to_path_buf()
 }
 
-/// Links to files another change adds (the configuration reference):
-/// tolerated while missing. Remove an entry once its file is in.
-const PENDING: &[&str] = &["docs/configuration.md"];
-
 /// The repository's files: `git ls-files` when this is a git checkout,
 /// else every file outside `target/` and `.git`.
 fn tracked() -> Vec<PathBuf> {
@@ -161,7 +157,7 @@ fn every_docs_path_and_relative_link_exists() {
     let mut missing = Vec::new();
     for (p, text) in texts() {
         for d in docs_paths(&text) {
-            if !root.join(&d).exists() && !PENDING.contains(&d.as_str()) {
+            if !root.join(&d).exists() {
                 missing.push(format!("{}: {d}", p.display()));
             }
         }
