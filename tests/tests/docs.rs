@@ -170,7 +170,6 @@ fn every_docs_path_and_relative_link_exists() {
                     dir.join(&l)
                 };
                 let norm = normalize(&target);
-                let shown = norm.to_string_lossy().into_owned();
                 if !root.join(&norm).exists() {
                     missing.push(format!("{}: link {l}", p.display()));
                 }
