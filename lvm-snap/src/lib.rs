@@ -334,9 +334,9 @@ impl PoolStatus {
         if let Some(f) = self.metadata_free() {
             gauge(
                 m,
-                "lvm_snapshot_thinpool_metadata_free_pct",
-                "Free metadata space of the thin pool, percent",
-                f,
+                "lvm_snapshot_thinpool_metadata_free_ratio",
+                "Free metadata space of the thin pool, ratio 0-1",
+                f / 100.0,
             );
         }
     }
@@ -763,7 +763,7 @@ fn prune_cmd(ctx: &Ctx, a: &PruneArgs, m: &mut Metrics) -> Result<ExitCode> {
     );
     gauge(
         m,
-        "lvm_snapshot_prune_failed_total",
+        "lvm_snapshot_prune_failed",
         "Removals that failed in this prune run",
         failed.len() as f64,
     );

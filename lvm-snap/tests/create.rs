@@ -92,8 +92,8 @@ fn kubectl_up_excluded_namespaces_are_skipped_and_the_cache_refreshed() {
             .is_some_and(|v| v > 50.0)
     );
     assert!(
-        m.get("lvm_snapshot_thinpool_metadata_free_pct")
-            .is_some_and(|v| v > 50.0)
+        m.get("lvm_snapshot_thinpool_metadata_free_ratio")
+            .is_some_and(|v| v > 0.5 && v <= 1.0)
     );
     assert_eq!(
         sample(
@@ -183,7 +183,7 @@ fn pool_guard_refuses_on_low_data_space_and_still_reports() {
     assert!(h.emu.calls_of("lvcreate").is_empty());
     let m = h.metrics();
     assert_eq!(m.get("lvm_snapshot_thinpool_free_pct"), Some(7.5));
-    assert!(m.get("lvm_snapshot_thinpool_metadata_free_pct").is_some());
+    assert!(m.get("lvm_snapshot_thinpool_metadata_free_ratio").is_some());
     assert_eq!(m.get("lvm_snapshot_last_status"), Some(2.0));
     assert_eq!(m.get("lvm_snapshot_created_total"), Some(0.0));
     assert_eq!(m.get("lvm_snapshot_last_run_timestamp"), Some(T0 as f64));
@@ -202,7 +202,10 @@ fn pool_guard_refuses_on_low_metadata_space() {
         .stderr_contains("15.0% metadata space free");
     assert!(h.emu.calls_of("lvcreate").is_empty());
     let m = h.metrics();
-    assert_eq!(m.get("lvm_snapshot_thinpool_metadata_free_pct"), Some(15.0));
+    assert_eq!(
+        m.get("lvm_snapshot_thinpool_metadata_free_ratio"),
+        Some(0.15)
+    );
     assert_eq!(m.get("lvm_snapshot_thinpool_free_pct"), Some(90.0));
     assert_eq!(m.get("lvm_snapshot_last_status"), Some(2.0));
     // pool reports both and applies the same guard.

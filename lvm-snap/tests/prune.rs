@@ -168,7 +168,7 @@ fn a_failed_removal_is_reported_and_the_rest_goes_on() {
     assert!(!c.h.lv_names().contains(&also_old));
     let m = c.h.metrics();
     assert_eq!(m.get("lvm_snapshot_pruned_total"), Some(1.0));
-    assert_eq!(m.get("lvm_snapshot_prune_failed_total"), Some(1.0));
+    assert_eq!(m.get("lvm_snapshot_prune_failed"), Some(1.0));
     assert_eq!(m.get("lvm_snapshot_prune_last_status"), Some(1.0));
 }
 
@@ -212,7 +212,10 @@ fn pool_reports_both_figures() {
         .stdout_contains("metadata 12.50% used (87.50% free");
     let m = h.metrics();
     assert_eq!(m.get("lvm_snapshot_thinpool_free_pct"), Some(60.0));
-    assert_eq!(m.get("lvm_snapshot_thinpool_metadata_free_pct"), Some(87.5));
+    assert_eq!(
+        m.get("lvm_snapshot_thinpool_metadata_free_ratio"),
+        Some(0.875)
+    );
     h.run(&["pool", "--pool", "nosuchpool"])
         .fails_with(5)
         .stderr_contains("thin pool pve/nosuchpool not found");

@@ -4,6 +4,9 @@
 //! through `--show-config` and through what the tools touch); each unit's
 //! command line gives the same effective settings as the hand run; a
 //! malformed line stops every tool with exit 2 naming file:line.
+//! config_by_hand.rs runs the tools this file does not run by hand
+//! (lvm-snap, pvc-copy, pfsense-pull, nfs-track, push-metric, offsite-sync
+//! step1) against the emulators, an sshd, the NAS and a Pushgateway.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
