@@ -19,8 +19,8 @@
 //! item list is spooled under `DEST/.nfs-mirror/` and turned into ledger
 //! entries even by the next run if this one is killed.
 //!
-//! Modules: `mirror` (the NFS mirror run, one `mirror_root` per
-//! `--source`), `config_copy` (`nfs-mirror config`), and the pieces both
+//! Modules: `mirror` (the NFS mirror run; `mirror::root`, one `--source`
+//! root's), `config_copy` (`nfs-mirror config`), and the pieces both
 //! share: `rsync` (arguments and the spooled runner), `spool` (rsync's
 //! item lists into the ledger, recovery of a killed run's), `entries`
 //! (the names mirrored per root) and `dest` (the pinned backup root).
