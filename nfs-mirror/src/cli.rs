@@ -106,34 +106,89 @@ pub(crate) struct MirrorArgs {
 pub(crate) enum Sub {
     /// Copy host configuration directories to DEST/pve-config/<path>/.
     #[command(after_help = EXIT_CODE_HELP)]
-    Config {
-        /// The backup disk root (DEST), with its identity marker.
-        #[arg(
-            long = "backup-root",
-            visible_alias = "dest",
-            env = "BACKUP_ROOT",
-            default_value = "/mnt/backup",
-            value_name = "DIR"
-        )]
-        dest: PathBuf,
-        /// A directory to copy (repeatable).
-        #[arg(long = "item", default_values = ["/etc/pve", "/usr/local/bin", "/etc/systemd/system"])]
-        items: Vec<PathBuf>,
-        /// The ledger [default: DEST/.changed-files].
-        #[arg(long, value_name = "FILE")]
-        ledger: Option<PathBuf>,
-        /// The default; kept so older command lines still parse.
-        #[arg(long, hide = true)]
-        require_mountpoint: bool,
-        /// Accept a backup root (and NFS roots) that are not mountpoints: a
-        /// sandbox or test. The identity marker is still required.
-        #[arg(long, env = "ALLOW_UNMOUNTED_ROOT", value_parser = clap::builder::FalseyValueParser::new())]
-        allow_unmounted_root: bool,
-        /// Print what would be done; change nothing.
-        #[arg(long)]
-        dry_run: bool,
-        /// Bound for each item's rsync.
-        #[arg(long, default_value = "300s", value_name = "DURATION", value_parser = parse_duration)]
-        rsync_timeout: std::time::Duration,
-    },
+    Config(ConfigArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct ConfigArgs {
+    /// The backup disk root (DEST), with its identity marker.
+    #[arg(
+        long = "backup-root",
+        visible_alias = "dest",
+        env = "BACKUP_ROOT",
+        default_value = "/mnt/backup",
+        value_name = "DIR"
+    )]
+    pub(crate) dest: PathBuf,
+    /// A directory to copy (repeatable).
+    #[arg(long = "item", default_values = ["/etc/pve", "/usr/local/bin", "/etc/systemd/system"])]
+    pub(crate) items: Vec<PathBuf>,
+    /// The ledger [default: DEST/.changed-files].
+    #[arg(long, value_name = "FILE")]
+    pub(crate) ledger: Option<PathBuf>,
+    /// The default; kept so older command lines still parse.
+    #[arg(long, hide = true)]
+    pub(crate) require_mountpoint: bool,
+    /// Accept a backup root (and NFS roots) that are not mountpoints: a
+    /// sandbox or test. The identity marker is still required.
+    #[arg(long, env = "ALLOW_UNMOUNTED_ROOT", value_parser = clap::builder::FalseyValueParser::new())]
+    pub(crate) allow_unmounted_root: bool,
+    /// Print what would be done; change nothing.
+    #[arg(long)]
+    pub(crate) dry_run: bool,
+    /// Bound for each item's rsync.
+    #[arg(long, default_value = "300s", value_name = "DURATION", value_parser = parse_duration)]
+    pub(crate) rsync_timeout: std::time::Duration,
+}
+
+/// The rsync to run: `RSYNC`, else rsync from PATH.
+fn rsync_prog() -> std::ffi::OsString {
+    std::env::var_os("RSYNC").unwrap_or_else(|| "rsync".into())
+}
+
+impl MirrorArgs {
+    /// The mirror's options; the default roots when no --source is given.
+    pub(crate) fn into_opts(self) -> anyhow::Result<nfs_mirror::MirrorOpts> {
+        let usage = backup_core::exit::Exit::usage;
+        let sources = if self.sources.is_empty() {
+            vec![
+                nfs_mirror::SourceRoot::parse(&self.nfs_root.to_string_lossy()).map_err(usage)?,
+                nfs_mirror::SourceRoot::parse(&format!(
+                    "{}:nfs-ssd",
+                    self.nfs_ssd_root.to_string_lossy()
+                ))
+                .map_err(usage)?,
+            ]
+        } else {
+            self.sources
+        };
+        Ok(nfs_mirror::MirrorOpts {
+            sources,
+            dest: self.dest,
+            skip_list: self.skip_list,
+            ledger: self.ledger,
+            require_mountpoint: self.require_mountpoint || !self.allow_unmounted_root,
+            max_delete: self.max_delete,
+            prune_skipped: self.prune_skipped,
+            dry_run: self.dry_run,
+            json: self.json,
+            timeout: self.rsync_timeout,
+            rsync: rsync_prog(),
+        })
+    }
+}
+
+impl ConfigArgs {
+    /// The configuration copy's options.
+    pub(crate) fn into_opts(self) -> nfs_mirror::ConfigOpts {
+        nfs_mirror::ConfigOpts {
+            dest: self.dest,
+            require_mountpoint: self.require_mountpoint || !self.allow_unmounted_root,
+            items: self.items,
+            ledger: self.ledger,
+            dry_run: self.dry_run,
+            timeout: self.rsync_timeout,
+            rsync: rsync_prog(),
+        }
+    }
 }
