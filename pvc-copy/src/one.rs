@@ -13,8 +13,8 @@ use backup_core::{debug, info, warn};
 use chrono::Utc;
 
 use crate::cli::RunArgs;
-use crate::copy::{self, Dest, SourceRecord};
-use crate::plan::{self, Item};
+use crate::copy::{self, Dest, RsyncRun, SourceRecord};
+use crate::plan::{self, Item, Snapshot};
 use crate::run::label;
 use crate::{mount, store};
 
@@ -72,6 +72,8 @@ impl From<backup_core::cmd::CmdError> for Fail {
     }
 }
 
+/// One PVC's snapshot copied into place: nothing is started, swapped in
+/// or ledgered on a root that is no longer the backup disk.
 pub(crate) fn copy_one(
     a: &RunArgs,
     guard: &RootGuard,
@@ -89,6 +91,34 @@ pub(crate) fn copy_one(
         it.dest_ns.as_deref().ok_or("no namespace")?,
         it.dest_name.as_deref().ok_or("no PVC name")?,
     );
+    let t = prepare_dest(root, week, ns, name)?;
+    note_untagged(it, snap);
+    // Kept to the end of the copy: the snapshot is deactivated last.
+    let _activated = activate(a, snap)?;
+    let out_file = work.join("rsync.out");
+    let run = rsync_snapshot(a, snap, &t.dest, link, work, &out_file)?;
+    let entries = match stage(a, guard, it, &t, link, &out_file, run) {
+        Ok(e) => e,
+        Err(why) => return discard_partial(&t.dest, why),
+    };
+    record_and_ledger(guard, ledger, it, snap, &t.dest, entries)
+}
+
+/// Where one PVC's copy goes: `pvc-data/<week>/<ns>/<name>`.
+struct Target<'a> {
+    week: &'a str,
+    ns: &'a str,
+    name: &'a str,
+    dest: Dest,
+}
+
+/// `pvc-data/<week>/<ns>/` exists and holds no stale `.<pvc>.partial`.
+fn prepare_dest<'a>(
+    root: &Path,
+    week: &'a str,
+    ns: &'a str,
+    name: &'a str,
+) -> Result<Target<'a>, Fail> {
     let dest = Dest {
         ns_dir: store::pvc_data(root).join(week).join(ns),
         name: name.to_string(),
@@ -97,7 +127,16 @@ pub(crate) fn copy_one(
         .map_err(|e| format!("cannot create {}: {e}", p(&dest.ns_dir)))?;
     copy::remove_tree(&dest.partial())
         .map_err(|e| format!("cannot remove {}: {e}", p(&dest.partial())))?;
+    Ok(Target {
+        week,
+        ns,
+        name,
+        dest,
+    })
+}
 
+/// A snapshot lvm-snap did not tag is said so, and copied all the same.
+fn note_untagged(it: &Item, snap: &Snapshot) {
     if !snap.tagged {
         info!(
             "{}: snapshot {} lacks lvm-snap's tag {} (made by the old script?); copied all the same",
@@ -106,48 +145,49 @@ pub(crate) fn copy_one(
             plan::SNAP_TAG
         );
     }
-    let dev = PathBuf::from(&snap.path);
-    let _activated = if snap.path.is_empty() || !dev.exists() {
-        backup_core::cmd::require("lvchange")?;
-        Cmd::new("lvchange")
-            .args(["-ay", "-K", "--", &format!("{}/{}", a.vg, snap.name)])
-            .timeout(a.command_timeout)
-            .run()
-            .map_err(|e| {
-                format!(
-                    "snapshot {} is not active and cannot be activated: {e}",
-                    snap.name
-                )
-            })?;
-        Some(Activated {
-            vg: &a.vg,
-            lv: &snap.name,
-            timeout: a.command_timeout,
-        })
-    } else {
-        None
-    };
+}
+
+/// The snapshot's device is there: activated (and deactivated when the
+/// guard is dropped) when lvm-snap left it inactive.
+fn activate<'a>(a: &'a RunArgs, snap: &'a Snapshot) -> Result<Option<Activated<'a>>, Fail> {
+    if !snap.path.is_empty() && Path::new(&snap.path).exists() {
+        return Ok(None);
+    }
+    backup_core::cmd::require("lvchange")?;
+    Cmd::new("lvchange")
+        .args(["-ay", "-K", "--", &format!("{}/{}", a.vg, snap.name)])
+        .timeout(a.command_timeout)
+        .run()
+        .map_err(|e| {
+            format!(
+                "snapshot {} is not active and cannot be activated: {e}",
+                snap.name
+            )
+        })?;
+    Ok(Some(Activated {
+        vg: &a.vg,
+        lv: &snap.name,
+        timeout: a.command_timeout,
+    }))
+}
+
+/// The snapshot mounted read-only and rsynced into a fresh
+/// `.<pvc>.partial`; unmounted (and its LUKS mapping closed) before the
+/// outcome, returned as is, is judged.
+fn rsync_snapshot(
+    a: &RunArgs,
+    snap: &Snapshot,
+    dest: &Dest,
+    link: Option<&Path>,
+    work: &Path,
+    out_file: &Path,
+) -> Result<std::io::Result<RsyncRun>, Fail> {
     let dev = if snap.path.is_empty() {
         PathBuf::from(format!("/dev/{}/{}", a.vg, snap.name))
     } else {
-        dev
+        PathBuf::from(&snap.path)
     };
-    let ty = mount::blkid_type(&dev, a.command_timeout)?;
-    let (luks, mount_dev, fstype) = if ty == "crypto_LUKS" {
-        backup_core::cmd::require("cryptsetup")?;
-        let l = mount::Luks::open(
-            &dev,
-            &snap.name,
-            &a.luks_key,
-            &a.mapper_dir,
-            a.command_timeout,
-        )?;
-        let inner = mount::blkid_type(&l.device, a.command_timeout)?;
-        let d = l.device.clone();
-        (Some(l), d, inner)
-    } else {
-        (None, dev.clone(), ty)
-    };
+    let (luks, mount_dev, fstype) = open_device(a, snap, &dev)?;
     let mnt = work.join("mnt");
     std::fs::create_dir_all(&mnt).map_err(|e| format!("cannot create {}: {e}", p(&mnt)))?;
     let mounted = mount::mount_ro(
@@ -161,30 +201,105 @@ pub(crate) fn copy_one(
     std::fs::create_dir(dest.partial())
         .map_err(|e| format!("cannot create {}: {e}", p(&dest.partial())))?;
     let args = copy::rsync_args(mounted.dir(), &dest.partial(), link);
-    let out_file = work.join("rsync.out");
     debug!("rsync {:?}", args);
-    let run = copy::run_rsync(&args, &out_file, a.rsync_timeout);
+    let run = copy::run_rsync(&args, out_file, a.rsync_timeout);
     mounted.unmount();
     drop(luks);
-    let fail = |why: String| {
-        if let Err(e) = copy::remove_tree(&dest.partial()) {
-            warn!(
-                "cannot remove the unfinished copy {}: {e}",
-                p(&dest.partial())
-            );
-        }
-        Err(Fail::from(why))
-    };
-    let run = match run {
-        Ok(r) => r,
-        Err(e) => return fail(format!("cannot run rsync: {e}")),
-    };
+    Ok(run)
+}
+
+/// The device to mount and its filesystem type; a LUKS snapshot is opened
+/// read-only first (closed when the mapping is dropped).
+fn open_device(
+    a: &RunArgs,
+    snap: &Snapshot,
+    dev: &Path,
+) -> Result<(Option<mount::Luks>, PathBuf, String), Fail> {
+    let ty = mount::blkid_type(dev, a.command_timeout)?;
+    if ty != "crypto_LUKS" {
+        return Ok((None, dev.to_path_buf(), ty));
+    }
+    backup_core::cmd::require("cryptsetup")?;
+    let l = mount::Luks::open(
+        dev,
+        &snap.name,
+        &a.luks_key,
+        &a.mapper_dir,
+        a.command_timeout,
+    )?;
+    let inner = mount::blkid_type(&l.device, a.command_timeout)?;
+    let d = l.device.clone();
+    Ok((Some(l), d, inner))
+}
+
+/// The unfinished copy removed; the previous copy stays as it was.
+fn discard_partial(dest: &Dest, why: String) -> Result<Done, Fail> {
+    if let Err(e) = copy::remove_tree(&dest.partial()) {
+        warn!(
+            "cannot remove the unfinished copy {}: {e}",
+            p(&dest.partial())
+        );
+    }
+    Err(Fail::from(why))
+}
+
+/// What a staged copy adds to the ledger, and rsync's figures.
+struct Entries {
+    names: Vec<Vec<u8>>,
+    changed: usize,
+    prefix: String,
+    total_size: u64,
+    transferred: u64,
+    dir_inode: u64,
+}
+
+/// A complete rsync run swapped in, with its ledger entries waiting
+/// beside it, only while the root is still the backup disk; on `Err`
+/// the caller discards `.<pvc>.partial`.
+fn stage(
+    a: &RunArgs,
+    guard: &RootGuard,
+    it: &Item,
+    t: &Target<'_>,
+    link: Option<&Path>,
+    out_file: &Path,
+    run: std::io::Result<RsyncRun>,
+) -> Result<Entries, String> {
+    let dest = &t.dest;
+    check_rsync(a, it, run)?;
+    // The copy took long; the disk it went to must still be the one
+    // checked at the start before the copy is swapped in and ledgered.
+    guard.check()?;
+    let mut entries = ledger_entries(guard.dir(), t, link, out_file)?;
+
+    // The entries wait beside the copy until they are in the ledger, so a
+    // kill between the swap and the append loses none of them.
+    use std::os::unix::fs::MetadataExt;
+    entries.dir_inode = std::fs::metadata(dest.partial())
+        .map_err(|e| format!("cannot stat {}: {e}", p(&dest.partial())))?
+        .ino();
+    copy::write_pending(dest, entries.dir_inode, &entries.names)
+        .map_err(|e| format!("cannot write {}: {e}", p(&dest.pending())))?;
+    if let Err(e) = guard.check() {
+        let _ = std::fs::remove_file(dest.pending());
+        return Err(e);
+    }
+    if let Err(e) = copy::swap_in(&dest.partial(), &dest.dir()) {
+        let _ = std::fs::remove_file(dest.pending());
+        return Err(format!("cannot put the copy in place: {e}"));
+    }
+    Ok(entries)
+}
+
+/// rsync ran to the end: exit 0, or 24 (files vanished, said so).
+fn check_rsync(a: &RunArgs, it: &Item, run: std::io::Result<RsyncRun>) -> Result<(), String> {
+    let run = run.map_err(|e| format!("cannot run rsync: {e}"))?;
     let tail = |s: &str| {
         let lines: Vec<&str> = s.lines().filter(|l| !l.trim().is_empty()).collect();
         backup_core::log::escape_str(&lines[lines.len().saturating_sub(3)..].join(" | "))
     };
     if run.timed_out {
-        return fail(format!(
+        return Err(format!(
             "rsync timed out after {}s; the previous copy is kept",
             a.rsync_timeout.as_secs()
         ));
@@ -196,28 +311,32 @@ pub(crate) fn copy_one(
             label(it)
         ),
         Some(c) => {
-            return fail(format!(
+            return Err(format!(
                 "rsync exited {c} ({}); the previous copy is kept: {}",
                 backup_core::cmd::RsyncResult::describe(c),
                 tail(&run.stderr)
             ));
         }
         None => {
-            return fail(format!(
+            return Err(format!(
                 "rsync was killed by a signal: {}",
                 tail(&run.stderr)
             ));
         }
     }
-    // The copy took long; the disk it went to must still be the one
-    // checked at the start before the copy is swapped in and ledgered.
-    if let Err(e) = guard.check() {
-        return fail(e);
-    }
-    let out = match std::fs::read(&out_file) {
-        Ok(o) => o,
-        Err(e) => return fail(format!("cannot read rsync's output: {e}")),
-    };
+    Ok(())
+}
+
+/// The ledger entries of the new copy, from rsync's itemized output:
+/// its `.source` record, then what changed (and, on a new week, all else).
+fn ledger_entries(
+    root: &Path,
+    t: &Target<'_>,
+    link: Option<&Path>,
+    out_file: &Path,
+) -> Result<Entries, String> {
+    let (week, ns, name, dest) = (t.week, t.ns, t.name, &t.dest);
+    let out = std::fs::read(out_file).map_err(|e| format!("cannot read rsync's output: {e}"))?;
     let mut items = copy::parse_itemized(&out);
     items.confirm_unchanged(&dest.partial(), link);
     // Before the swap: a same-week link-dest is the copy being replaced.
@@ -245,25 +364,33 @@ pub(crate) fn copy_one(
         names.push(full);
     }
     let changed = names.len() - 1;
+    Ok(Entries {
+        names,
+        changed,
+        prefix,
+        total_size: items.total_size,
+        transferred: items.transferred,
+        dir_inode: 0,
+    })
+}
 
-    // The entries wait beside the copy until they are in the ledger, so a
-    // kill between the swap and the append loses none of them.
-    use std::os::unix::fs::MetadataExt;
-    let ino = match std::fs::metadata(dest.partial()) {
-        Ok(m) => m.ino(),
-        Err(e) => return fail(format!("cannot stat {}: {e}", p(&dest.partial()))),
-    };
-    if let Err(e) = copy::write_pending(&dest, ino, &names) {
-        return fail(format!("cannot write {}: {e}", p(&dest.pending())));
-    }
-    if let Err(e) = guard.check() {
-        let _ = std::fs::remove_file(dest.pending());
-        return fail(e);
-    }
-    if let Err(e) = copy::swap_in(&dest.partial(), &dest.dir()) {
-        let _ = std::fs::remove_file(dest.pending());
-        return fail(format!("cannot put the copy in place: {e}"));
-    }
+/// The swapped-in copy's source recorded and its entries ledgered, only
+/// while the root is still the backup disk; then `.pending` and the
+/// replaced copy removed.
+fn record_and_ledger(
+    guard: &RootGuard,
+    ledger: &Ledger,
+    it: &Item,
+    snap: &Snapshot,
+    dest: &Dest,
+    entries: Entries,
+) -> Result<Done, Fail> {
+    let Entries {
+        names,
+        changed,
+        prefix,
+        ..
+    } = &entries;
     let rec = SourceRecord {
         snapshot: snap.name.clone(),
         origin: it.lv.clone(),
@@ -271,16 +398,16 @@ pub(crate) fn copy_one(
         pvc: it.pvc.clone().unwrap_or_default(),
         snapshot_created: snap.created.to_rfc3339(),
         copied_at: Utc::now().to_rfc3339(),
-        dir_inode: ino,
+        dir_inode: entries.dir_inode,
     };
-    let recorded = copy::write_source(&dest, &rec);
+    let recorded = copy::write_source(dest, &rec);
     // The copy is in place on the disk with its entries beside it
     // (.pending): when the disk went away since, the next run ledgers
     // them there; nothing is appended to a ledger on a bare directory.
     guard.check().map_err(|e| {
         format!("{e}: the copy is in place but not yet ledgered (the next run on the disk does it)")
     })?;
-    if let Err(e) = ledger.append(&names) {
+    if let Err(e) = ledger.append(names) {
         // The copy is good; make sure the offsite leg still picks it up.
         let reason = format!("pvc-copy could not append {} entries: {e}", names.len());
         ledger
@@ -303,11 +430,11 @@ pub(crate) fn copy_one(
     debug!(
         "{} ledger entries for {}",
         changed,
-        backup_core::log::escape_bytes(Path::new(&prefix).as_os_str().as_bytes())
+        backup_core::log::escape_bytes(Path::new(prefix).as_os_str().as_bytes())
     );
     Ok(Done {
-        total_size: items.total_size,
-        transferred: items.transferred,
-        changed,
+        total_size: entries.total_size,
+        transferred: entries.transferred,
+        changed: *changed,
     })
 }
