@@ -5,8 +5,15 @@
 use std::path::Path;
 use std::time::Duration;
 
+use anyhow::Context;
+use backup_core::cli::Common;
 use backup_core::cmd::Cmd;
+use backup_core::exit::{Exit, ExitCode};
+use backup_core::metrics::Metrics;
+use backup_core::{error, info};
 use serde::Serialize;
+
+use crate::cli::PreflightArgs;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Check {
@@ -116,6 +123,56 @@ pub fn run_checks(c: &Config) -> Vec<Check> {
         },
     });
     out
+}
+
+/// The `preflight` subcommand: every check run, logged, counted in metrics.
+pub(crate) fn run(a: &PreflightArgs, common: &Common) -> anyhow::Result<ExitCode> {
+    let checks = run_checks(&Config {
+        exports: &a.exports,
+        nfs_root: &a.nfs_root,
+        systemctl: &a.systemctl,
+        service: &a.service,
+        exportfs: &a.exportfs,
+        timeout: Duration::from_secs(30),
+    });
+    let failed = checks.iter().filter(|c| !c.ok).count();
+    for c in &checks {
+        if c.ok {
+            info!("ok: {}: {}", c.name, c.detail);
+        } else {
+            error!("{}: {}", c.name, c.detail);
+        }
+    }
+    let mut m = Metrics::new();
+    let _ = m.gauge(
+        "pvc_copy_nfs_exports_ok",
+        "1 when every NFS export check of the last preflight passed",
+        if failed == 0 { 1.0 } else { 0.0 },
+    );
+    let _ = m.gauge(
+        "pvc_copy_nfs_export_checks_failed",
+        "NFS export checks that failed in the last preflight",
+        failed as f64,
+    );
+    common.write_metrics(&m);
+    if a.json {
+        backup_core::out::ignore_closed(backup_core::outln!(
+            "{}",
+            serde_json::to_string_pretty(&checks).context("encoding the checks")?
+        ))?;
+    }
+    // A check that could not run because its command is not installed is
+    // a misconfigured host, not a finding about the exports: exit 5.
+    for prog in [&a.systemctl, &a.exportfs] {
+        backup_core::cmd::require(prog).map_err(|e| Exit::refused(e.to_string()))?;
+    }
+    if failed > 0 {
+        error!("NFS export preflight: {failed} check(s) failed");
+        // 3: the check ran to the end and found problems; the daily unit
+        // goes on with the copy and still reports the run as failed.
+        return Ok(ExitCode::Partial);
+    }
+    Ok(ExitCode::Ok)
 }
 
 #[cfg(test)]
