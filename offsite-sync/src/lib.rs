@@ -21,9 +21,9 @@
 //! Modules: [`config`] (settings and the rsync/ssh commands), [`guard`]
 //! (the source guard and root identities), `transfer` (the deleting
 //! transfer with its bound, the listed one), `schedule` (when a full pass
-//! is due), [`step1`] and [`step2`] (each with its full pass and its
-//! incremental run), [`run`] (the step subcommands: gate, steps, metrics,
-//! report), [`status`], [`init`], [`coverage`] and [`nas`].
+//! is due), [`step1`](mod@step1) and [`step2`](mod@step2) (each with its full pass and its
+//! incremental run), [`steps`] (the step subcommands: gate, steps, metrics,
+//! report), [`status`](mod@status), [`init`](mod@init), [`coverage`] and [`nas`].
 
 pub mod capacity;
 pub mod config;
@@ -33,7 +33,7 @@ pub mod init;
 mod metrics;
 pub mod nas;
 pub mod resolve;
-pub mod run;
+pub mod steps;
 mod schedule;
 pub mod status;
 pub mod step1;
@@ -44,7 +44,7 @@ pub use capacity::{Capacity, capacity, parse_df};
 pub use config::{CHMOD, Config, FullMode, STATE_EXCLUDES};
 pub use guard::{dev_of, is_mountpoint};
 pub use init::init;
-pub use run::{StepReport, run_steps};
 pub use status::{LedgerStatus, Status, status};
 pub use step1::step1;
 pub use step2::step2;
+pub use steps::{StepReport, run_steps};

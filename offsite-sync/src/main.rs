@@ -24,7 +24,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Sub::Coverage => return offsite_sync::coverage::run(&cfg, json),
         Sub::Status { no_nas } => return offsite_sync::status::run(&cfg, !no_nas, json),
     };
-    offsite_sync::run::run(&cfg, steps, &cli.common, json)
+    offsite_sync::steps::run(&cfg, steps, &cli.common, json)
 }
 
 #[cfg(test)]

@@ -1,6 +1,6 @@
 //! Step 1: the backup disk to `pve-dest`, consuming `.changed-files`
 //! (leg 1, paths relative to the backup root): a full pass when due
-//! ([`full`]), otherwise the listed entries ([`incremental`]).
+//! (`full`), otherwise the listed entries (`incremental`).
 
 mod full;
 mod incremental;

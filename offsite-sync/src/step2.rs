@@ -1,6 +1,6 @@
 //! Step 2: the `direct` NFS trees to `nfs-dest` / `nfs-ssd-dest`,
 //! consuming `.nfs-changes.log` (leg 2, absolute paths): a full pass when
-//! due ([`full`]), otherwise the logged entries ([`incremental`]).
+//! due (`full`), otherwise the logged entries (`incremental`).
 
 mod full;
 mod incremental;
