@@ -8,7 +8,7 @@ use backup_core::cli::{Common, parse_duration};
 use backup_core::exit::EXIT_CODE_HELP;
 use backup_core::rsync_items::MaxDelete;
 use clap::{Parser, Subcommand};
-use offsite_sync::FullMode;
+use offsite_sync::{Config, FullMode};
 
 /// Send the backup disk (step 1) and the `direct` NFS trees (step 2) to the
 /// offsite NAS over ssh, consuming the ledgers without ever losing an entry.
@@ -246,4 +246,47 @@ pub(crate) struct Opts {
     /// Step reports as JSON on stdout.
     #[arg(long, global = true)]
     pub(crate) json: bool,
+}
+
+impl Opts {
+    /// The library's configuration: NAS paths without a trailing `/`, the
+    /// capacity read where `--pve-dest` lives unless set, rsync and ssh
+    /// from `RSYNC` and `SSH`.
+    pub(crate) fn config(self) -> Config {
+        Config {
+            remote: self.remote,
+            ssh_port: self.ssh_port,
+            ssh_key: self.ssh_key,
+            known_hosts: self.known_hosts,
+            connect_timeout: self.connect_timeout,
+            keepalive: self.keepalive,
+            io_timeout: self.io_timeout,
+            run_timeout: self.run_timeout,
+            bwlimit: self.bwlimit,
+            backup_root: self.backup_root,
+            nfs_root: self.nfs_root,
+            nfs_ssd_root: self.nfs_ssd_root,
+            capacity_path: self.capacity_path.unwrap_or_else(|| {
+                std::path::Path::new(self.pve_dest.trim_end_matches('/'))
+                    .parent()
+                    .map(|p| p.display().to_string())
+                    .filter(|p| !p.is_empty())
+                    .unwrap_or_else(|| "/".into())
+            }),
+            pve_dest: self.pve_dest.trim_end_matches('/').to_string(),
+            nfs_dest: self.nfs_dest.trim_end_matches('/').to_string(),
+            nfs_ssd_dest: self.nfs_ssd_dest.trim_end_matches('/').to_string(),
+            skip_list: self.skip_list,
+            nfs_track_state_dir: self.nfs_track_state_dir,
+            coverage_max_age: self.coverage_max_age,
+            full: self.full,
+            full_every: self.full_every,
+            ledger_cap: self.ledger_cap,
+            max_delete: self.max_delete,
+            require_mountpoint: self.require_mountpoint || !self.allow_unmounted_root,
+            dry_run: self.dry_run,
+            rsync: std::env::var_os("RSYNC").unwrap_or_else(|| "rsync".into()),
+            ssh: std::env::var_os("SSH").unwrap_or_else(|| "ssh".into()),
+        }
+    }
 }

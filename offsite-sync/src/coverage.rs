@@ -309,6 +309,44 @@ pub fn coverage(cfg: &Config) -> Result<Vec<CoverageRow>> {
     Ok(rows)
 }
 
+/// `offsite-sync coverage`: the verdict (each uncovered directory on
+/// stderr), then the table (JSON with `json`); the exit code is the verdict's.
+pub fn run(cfg: &Config, json: bool) -> Result<ExitCode> {
+    let rows = coverage(cfg)?;
+    // The verdict comes first: a reader that closes stdout early never
+    // hides a gap.
+    let code = verdict(&rows);
+    let print = || -> std::io::Result<()> {
+        if json {
+            backup_core::outln!("{}", serde_json::to_string_pretty(&rows)?)?;
+        } else {
+            for r in &rows {
+                let ex: Vec<String> = r
+                    .exceptions
+                    .iter()
+                    .map(|(p, route)| format!("{p}={}", route.as_str()))
+                    .collect();
+                backup_core::outln!(
+                    "{:<14} {:<28} {:<12} {:<10} {}{}",
+                    r.root,
+                    r.name,
+                    r.route.as_str(),
+                    r.state.as_str(),
+                    r.reason,
+                    if ex.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" [{}]", ex.join(" "))
+                    }
+                )?;
+            }
+        }
+        Ok(())
+    };
+    backup_core::out::ignore_closed(print())?;
+    Ok(code)
+}
+
 /// Log every uncovered directory (one error line each, naming it) and
 /// every pending one; `Partial` (exit 3: the check ran to the end and
 /// lists the directories that failed) when any is uncovered.
