@@ -132,9 +132,14 @@ impl Config {
         s
     }
 
+    /// Every transfer compares modification times at full precision
+    /// (contract 6): the backup disk's mirrors are rewritten in place and
+    /// the NFS trees are live, so a same-size rewrite within the second of
+    /// the NAS copy must not pass for unchanged (nor be hard-linked to the
+    /// previous week's file by `--link-dest`).
     fn rsync_base(&self) -> Cmd {
         let mut c = Cmd::new(&self.rsync)
-            .args(["-rltH", CHMOD, "--protect-args"])
+            .args(["-rltH", CHMOD, "--protect-args", "--modify-window=-1"])
             .arg(format!("--timeout={}", self.io_timeout.as_secs().max(1)))
             .arg("-e")
             .arg(self.rsh())

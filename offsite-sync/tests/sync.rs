@@ -432,3 +432,45 @@ fn a_full_pass_keeps_the_bytes_of_a_non_utf8_tree_name() {
         set(&[b"svc\xff/media/clip.mp4"])
     );
 }
+
+/// Step 1 compares modification times at full precision (contract 6): the
+/// backup disk holds live mirrors (nfs-mirror updates them in place) and
+/// weekly versions that `--link-dest` matches against earlier weeks. A
+/// same-size rewrite within the second of the copy on the NAS was taken
+/// as unchanged: the NAS kept the old bytes (or hard-linked the new week
+/// to the old week's file) while the ledger entry was committed, exit 0.
+#[test]
+fn step1_sends_a_same_size_rewrite_within_the_same_second() {
+    let w = World::with_nas();
+    recent_full(&w);
+    let put_at = |rel: &[u8], data: &[u8], mtime: std::time::SystemTime| {
+        let p = World::put(&w.root, rel, data);
+        std::fs::File::options()
+            .write(true)
+            .open(&p)
+            .and_then(|h| h.set_modified(mtime))
+            .expect("set mtime");
+        w.leg1().append([rel]).expect("append");
+    };
+    let t0 = std::time::UNIX_EPOCH + std::time::Duration::new(1_790_000_000, 100_000_000);
+    let later = t0 + std::time::Duration::from_millis(1);
+    // A mirrored tree, rewritten in place.
+    put_at(b"nextcloud/doc.odt", b"old!", t0);
+    // A weekly version, then next week's version of the same file.
+    put_at(b"pvc-data/2026-W47/ns/pvc/c", b"old!", t0);
+    w.run("step1", &[]).succeeds();
+    put_at(b"nextcloud/doc.odt", b"new!", later);
+    put_at(b"pvc-data/2026-W48/ns/pvc/c", b"new!", later);
+    w.run("step1", &[]).succeeds();
+    for rel in ["nextcloud/doc.odt", "pvc-data/2026-W48/ns/pvc/c"] {
+        assert_eq!(
+            std::fs::read(w.pve().join(rel)).expect("on the NAS"),
+            b"new!",
+            "{rel}: the NAS kept the old bytes"
+        );
+    }
+    assert_eq!(
+        std::fs::read(w.pve().join("pvc-data/2026-W47/ns/pvc/c")).expect("W47"),
+        b"old!"
+    );
+}

@@ -199,8 +199,7 @@ fn tree_excludes(skip: &SkipList, tree: &Path) -> Vec<String> {
 fn command(cfg: &Config, run: &TreeRun, dry: bool, bound: Option<u64>) -> Result<Cmd> {
     Ok(cfg
         .rsync_into(&leg2_roots(cfg)[run.root].1)?
-        // Live source (contract 6): full-precision time comparison.
-        .args(["--delete", "--mkpath", "--modify-window=-1"])
+        .args(["--delete", "--mkpath"])
         .args(if dry {
             DRY.as_slice()
         } else {

@@ -144,7 +144,6 @@ fn send_all(cfg: &Config, sends: &[Send], rep: &mut StepReport) -> Result<()> {
                 "--files-from=-",
                 "--ignore-missing-args",
                 "--mkpath",
-                "--modify-window=-1",
             ])
             .args(LISTED)
             .arg("--")
