@@ -139,7 +139,10 @@ fn check_target(a: &RestoreArgs, root: &Path, to: &Path) -> anyhow::Result<()> {
         .dev();
     let mut near = to;
     while std::fs::symlink_metadata(near).is_err() {
-        near = near.parent().unwrap_or(Path::new("/"));
+        match near.parent() {
+            Some(up) => near = up,
+            None => break,
+        }
     }
     let near_dev = std::fs::metadata(near)
         .map_err(|e| anyhow::anyhow!("--to {}: cannot read {}: {e}", p(to), p(near)))?
@@ -326,7 +329,11 @@ fn compare(
         )));
     }
     if sm.file_type().is_symlink() {
-        let (st, dt) = (std::fs::read_link(s)?, std::fs::read_link(d)?);
+        let readlink = |l: &Path| {
+            std::fs::read_link(l)
+                .map_err(|e| anyhow::anyhow!("cannot read the symlink {}: {e}", p(l)))
+        };
+        let (st, dt) = (readlink(s)?, readlink(d)?);
         return Ok((st != dt).then(|| {
             format!(
                 "points to {}, the copy's to {}",

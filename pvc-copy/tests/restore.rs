@@ -1,6 +1,9 @@
 //! `pvc-copy weeks` and `pvc-copy restore` against a real backup disk (an
 //! ext4 loop image with its identity marker) holding versions laid out as
-//! pvc-copy writes them, restored with real rsync into another ext4 image.
+//! pvc-copy writes them, restored with real rsync into another ext4 image;
+//! and the versions a real copy run wrote (the emulated host of `common`).
+
+mod common;
 
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
@@ -409,4 +412,44 @@ fn weeks_lists_each_version_with_its_snapshot_and_offsite_state() {
     )
     .fails_with(5);
     assert!(!d.scratch.join("x").exists() && !d.scratch.join("y").exists());
+}
+
+#[test]
+fn weeks_and_restore_read_what_a_copy_run_wrote() {
+    let env = common::Env::new();
+    env.pvc(
+        "vm-9-pvc-db",
+        NS,
+        PVC,
+        &[("a", b"alpha\n"), ("dir/b", b"beta\n")],
+    );
+    env.run(common::NOW, &[]).succeeds();
+    let cmd = || {
+        let mut c = env.sb.cmd("pvc-copy");
+        c.env("BACKUP_ROOT", &env.root);
+        c
+    };
+    let r = Run::of(cmd().args(["weeks", "media/db", "--json"]));
+    r.succeeds();
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).expect("json");
+    let w = &v["weeks"][0];
+    assert_eq!(w["week"], common::WEEK);
+    assert_eq!(w["snapshot"], "vm-9-pvc-db_snap_20261127_0300");
+    assert_eq!(
+        (w["files"].as_u64(), w["bytes"].as_u64()),
+        (Some(2), Some(11))
+    );
+    assert_eq!(w["week_complete"], true);
+    // The run's ledger still lists the week: not sent yet.
+    assert_eq!(w["offsite"], "pending");
+
+    let to = env.sb.path().join("restored");
+    Run::of(cmd().args(["restore", "media/db", "--to"]).arg(&to))
+        .succeeds()
+        .stdout_contains("0 differ from the copy");
+    assert_eq!(fs::read(to.join("dir/b")).expect("b"), b"beta\n");
+    assert_eq!(
+        snapshot_tree(&to),
+        snapshot_tree(&env.dest(common::WEEK, NS, PVC))
+    );
 }
