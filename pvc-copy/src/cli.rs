@@ -82,6 +82,70 @@ pub enum Sub {
         #[arg(long, hide = true, value_name = "RFC3339")]
         now: Option<String>,
     },
+    /// List one claim's weekly versions on the backup disk: week, date,
+    /// files, bytes, source snapshot, and what offsite-sync recorded about
+    /// sending it. Read-only.
+    #[command(after_help = EXIT_CODE_HELP, long_about = crate::weeks::LONG_ABOUT)]
+    Weeks(WeeksArgs),
+    /// Copy one weekly version of a claim into a directory (rsync -aHAX
+    /// --numeric-ids), then compare every restored entry with the copy.
+    /// Read-only on the backup disk.
+    #[command(after_help = EXIT_CODE_HELP, long_about = crate::restore::LONG_ABOUT)]
+    Restore(RestoreArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct WeeksArgs {
+    /// The claim, as its copies are named on the backup disk (NS/PVC).
+    #[arg(value_name = "NS/PVC", value_parser = crate::weeks::Claim::parse)]
+    pub claim: crate::weeks::Claim,
+    /// The backup disk (must carry its identity marker; only read).
+    #[arg(
+        long,
+        env = "BACKUP_ROOT",
+        default_value = "/mnt/backup",
+        value_name = "DIR"
+    )]
+    pub backup_root: PathBuf,
+    /// Print the versions as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    /// The claim, as its copies are named on the backup disk (NS/PVC).
+    #[arg(value_name = "NS/PVC", value_parser = crate::weeks::Claim::parse)]
+    pub claim: crate::weeks::Claim,
+    /// The backup disk (must carry its identity marker; never written).
+    #[arg(
+        long,
+        env = "BACKUP_ROOT",
+        default_value = "/mnt/backup",
+        value_name = "DIR"
+    )]
+    pub backup_root: PathBuf,
+    /// Where to restore: absent or an empty directory (else exit 5 unless
+    /// --into-existing); never on the backup disk.
+    #[arg(long, value_name = "DIR")]
+    pub to: PathBuf,
+    /// The version to restore: a week (2026-W48, or an old 2026-47 name) or
+    /// `latest` (the newest week holding the claim).
+    #[arg(long, default_value = "latest", value_name = "WEEK|latest", value_parser = crate::restore::WeekSel::parse)]
+    pub week: crate::restore::WeekSel,
+    /// Run rsync's dry run (list what would be written) and change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Accept a non-empty --to: files of the version overwrite theirs,
+    /// files it lacks are kept (unless --delete).
+    #[arg(long)]
+    pub into_existing: bool,
+    /// With --into-existing: delete what is in --to but not in the version.
+    #[arg(long, requires = "into_existing")]
+    pub delete: bool,
+    /// Timeout of the rsync run.
+    #[arg(long, default_value = "6h", value_name = "DURATION", value_parser = parse_duration)]
+    pub rsync_timeout: Duration,
 }
 
 #[derive(Debug, Args)]
