@@ -126,12 +126,23 @@ pub fn stop(child: &mut Child, how: Stop) -> Stopped {
         // Freeze every child first, then kill them all: killed one by one,
         // a survivor (rsync's receiver) could notice its peer go and clean
         // up before its own SIGKILL, which a real cgroup kill never allows.
-        for sig in [libc::SIGSTOP, libc::SIGKILL] {
-            for p in children.iter().filter(|p| alive(p)) {
-                // SAFETY: kill(2) on a process checked just above to be
-                // the one the tool started (same pid and start time).
-                unsafe { libc::kill(p.pid, sig) };
-            }
+        for p in children.iter().filter(|p| alive(p)) {
+            // SAFETY: kill(2) on a process checked just above to be the
+            // one the tool started (same pid and start time).
+            unsafe { libc::kill(p.pid, libc::SIGSTOP) };
+        }
+        // Deepest first (`descendants` lists a parent before its
+        // children). Parent first, the group leader's exit could orphan a
+        // process group that holds frozen members (rsync runs in its own
+        // group, its receiver and generator below the leader), and the
+        // kernel then sends them SIGHUP and SIGCONT (POSIX job control):
+        // rsync's receiver woke before its SIGKILL and its SIGHUP handler
+        // removed the temp file a cgroup kill leaves behind. With every
+        // child already holding a SIGKILL when its parent goes, no handler
+        // can run.
+        for p in children.iter().rev().filter(|p| alive(p)) {
+            // SAFETY: as above.
+            unsafe { libc::kill(p.pid, libc::SIGKILL) };
         }
     }
     // SAFETY: kill(2) on our own child, not yet reaped (its pid is ours).
