@@ -53,9 +53,7 @@ fn signal(child: &mut std::process::Child, sig: i32) -> bool {
 #[test]
 fn link_cut_mid_transfer_fails_keeps_every_entry_and_the_next_run_completes() {
     let mut w = World::new();
-    // Detect the cut within seconds (keepalive x3, rsync idle timeout).
-    w.keepalive = "1s";
-    w.io_timeout = "5s";
+    let generous = (w.keepalive, w.io_timeout);
     let pair = NetPair::new();
     w.nas = Some(Nas::start_with(
         &w.sb.path().join("sshd"),
@@ -73,15 +71,33 @@ fn link_cut_mid_transfer_fails_keeps_every_entry_and_the_next_run_completes() {
         names.push(n);
     }
     w.leg1().append(&names).expect("append");
-    let child = pair
-        .client_cmd(w.cmd("step1", &["--bwlimit", "300"]))
+    // The run that is cut detects it within seconds (keepalive x3, rsync
+    // idle timeout); only that run: on a starved machine such short
+    // timeouts can also end a healthy connection (the init, the run that
+    // must complete), which is not what this test is about.
+    w.keepalive = "2s";
+    w.io_timeout = "10s";
+    // 1.5 MiB at 100 KiB/s: the cut, made as soon as the transfer shows,
+    // has about 15 s to land before the last file completes, even when
+    // this thread is starved.
+    let mut child = pair
+        .client_cmd(w.cmd("step1", &["--bwlimit", "100"]))
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn");
+    (w.keepalive, w.io_timeout) = generous;
     // Cut once the transfer has visibly started on the NAS.
     let start = Instant::now();
     while World::files(&w.pve()).is_empty() {
+        if child.try_wait().expect("try_wait").is_some() {
+            let out = child.wait_with_output().expect("wait");
+            panic!(
+                "the run ended ({}) before its transfer showed on the NAS: {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
         assert!(
             start.elapsed() < Duration::from_secs(60),
             "transfer never started"
@@ -105,7 +121,14 @@ fn link_cut_mid_transfer_fails_keeps_every_entry_and_the_next_run_completes() {
     assert!(w.leg1().inflight_path().exists());
     println!("cut after {complete} complete file(s); stderr: {stderr}");
 
+    // The next run comes once the link is back: wait until the NAS
+    // answers (packets can be dropped for a moment after the interface
+    // comes up).
     pair.restore();
+    assert!(
+        w.nas().wait_reachable(Duration::from_secs(60)),
+        "the NAS never answered again after the link was restored"
+    );
     let r = Run::of(&mut pair.client_cmd(w.cmd("step1", &[])));
     r.succeeds();
     for (i, n) in names.iter().enumerate() {

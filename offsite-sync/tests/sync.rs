@@ -3,6 +3,7 @@
 mod common;
 
 use std::os::unix::fs::MetadataExt;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use backup_core::metrics::Metrics;
 use common::{World, set};
@@ -137,10 +138,19 @@ fn a_new_week_shares_unchanged_files_with_the_previous_week_on_the_nas() {
         )
         .expect("link");
     }
-    World::put(
+    let c48 = World::put(
         &w.root,
         b"pvc-data/2026-W48/ns/pvc/c",
         &vec![9u8; 256 * 1024],
+    );
+    // c changed a week later, as a real new week's copy does. Written right
+    // after the first run, its mtime could fall in the same second as W47's
+    // c (same size): step 1 then compares at whole seconds and links W47's
+    // c in its place, the flake this test had (see
+    // a_same_size_change_within_the_second_is_not_linked_to_the_previous_week).
+    set_mtime(
+        &c48,
+        mtime(&w.root.join("pvc-data/2026-W47/ns/pvc/c")) + WEEK,
     );
     for f in ["a", "b", "c"] {
         w.leg1()
@@ -172,6 +182,87 @@ fn a_new_week_shares_unchanged_files_with_the_previous_week_on_the_nas() {
     assert_eq!(
         std::fs::read(w.pve().join("pvc-data/2026-W48/ns/pvc/c")).expect("c"),
         vec![9u8; 256 * 1024]
+    );
+}
+
+const WEEK: Duration = Duration::from_secs(7 * 86_400);
+
+fn mtime(p: &std::path::Path) -> SystemTime {
+    std::fs::metadata(p).expect("md").modified().expect("mtime")
+}
+
+fn set_mtime(p: &std::path::Path, t: SystemTime) {
+    std::fs::File::options()
+        .write(true)
+        .open(p)
+        .and_then(|h| h.set_modified(t))
+        .expect("set mtime");
+}
+
+/// Within one second, at two instants far enough apart for any clock.
+fn same_second() -> (SystemTime, SystemTime) {
+    let s = UNIX_EPOCH + Duration::from_secs(1_790_000_000);
+    (
+        s + Duration::from_millis(100),
+        s + Duration::from_millis(900),
+    )
+}
+
+/// Product bug (offsite-sync/src/lib.rs, step1_into, the per-week
+/// transfer): step 1 runs rsync with its default one-second time window
+/// (no `--modify-window=-1`, unlike step 2; contract 6), so a file of the
+/// new week with the size of the previous week's copy and an mtime in the
+/// same second is taken as unchanged and hard-linked to the previous
+/// week's content by `--link-dest`: the NAS's new week silently holds the
+/// old bytes, and the ledger entry is committed.
+#[test]
+#[ignore = "product bug: step 1 compares mtimes at whole seconds (no --modify-window=-1)"]
+fn a_same_size_change_within_the_second_is_not_linked_to_the_previous_week() {
+    let w = World::with_nas();
+    recent_full(&w);
+    let (t0, t1) = same_second();
+    let c47 = World::put(&w.root, b"pvc-data/2026-W47/ns/pvc/c", b"old!");
+    set_mtime(&c47, t0);
+    w.leg1()
+        .append([b"pvc-data/2026-W47/ns/pvc/c"])
+        .expect("append");
+    w.run("step1", &[]).succeeds();
+    let c48 = World::put(&w.root, b"pvc-data/2026-W48/ns/pvc/c", b"new!");
+    set_mtime(&c48, t1);
+    w.leg1()
+        .append([b"pvc-data/2026-W48/ns/pvc/c"])
+        .expect("append");
+    w.run("step1", &[]).succeeds();
+    assert_eq!(
+        std::fs::read(w.pve().join("pvc-data/2026-W48/ns/pvc/c")).expect("c"),
+        b"new!",
+        "W48's c on the NAS is W47's content (linked by --link-dest)"
+    );
+}
+
+/// Product bug, the same in step 1's plain (not weekly) transfer
+/// (offsite-sync/src/lib.rs, step1_into): a listed file rewritten with the
+/// same size within the second of the copy on the NAS is itemized as up
+/// to date, not sent, and its ledger entry is committed: the NAS keeps the
+/// old bytes for good (until a full pass, which compares the same way).
+#[test]
+#[ignore = "product bug: step 1 compares mtimes at whole seconds (no --modify-window=-1)"]
+fn a_same_size_rewrite_within_the_second_is_sent_by_step1() {
+    let w = World::with_nas();
+    recent_full(&w);
+    let (t0, t1) = same_second();
+    let f = World::put(&w.root, b"svc/f", b"old!");
+    set_mtime(&f, t0);
+    w.leg1().append([b"svc/f"]).expect("append");
+    w.run("step1", &[]).succeeds();
+    std::fs::write(&f, b"new!").expect("rewrite");
+    set_mtime(&f, t1);
+    w.leg1().append([b"svc/f"]).expect("append");
+    w.run("step1", &[]).succeeds();
+    assert_eq!(
+        std::fs::read(w.pve().join("svc/f")).expect("f"),
+        b"new!",
+        "the rewrite never reached the NAS"
     );
 }
 

@@ -307,6 +307,22 @@ impl Nas {
         false
     }
 
+    /// Wait until an ssh to the NAS succeeds: after [`NetPair::restore`] the
+    /// link takes a moment (longer on a starved machine) to carry packets
+    /// again. `false` when it still does not after `limit`.
+    pub fn wait_reachable(&self, limit: Duration) -> bool {
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            let mut c = self.ssh_cmd(&["true"]);
+            c.stdout(Stdio::null()).stderr(Stdio::null());
+            if c.status().map(|s| s.success()).unwrap_or(false) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        false
+    }
+
     /// `root@host`.
     pub fn remote(&self) -> String {
         format!("root@{}", self.host)
