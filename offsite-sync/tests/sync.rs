@@ -208,15 +208,14 @@ fn same_second() -> (SystemTime, SystemTime) {
     )
 }
 
-/// Product bug (offsite-sync/src/lib.rs, step1_into, the per-week
-/// transfer): step 1 runs rsync with its default one-second time window
-/// (no `--modify-window=-1`, unlike step 2; contract 6), so a file of the
-/// new week with the size of the previous week's copy and an mtime in the
-/// same second is taken as unchanged and hard-linked to the previous
-/// week's content by `--link-dest`: the NAS's new week silently holds the
-/// old bytes, and the ledger entry is committed.
+/// Step 1 compares modification times at full precision (contract 6,
+/// `--modify-window=-1` in offsite-sync's `rsync_base`). With rsync's
+/// default one-second window a file of the new week with the size of the
+/// previous week's copy and an mtime in the same second was taken as
+/// unchanged and hard-linked to the previous week's content by
+/// `--link-dest`: the NAS's new week held the old bytes, and the ledger
+/// entry was committed.
 #[test]
-#[ignore = "product bug: step 1 compares mtimes at whole seconds (no --modify-window=-1)"]
 fn a_same_size_change_within_the_second_is_not_linked_to_the_previous_week() {
     let w = World::with_nas();
     recent_full(&w);
@@ -240,13 +239,11 @@ fn a_same_size_change_within_the_second_is_not_linked_to_the_previous_week() {
     );
 }
 
-/// Product bug, the same in step 1's plain (not weekly) transfer
-/// (offsite-sync/src/lib.rs, step1_into): a listed file rewritten with the
-/// same size within the second of the copy on the NAS is itemized as up
-/// to date, not sent, and its ledger entry is committed: the NAS keeps the
-/// old bytes for good (until a full pass, which compares the same way).
+/// The same in step 1's plain (not weekly) transfer: a listed file
+/// rewritten with the same size within the second of the copy on the NAS
+/// was itemized as up to date, not sent, and its ledger entry committed:
+/// the NAS kept the old bytes for good (a full pass compared the same way).
 #[test]
-#[ignore = "product bug: step 1 compares mtimes at whole seconds (no --modify-window=-1)"]
 fn a_same_size_rewrite_within_the_second_is_sent_by_step1() {
     let w = World::with_nas();
     recent_full(&w);
@@ -521,47 +518,5 @@ fn a_full_pass_keeps_the_bytes_of_a_non_utf8_tree_name() {
     assert_eq!(
         World::files(&w.nas_dir.join("nfs")),
         set(&[b"svc\xff/media/clip.mp4"])
-    );
-}
-
-/// Step 1 compares modification times at full precision (contract 6): the
-/// backup disk holds live mirrors (nfs-mirror updates them in place) and
-/// weekly versions that `--link-dest` matches against earlier weeks. A
-/// same-size rewrite within the second of the copy on the NAS was taken
-/// as unchanged: the NAS kept the old bytes (or hard-linked the new week
-/// to the old week's file) while the ledger entry was committed, exit 0.
-#[test]
-fn step1_sends_a_same_size_rewrite_within_the_same_second() {
-    let w = World::with_nas();
-    recent_full(&w);
-    let put_at = |rel: &[u8], data: &[u8], mtime: std::time::SystemTime| {
-        let p = World::put(&w.root, rel, data);
-        std::fs::File::options()
-            .write(true)
-            .open(&p)
-            .and_then(|h| h.set_modified(mtime))
-            .expect("set mtime");
-        w.leg1().append([rel]).expect("append");
-    };
-    let t0 = std::time::UNIX_EPOCH + std::time::Duration::new(1_790_000_000, 100_000_000);
-    let later = t0 + std::time::Duration::from_millis(1);
-    // A mirrored tree, rewritten in place.
-    put_at(b"nextcloud/doc.odt", b"old!", t0);
-    // A weekly version, then next week's version of the same file.
-    put_at(b"pvc-data/2026-W47/ns/pvc/c", b"old!", t0);
-    w.run("step1", &[]).succeeds();
-    put_at(b"nextcloud/doc.odt", b"new!", later);
-    put_at(b"pvc-data/2026-W48/ns/pvc/c", b"new!", later);
-    w.run("step1", &[]).succeeds();
-    for rel in ["nextcloud/doc.odt", "pvc-data/2026-W48/ns/pvc/c"] {
-        assert_eq!(
-            std::fs::read(w.pve().join(rel)).expect("on the NAS"),
-            b"new!",
-            "{rel}: the NAS kept the old bytes"
-        );
-    }
-    assert_eq!(
-        std::fs::read(w.pve().join("pvc-data/2026-W47/ns/pvc/c")).expect("W47"),
-        b"old!"
     );
 }
