@@ -492,3 +492,54 @@ fn alert_expr_parser_reads_block_scalars() {
         ]
     );
 }
+
+/// Every unit of this project named in an ordering or dependency setting
+/// exists in `units/`: `systemd-analyze verify` accepts `After=` an absent
+/// unit, and the ordering then silently does nothing (offsite-sync.service
+/// once waited for `pvc-copy.service` and `sqlite-dump.service`, which do
+/// not exist, and not for `daily-backup.service`, which writes what it
+/// sends). Units of systemd or of the host (a `.target`, `lvm2-*`,
+/// Proxmox's `pve-cluster.service`) are not ours.
+#[test]
+fn ordering_names_only_units_that_exist() {
+    let dir = repo().join("units");
+    let ours: Vec<String> = files(&dir, UNIT_EXTS).iter().map(|p| name(p)).collect();
+    let mut wrong = Vec::new();
+    for unit in files(&dir, UNIT_EXTS) {
+        let text = std::fs::read_to_string(&unit).expect("unit");
+        for (k, vals) in settings(&text) {
+            if ![
+                "After",
+                "Before",
+                "Wants",
+                "Requires",
+                "BindsTo",
+                "PartOf",
+                "OnFailure",
+            ]
+            .contains(&k.as_str())
+            {
+                continue;
+            }
+            for v in vals.iter().flat_map(|v| v.split_whitespace()) {
+                let hosts =
+                    v.ends_with(".target") || v.starts_with("lvm2-") || v == "pve-cluster.service";
+                if !hosts && !ours.iter().any(|o| o == v) {
+                    wrong.push(format!("{}: {k}={v}", name(&unit)));
+                }
+            }
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "units that do not exist:\n{}",
+        wrong.join("\n")
+    );
+    let offsite = std::fs::read_to_string(dir.join("offsite-sync.service")).expect("unit");
+    assert!(
+        settings(&offsite).get("After").is_some_and(|v| v
+            .iter()
+            .any(|l| l.split_whitespace().any(|u| u == "daily-backup.service"))),
+        "offsite-sync.service must start after daily-backup.service"
+    );
+}
