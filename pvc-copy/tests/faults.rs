@@ -226,7 +226,16 @@ fn run_on_small_fs(env: &Env, img: &Path, now: &str) -> Run {
         .env("BACKUP_IMG", img)
         .env("BACKUP_MNT", &env.root)
         .env_remove("JOURNAL_STREAM");
-    Run::of(&mut c)
+    let r = Run::of(&mut c);
+    // The namespace's mount (and with it the image's loop device) goes
+    // once its last process has exited, which the kernel finishes after
+    // the run is reaped: until then the image on disk may lack the run's
+    // last writes, and debugfs would read an older filesystem.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !losetup_backing(img).is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    r
 }
 
 /// Give the backup disk image its identity marker, as an operator does
