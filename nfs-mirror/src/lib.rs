@@ -120,12 +120,11 @@ fn name_str(n: &[u8]) -> String {
     backup_core::log::escape_bytes(n)
 }
 
+/// core's mountpoint test; a path that cannot be read is an error here
+/// (a source or destination that is missing is reported as such).
 pub fn is_mountpoint(path: &Path) -> Result<bool> {
-    use std::os::unix::fs::MetadataExt;
-    let m = std::fs::metadata(path).with_context(|| p(path))?;
-    let parent = path.join("..");
-    let pm = std::fs::metadata(&parent).with_context(|| p(&parent))?;
-    Ok(m.dev() != pm.dev() || m.ino() == pm.ino())
+    std::fs::metadata(path).with_context(|| p(path))?;
+    Ok(backup_core::root_guard::is_mountpoint(path))
 }
 
 /// Used bytes of the filesystem holding `path` (statvfs, integers only).

@@ -37,6 +37,7 @@ use backup_core::mirror_record::Record;
 use backup_core::skiplist::{Route, SkipList};
 use backup_core::{error, warn};
 
+use crate::schedule::now_secs;
 use crate::{Config, is_mountpoint};
 
 /// Whether a directory's leg carries it.
@@ -109,13 +110,6 @@ fn read_tracker(dir: &Path) -> Result<Option<Tracker>> {
         }
     }
     Ok(Some(t))
-}
-
-fn now_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 /// `path` with its directory resolved (the file itself may not exist).

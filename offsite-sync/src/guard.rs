@@ -8,13 +8,7 @@ use std::path::Path;
 use anyhow::Result;
 use backup_core::log::p;
 
-pub fn is_mountpoint(path: &Path) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    match (std::fs::metadata(path), std::fs::metadata(path.join(".."))) {
-        (Ok(m), Ok(pm)) => m.dev() != pm.dev() || m.ino() == pm.ino(),
-        _ => false,
-    }
-}
+pub use backup_core::root_guard::is_mountpoint;
 
 /// Why a source may not be used for a deleting pass, if it may not.
 pub(crate) fn source_guard(
