@@ -18,6 +18,7 @@ pub mod mirror_record;
 pub mod out;
 pub mod signals;
 pub mod skiplist;
+pub mod tracker_state;
 pub mod weeks;
 
 pub use exit::{Exit, ExitCode};

@@ -5,9 +5,9 @@
 
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
-use backup_core::ledger::{decode, encode};
+use backup_core::tracker_state;
 
 #[derive(Debug, Clone)]
 pub struct State {
@@ -19,15 +19,10 @@ pub struct State {
     route: String,
 }
 
-fn enc(p: &Path) -> String {
-    // Ledger escaping keeps each path on one line; the bytes may be any.
-    String::from_utf8_lossy(&encode(p.as_os_str().as_bytes())).into_owned()
-}
-
 impl State {
     pub fn new(dir: &Path, ledger: &Path, roots: &[PathBuf]) -> State {
         State {
-            path: dir.join("last-watching"),
+            path: dir.join(tracker_state::FILE),
             ledger: ledger.to_path_buf(),
             roots: roots.to_vec(),
             route: "all".into(),
@@ -46,69 +41,45 @@ impl State {
 
     /// The stamp, if there is one that covers this ledger and every root.
     pub fn load(&self) -> Result<Option<SystemTime>, String> {
-        let text = match std::fs::read(&self.path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(format!("{}: {e}", self.path.display())),
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        let Some(st) =
+            tracker_state::read(dir).map_err(|e| format!("{}: {e}", self.path.display()))?
+        else {
+            return Ok(None);
         };
-        let mut when = None;
-        let mut ledger_ok = false;
-        let mut roots = Vec::new();
-        for line in text.split(|&b| b == b'\n') {
-            let Some(sp) = line.iter().position(|&b| b == b' ') else {
-                continue;
-            };
-            let (key, val) = (&line[..sp], &line[sp + 1..]);
-            match key {
-                b"last-watching" => {
-                    let s = String::from_utf8_lossy(val);
-                    let (secs, nanos) = s.split_once('.').unwrap_or((&s, "0"));
-                    if let (Ok(s), Ok(n)) = (secs.parse::<u64>(), nanos.parse::<u32>()) {
-                        when = Some(UNIX_EPOCH + Duration::new(s, n.min(999_999_999)));
-                    }
-                }
-                b"ledger" => {
-                    ledger_ok = decode(val).as_deref() == Some(self.ledger.as_os_str().as_bytes())
-                }
-                b"root" => {
-                    if let Some(v) = decode(val) {
-                        roots.push(v);
-                    }
-                }
-                _ => {}
-            }
-        }
+        let ledger_ok = st.ledger.as_deref() == Some(self.ledger.as_os_str().as_bytes());
         let all_roots = self.roots.iter().all(|r| {
-            roots
+            st.roots
                 .iter()
                 .any(|x| x.as_slice() == r.as_os_str().as_bytes())
         });
-        Ok(when.filter(|_| ledger_ok && all_roots))
+        Ok(st.when.filter(|_| ledger_ok && all_roots))
     }
 
     /// Record that every change before `t` is in the ledger.
     pub fn stamp(&self, t: SystemTime) -> std::io::Result<()> {
-        let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
-        let mut s = format!(
-            "last-watching {}.{:09}\nledger {}\n",
-            d.as_secs(),
-            d.subsec_nanos(),
-            enc(&self.ledger)
+        let roots: Vec<&[u8]> = self
+            .roots
+            .iter()
+            .map(|r| r.as_os_str().as_bytes())
+            .collect();
+        let s = tracker_state::Stamp::render(
+            t,
+            self.ledger.as_os_str().as_bytes(),
+            &self.route,
+            &roots,
         );
-        s.push_str(&format!("route {}\n", self.route));
-        for r in &self.roots {
-            s.push_str(&format!("root {}\n", enc(r)));
-        }
         if let Some(dir) = self.path.parent() {
             std::fs::create_dir_all(dir)?;
         }
-        backup_core::fsutil::write_atomic(&self.path, s.as_bytes())
+        backup_core::fsutil::write_atomic(&self.path, &s)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::{Duration, UNIX_EPOCH};
 
     #[test]
     fn stamp_round_trips_and_is_tied_to_ledger_and_roots() {

@@ -29,12 +29,13 @@
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use backup_core::exit::{Exit, ExitCode};
 use backup_core::log::p;
 use backup_core::metrics::Metrics;
 use backup_core::mirror_record::Record;
 use backup_core::skiplist::{Route, SkipList};
+use backup_core::tracker_state::Stamp;
 use backup_core::{error, warn};
 
 use crate::schedule::now_secs;
@@ -75,43 +76,6 @@ pub struct CoverageRow {
     pub reason: String,
 }
 
-/// What nfs-track's state file says (nfs-track/src/state.rs writes it).
-#[derive(Debug, Default)]
-struct Tracker {
-    when: Option<u64>,
-    ledger: Option<Vec<u8>>,
-    roots: Vec<Vec<u8>>,
-    /// The route it logs: `direct`, or `all` (no skip list: every path).
-    route: Option<String>,
-}
-
-fn read_tracker(dir: &Path) -> Result<Option<Tracker>> {
-    let path = dir.join("last-watching");
-    let text = match std::fs::read(&path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(anyhow::anyhow!("{}: {e}", p(&path))),
-    };
-    let mut t = Tracker::default();
-    for line in text.split(|&b| b == b'\n') {
-        let Some(sp) = line.iter().position(|&b| b == b' ') else {
-            continue;
-        };
-        let (key, val) = (&line[..sp], &line[sp + 1..]);
-        match key {
-            b"last-watching" => {
-                let s = String::from_utf8_lossy(val);
-                t.when = s.split('.').next().and_then(|x| x.parse().ok());
-            }
-            b"ledger" => t.ledger = backup_core::ledger::decode(val),
-            b"root" => t.roots.extend(backup_core::ledger::decode(val)),
-            b"route" => t.route = Some(String::from_utf8_lossy(val).into_owned()),
-            _ => {}
-        }
-    }
-    Ok(Some(t))
-}
-
 /// `path` with its directory resolved (the file itself may not exist).
 fn canon_file(path: &Path) -> PathBuf {
     match (path.parent(), path.file_name()) {
@@ -127,7 +91,7 @@ fn hours(secs: u64) -> String {
 }
 
 /// Why the direct leg does not run for `root`, if it does not.
-fn direct_gap(cfg: &Config, tracker: Option<&Tracker>, root: &[u8], now: u64) -> Option<String> {
+fn direct_gap(cfg: &Config, tracker: Option<&Stamp>, root: &[u8], now: u64) -> Option<String> {
     let state = cfg.nfs_track_state_dir.join("last-watching");
     let Some(t) = tracker else {
         return Some(format!(
@@ -164,7 +128,11 @@ fn direct_gap(cfg: &Config, tracker: Option<&Tracker>, root: &[u8], now: u64) ->
             p(&state)
         ));
     }
-    match t.when {
+    let when = t
+        .when
+        .and_then(|w| w.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| d.as_secs());
+    match when {
         Some(w) if now.saturating_sub(w) <= cfg.coverage_max_age.as_secs() => None,
         Some(w) => Some(format!(
             "nfs-track last recorded watching {} ago (more than --coverage-max-age {})",
@@ -232,7 +200,12 @@ fn mirror_state(cfg: &Config, rec: &Record, root: &[u8], name: &[u8], now: u64) 
 pub fn coverage(cfg: &Config) -> Result<Vec<CoverageRow>> {
     let skip = SkipList::load(&cfg.skip_list).map_err(|e| Exit::usage(e.to_string()))?;
     let rec = Record::load(&cfg.backup_root)?;
-    let tracker = read_tracker(&cfg.nfs_track_state_dir)?;
+    let tracker =
+        backup_core::tracker_state::read(&cfg.nfs_track_state_dir).with_context(|| {
+            p(&cfg
+                .nfs_track_state_dir
+                .join(backup_core::tracker_state::FILE))
+        })?;
     let now = now_secs();
     let mut rows = Vec::new();
     for root in [&cfg.nfs_root, &cfg.nfs_ssd_root] {
