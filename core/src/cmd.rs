@@ -286,147 +286,22 @@ impl Cmd {
     /// still errors.
     pub fn run_any(&self) -> Result<Output, CmdError> {
         let prog = self.prog_name();
-        let mut c = Command::new(&self.prog);
-        c.args(&self.args)
-            .stdin(if self.stdin.is_some() {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
-            .stderr(Stdio::piped())
-            // Own process group: a timeout kills the child and everything
-            // it started (ssh under rsync), not just the first process.
-            .process_group(0);
-        // The child dies with us: a tool killed outside systemd (no cgroup
-        // kill) must not leave an rsync running on its own. Safe to enable
-        // always, because the spawning thread waits for the child below.
-        let parent = rustix::process::getpid();
-        // SAFETY: only async-signal-safe calls (prctl, getppid: one system
-        // call each, no allocation) between fork and exec.
-        unsafe {
-            c.pre_exec(move || {
-                rustix::process::set_parent_process_death_signal(Some(
-                    rustix::process::Signal::KILL,
-                ))?;
-                // The parent may have died before prctl took effect.
-                if rustix::process::getppid() != Some(parent) {
-                    return Err(std::io::Error::other("parent exited before exec"));
-                }
-                Ok(())
-            });
-        }
-        for (k, v) in &self.env {
-            c.env(k, v);
-        }
-        // stdout always comes through a pipe, so its size is counted and
-        // capped whether it ends in memory or in a file.
-        let sink = match (&self.stdout_into, &self.stdout_to) {
-            (Some(f), _) => Some(f.try_clone().map_err(|source| CmdError::Io {
-                prog: prog.clone(),
-                source,
-            })?),
-            (None, Some(p)) => Some(
-                std::fs::OpenOptions::new()
-                    .write(true)
-                    .create(true)
-                    .truncate(true)
-                    .open(p)
-                    .map_err(|source| CmdError::Io {
-                        prog: prog.clone(),
-                        source: std::io::Error::new(
-                            source.kind(),
-                            format!("cannot create {}: {source}", p.display()),
-                        ),
-                    })?,
-            ),
-            (None, None) => None,
+        let io = |source| CmdError::Io {
+            prog: prog.clone(),
+            source,
         };
-        c.stdout(Stdio::piped());
-        let mut child = c
+        let sink = self.stdout_sink().map_err(io)?;
+        let mut child = self
+            .command()
             .spawn()
             .map_err(|source| spawn_error(&self.prog, prog.clone(), source))?;
         let pgid = child.id() as i32;
-        let stdin_thread = child
-            .stdin
-            .take()
-            .zip(self.stdin.clone())
-            .map(|(mut pipe, data)| {
-                std::thread::spawn(move || {
-                    let _ = pipe.write_all(&data);
-                })
-            });
-        // Set by the stdout reader when it stops early (cap passed, or the
-        // file cannot be written): the loop below then kills the group.
-        let stop = Arc::new(AtomicBool::new(false));
-        let cap = self.stdout_cap();
-        let out_thread = child.stdout.take().map(|s| {
-            let stop = Arc::clone(&stop);
-            let path = self.stdout_to.clone();
-            std::thread::spawn(move || {
-                let r = read_capped(s, sink, cap);
-                if !matches!(r, StdoutEnd::Eof(_)) {
-                    stop.store(true, Ordering::SeqCst);
-                }
-                (r, path)
-            })
-        });
-        let keep_err = self.max_stderr;
-        let err_thread = child
-            .stderr
-            .take()
-            .map(|s| std::thread::spawn(move || read_tail(s, keep_err)));
-        let deadline = Instant::now() + self.timeout;
-        let mut timed_out = false;
-        let status = loop {
-            match child.try_wait().map_err(|source| CmdError::Io {
-                prog: prog.clone(),
-                source,
-            })? {
-                Some(st) => break st,
-                None if stop.load(Ordering::SeqCst) => {
-                    kill_group(pgid);
-                    break child.wait().map_err(|source| CmdError::Io {
-                        prog: prog.clone(),
-                        source,
-                    })?;
-                }
-                None if Instant::now() >= deadline => {
-                    timed_out = true;
-                    kill_group(pgid);
-                    break child.wait().map_err(|source| CmdError::Io {
-                        prog: prog.clone(),
-                        source,
-                    })?;
-                }
-                None => std::thread::sleep(Duration::from_millis(5)),
-            }
-        };
+        let readers = self.start_readers(&mut child, sink);
+        let (status, timed_out) = self.wait_bounded(&mut child, pgid, &readers.stop)?;
         // The group may still hold the pipes open (a grandchild): make sure
         // nothing of it outlives us, then collect the output.
         kill_group(pgid);
-        if let Some(t) = stdin_thread {
-            let _ = t.join();
-        }
-        let (end, path) = match out_thread.and_then(|t| t.join().ok()) {
-            Some(r) => r,
-            None => (StdoutEnd::Eof(Vec::new()), None),
-        };
-        let stderr = err_thread.and_then(|t| t.join().ok()).unwrap_or_default();
-        // The child may have exited on its own between the reader giving up
-        // and the loop noticing: the output is short either way.
-        let stdout = match end {
-            StdoutEnd::Eof(v) => v,
-            StdoutEnd::TooLarge => return Err(CmdError::TooLarge { prog, cap }),
-            StdoutEnd::WriteFailed(e) => {
-                let what = path
-                    .map(|p| format!("writing {}: {e}", p.display()))
-                    .unwrap_or_else(|| e.to_string());
-                return Err(CmdError::Io {
-                    prog,
-                    source: std::io::Error::new(e.kind(), what),
-                });
-            }
-        };
+        let (stdout, stderr) = readers.collect(&prog, self.stdout_cap())?;
         if timed_out {
             return Err(CmdError::Timeout {
                 prog,
@@ -445,6 +320,177 @@ impl Cmd {
                 signal: status.signal().unwrap_or(0),
                 stderr,
             }),
+        }
+    }
+
+    /// The child's command: own process group, killed with its parent,
+    /// stdout and stderr piped (stdout always through the capped reader).
+    fn command(&self) -> Command {
+        let mut c = Command::new(&self.prog);
+        c.args(&self.args)
+            .stdin(if self.stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            // Own process group: a timeout kills the child and everything
+            // it started (ssh under rsync), not just the first process.
+            .process_group(0);
+        // The child dies with us: a tool killed outside systemd (no cgroup
+        // kill) must not leave an rsync running on its own. Safe to enable
+        // always, because the spawning thread waits for the child.
+        let parent = rustix::process::getpid();
+        // SAFETY: only async-signal-safe calls (prctl, getppid: one system
+        // call each, no allocation) between fork and exec.
+        unsafe {
+            c.pre_exec(move || {
+                rustix::process::set_parent_process_death_signal(Some(
+                    rustix::process::Signal::KILL,
+                ))?;
+                // The parent may have died before prctl took effect.
+                if rustix::process::getppid() != Some(parent) {
+                    return Err(std::io::Error::other("parent exited before exec"));
+                }
+                Ok(())
+            });
+        }
+        for (k, v) in &self.env {
+            c.env(k, v);
+        }
+        c
+    }
+
+    /// Where stdout goes beyond memory: the open file or the path given.
+    fn stdout_sink(&self) -> std::io::Result<Option<std::fs::File>> {
+        match (&self.stdout_into, &self.stdout_to) {
+            (Some(f), _) => f.try_clone().map(Some),
+            (None, Some(p)) => std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(p)
+                .map(Some)
+                .map_err(|e| {
+                    std::io::Error::new(e.kind(), format!("cannot create {}: {e}", p.display()))
+                }),
+            (None, None) => Ok(None),
+        }
+    }
+
+    /// Feed stdin and read stdout (capped) and stderr (its tail) on threads
+    /// of their own, so no pipe can fill and stall the child.
+    fn start_readers(
+        &self,
+        child: &mut std::process::Child,
+        sink: Option<std::fs::File>,
+    ) -> Readers {
+        let stdin = child
+            .stdin
+            .take()
+            .zip(self.stdin.clone())
+            .map(|(mut pipe, data)| {
+                std::thread::spawn(move || {
+                    let _ = pipe.write_all(&data);
+                })
+            });
+        // Set by the stdout reader when it stops early (cap passed, or the
+        // file cannot be written): the wait then kills the group.
+        let stop = Arc::new(AtomicBool::new(false));
+        let cap = self.stdout_cap();
+        let stdout = child.stdout.take().map(|s| {
+            let stop = Arc::clone(&stop);
+            let path = self.stdout_to.clone();
+            std::thread::spawn(move || {
+                let r = read_capped(s, sink, cap);
+                if !matches!(r, StdoutEnd::Eof(_)) {
+                    stop.store(true, Ordering::SeqCst);
+                }
+                (r, path)
+            })
+        });
+        let keep_err = self.max_stderr;
+        let stderr = child
+            .stderr
+            .take()
+            .map(|s| std::thread::spawn(move || read_tail(s, keep_err)));
+        Readers {
+            stop,
+            stdin,
+            stdout,
+            stderr,
+        }
+    }
+
+    /// Wait for the child, killing its group when the reader stopped early
+    /// or the timeout passed; `true` with the status when it timed out.
+    fn wait_bounded(
+        &self,
+        child: &mut std::process::Child,
+        pgid: i32,
+        stop: &AtomicBool,
+    ) -> Result<(std::process::ExitStatus, bool), CmdError> {
+        let io = |source| CmdError::Io {
+            prog: self.prog_name(),
+            source,
+        };
+        let deadline = Instant::now() + self.timeout;
+        loop {
+            match child.try_wait().map_err(io)? {
+                Some(st) => return Ok((st, false)),
+                None if stop.load(Ordering::SeqCst) => {
+                    kill_group(pgid);
+                    return Ok((child.wait().map_err(io)?, false));
+                }
+                None if Instant::now() >= deadline => {
+                    kill_group(pgid);
+                    return Ok((child.wait().map_err(io)?, true));
+                }
+                None => std::thread::sleep(Duration::from_millis(5)),
+            }
+        }
+    }
+}
+
+/// The threads of one run: stdin's writer, stdout's capped reader (and
+/// the flag it raises when it stops early), stderr's tail.
+struct Readers {
+    stop: Arc<AtomicBool>,
+    stdin: Option<std::thread::JoinHandle<()>>,
+    stdout: Option<std::thread::JoinHandle<(StdoutEnd, Option<std::path::PathBuf>)>>,
+    stderr: Option<std::thread::JoinHandle<String>>,
+}
+
+impl Readers {
+    /// Join the threads: stdout's bytes (an error past the cap or when its
+    /// file could not be written) and stderr's tail.
+    fn collect(self, prog: &str, cap: u64) -> Result<(Vec<u8>, String), CmdError> {
+        if let Some(t) = self.stdin {
+            let _ = t.join();
+        }
+        let (end, path) = match self.stdout.and_then(|t| t.join().ok()) {
+            Some(r) => r,
+            None => (StdoutEnd::Eof(Vec::new()), None),
+        };
+        let stderr = self.stderr.and_then(|t| t.join().ok()).unwrap_or_default();
+        // The child may have exited on its own between the reader giving up
+        // and the wait noticing: the output is short either way.
+        match end {
+            StdoutEnd::Eof(v) => Ok((v, stderr)),
+            StdoutEnd::TooLarge => Err(CmdError::TooLarge {
+                prog: prog.to_string(),
+                cap,
+            }),
+            StdoutEnd::WriteFailed(e) => {
+                let what = path
+                    .map(|p| format!("writing {}: {e}", p.display()))
+                    .unwrap_or_else(|| e.to_string());
+                Err(CmdError::Io {
+                    prog: prog.to_string(),
+                    source: std::io::Error::new(e.kind(), what),
+                })
+            }
         }
     }
 }
