@@ -1,5 +1,6 @@
 //! Test support for the end-to-end scenarios of the backup pipeline.
 
+pub mod awkward_names;
 pub mod emu;
 pub mod harness;
 pub mod pushgateway;
